@@ -1,0 +1,90 @@
+/**
+ * Every default of roboflow-distributed, in one object, each with the reason it is what it is.
+ * The configuration loader (`src/config.ts`) layers a file, the environment and flags over these;
+ * library classes fall back to them for options a caller leaves out.
+ */
+
+const MiB = 1024 * 1024;
+
+export const DEFAULTS = {
+  /**
+   * Prefetch slots: jobs downloaded ahead of the one being processed. Two hide one download
+   * behind one processing step even when download and processing times vary; more only hold
+   * disk space. (Default: 2)
+   */
+  slots: 2,
+  /**
+   * Range requests in flight per object. S3 and OSS cap throughput per connection (tens of MB/s),
+   * so one stream cannot fill a 10 Gbit link; 16 × ~50 MB/s saturates it without tripping the
+   * stores' per-prefix request limits. (Default: 16)
+   */
+  downloadConnections: 16,
+  /**
+   * Length of one range request. 8 MiB matches the AWS CLI's multipart size and the part size
+   * most S3 uploads use, amortises per-request latency (20 ms ≈ 6 % of an 8 MiB range at
+   * 25 MB/s), and bounds what a retry re-fetches. (Default: 8 MiB)
+   */
+  chunkSize: 8 * MiB,
+  /**
+   * Where prefetched inputs are written. Relative to the working directory, so a demo works
+   * anywhere; production sets it to a local NVMe. (Default: `.roboflow-buffer`)
+   */
+  bufferDir: '.roboflow-buffer',
+  /**
+   * Most bytes the buffer directory may hold across all slots. null means free space minus
+   * `bufferReserveBytes`, measured when a slot starts. (Default: null)
+   */
+  bufferBudgetBytes: null as number | null,
+  /**
+   * Free space left untouched on the buffer file system when no budget is set, so the processor
+   * and the OS still have room for their own output. (Default: 1 GiB)
+   */
+  bufferReserveBytes: 1024 * MiB,
+  /**
+   * Attempts per range before the download fails. Transient faults (resets, 5xx, throttling)
+   * rarely outlast five tries with backoff; more would hide a broken store. (Default: 6)
+   */
+  rangeMaxAttempts: 6,
+  /** First backoff ceiling, doubled per attempt (full jitter). (Default: 200 ms) */
+  retryBaseDelayMs: 200,
+  /** Largest backoff between two attempts of one range. (Default: 20 s) */
+  retryMaxDelayMs: 20_000,
+  /**
+   * A range that receives no byte for this long is aborted and retried from where it stopped.
+   * Long enough for a throttled store's slow first byte, short enough that a dead connection
+   * does not hold a slot. (Default: 30 s)
+   */
+  stallTimeoutMs: 30_000,
+  /** Time to wait for response headers of one request. (Default: 60 s) */
+  headersTimeoutMs: 60_000,
+  /** How often progress is reported. (Default: 250 ms) */
+  progressIntervalMs: 250,
+  /**
+   * Lease on a claimed job. Long enough to survive a few missed heartbeats (GC pause, busy
+   * database), short enough that a killed worker's jobs come back within a minute. (Default: 60 s)
+   */
+  leaseMs: 60_000,
+  /** Heartbeat interval: a third of the lease, so two can be missed. (Default: 20 s) */
+  heartbeatMs: 20_000,
+  /** Attempts per job before it is dead. (Default: 3) */
+  maxAttempts: 3,
+  /** First delay before a failed job is retried; doubles per attempt. (Default: 5 s) */
+  jobRetryBaseDelayMs: 5_000,
+  /** Longest delay before a failed job is retried. (Default: 5 min) */
+  jobRetryMaxDelayMs: 300_000,
+  /** How often an idle worker asks the queue for work. (Default: 1 s) */
+  pollIntervalMs: 1_000,
+  /**
+   * Job queue URL. An SQLite file in the working directory: zero set-up for one machine.
+   * (Default: `sqlite://roboflow.db`)
+   */
+  queue: 'sqlite://roboflow.db',
+  /** Address of `/metrics`; loopback only unless an operator opens it. (Default: none) */
+  metricsAddr: null as string | null,
+  /** (Default: `info`) */
+  logLevel: 'info' as 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent',
+  /** Time limit for one `exec` processor run. (Default: 1 h) */
+  execTimeoutMs: 3_600_000,
+} as const satisfies Record<string, unknown>;
+
+export type Defaults = typeof DEFAULTS;
