@@ -85,6 +85,12 @@ export const DEFAULTS = {
   logLevel: 'info' as 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent',
   /** Time limit for one `exec` processor run. (Default: 1 h) */
   execTimeoutMs: 3_600_000,
+  /**
+   * Time an `exec` program gets between SIGTERM and SIGKILL when it is stopped (time limit or
+   * shutdown): enough to flush and close files, short enough that shutdown is not held up.
+   * (Default: 5 s)
+   */
+  execKillGraceMs: 5_000,
 } as const satisfies Record<string, unknown>;
 
 export type Defaults = typeof DEFAULTS;
