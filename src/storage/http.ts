@@ -1,0 +1,386 @@
+/**
+ * HTTP(S) objects as an `ObjectSource`, over undici.
+ *
+ * Connections come from a pool per origin that the caller supplies (`StorageClients` shares them
+ * between sources); `bodyTimeout` is off because the downloader detects stalled ranges itself.
+ * Redirects are followed here, by hand, so that every hop can be checked by a policy hook and
+ * credentials never travel to another origin.
+ */
+
+import type { IncomingHttpHeaders } from 'node:http';
+import type { Readable } from 'node:stream';
+import { Pool, type Dispatcher } from 'undici';
+import { DEFAULTS } from '../defaults.js';
+import { abortError, errorForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError } from '../errors.js';
+import { redactUrl, redactUrlsInText } from '../redact.js';
+import type { ByteRange, ObjectSource, ObjectStat, RangeBody, ReadOptions } from '../types.js';
+import { checkRange, expectContentRange, isStrongEtag, parseContentRange, parseUnsatisfiedRange, rangeHeader } from './range.js';
+
+/** Redirect hops followed before giving up: enough for CDN → bucket chains, few enough to stop loops. */
+export const MAX_REDIRECTS = 5;
+
+const REDIRECT_STATUSES = new Set([301, 302, 303, 307, 308]);
+
+/** Most bytes of an error body read for a message; the rest is discarded. */
+const ERROR_BODY_LIMIT = 4096;
+/** How long an error body may take to arrive before it is dropped (the status alone suffices). */
+const ERROR_BODY_TIMEOUT_MS = 2_000;
+
+export interface HttpPoolOptions {
+  readonly maxConnections?: number;
+  readonly headersTimeoutMs?: number;
+}
+
+/** The pool `StorageClients` creates for one origin. */
+export function createHttpPool(origin: string, opts: HttpPoolOptions = {}): Pool {
+  return new Pool(origin, {
+    connections: opts.maxConnections ?? DEFAULTS.downloadConnections,
+    headersTimeout: opts.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
+    // The downloader aborts a range that stops receiving bytes (stallTimeoutMs) and retries it;
+    // an undici body timeout would race that with a different error.
+    bodyTimeout: 0,
+  });
+}
+
+export interface HttpSourceDeps {
+  /** The dispatcher for an origin (`https://host:port`); called for every request. */
+  readonly dispatcherFor: (origin: string) => Dispatcher;
+  /**
+   * Called with every redirect target before it is requested; throws to refuse it (a security
+   * policy, e.g. no redirects to private addresses). The URL is the real one, secrets included.
+   */
+  readonly checkRedirect?: (url: string) => void;
+  /** Called once, by the first `close()`, to release what `dispatcherFor` handed out. */
+  readonly onClose?: () => Promise<void>;
+}
+
+type SourceState = 'open' | 'closed';
+
+export function headerValue(headers: IncomingHttpHeaders, name: string): string | undefined {
+  const v = headers[name];
+  if (v === undefined) return undefined;
+  return Array.isArray(v) ? v.join(', ') : v;
+}
+
+function contentLength(headers: IncomingHttpHeaders): number | undefined {
+  const v = headerValue(headers, 'content-length');
+  if (v === undefined || !/^\s*\d+\s*$/.test(v)) return undefined;
+  const n = Number(v);
+  return Number.isSafeInteger(n) ? n : undefined;
+}
+
+/**
+ * Destroys a response body we will not read. undici reports a destroyed body as an `error`
+ * (`AbortError`), which would be an uncaught exception without a listener.
+ */
+export function dropBody(body: Readable): void {
+  body.on('error', () => undefined);
+  body.destroy();
+}
+
+/** Reads the body to its end and drops it, so the connection goes back to the pool. */
+async function discard(body: Readable & { dump?: (o?: { limit: number }) => Promise<void> }): Promise<void> {
+  try {
+    if (typeof body.dump === 'function') await body.dump({ limit: 64 * 1024 });
+    else dropBody(body);
+  } catch {
+    dropBody(body);
+  }
+}
+
+/**
+ * A short description from an error body: S3-style XML `<Code>`/`<Message>`, else the first line
+ * of text. Bounded in size and time; the body is always consumed or destroyed.
+ */
+async function errorDetail(body: Readable, contentType: string | undefined): Promise<string | undefined> {
+  let text = '';
+  const timer = setTimeout(() => dropBody(body), ERROR_BODY_TIMEOUT_MS);
+  try {
+    for await (const chunk of body) {
+      text += Buffer.isBuffer(chunk) ? chunk.toString('utf8') : String(chunk);
+      if (text.length >= ERROR_BODY_LIMIT) break;
+    }
+  } catch {
+    // A body that fails to arrive only costs us the detail.
+  } finally {
+    clearTimeout(timer);
+    dropBody(body);
+  }
+  const code = /<Code>([^<]{1,100})<\/Code>/.exec(text)?.[1];
+  const message = /<Message>([^<]{1,300})<\/Message>/.exec(text)?.[1];
+  if (code || message) return redactUrlsInText([code, message].filter(Boolean).join(': '));
+  if (contentType && /html/i.test(contentType)) return 'an HTML page';
+  const line = text.split('\n', 1)[0]?.trim().slice(0, 200);
+  return line ? redactUrlsInText(line) : undefined;
+}
+
+export class HttpSource implements ObjectSource {
+  readonly kind = 'http' as const;
+  readonly url: string;
+  private readonly target: URL;
+  private readonly authorization: string | undefined;
+  private readonly deps: HttpSourceDeps;
+  private state: SourceState = 'open';
+  private closing: Promise<void> | undefined;
+
+  constructor(url: URL, display: string, deps: HttpSourceDeps) {
+    this.url = display;
+    this.deps = deps;
+    const target = new URL(url.href);
+    // User info becomes Basic auth and leaves the URL, so it is never sent to a redirect target
+    // nor printed.
+    if (target.username !== '' || target.password !== '') {
+      const user = decodeURIComponent(target.username);
+      const pass = decodeURIComponent(target.password);
+      this.authorization = `Basic ${Buffer.from(`${user}:${pass}`).toString('base64')}`;
+      target.username = '';
+      target.password = '';
+    }
+    target.hash = '';
+    this.target = target;
+  }
+
+  async stat(opts: { signal?: AbortSignal } = {}): Promise<ObjectStat> {
+    const { signal } = opts;
+    const res = await this.send('HEAD', {}, signal);
+    const status = res.statusCode;
+    // 403: a presigned URL is signed for GET only, so HEAD fails its signature check.
+    if (status === 405 || status === 501 || status === 403) {
+      await discard(res.body);
+      return this.statByProbe(signal);
+    }
+    if (status < 200 || status >= 300) throw await this.statusError(res, 'HEAD');
+    await discard(res.body);
+    const size = contentLength(res.headers);
+    const acceptRanges = headerValue(res.headers, 'accept-ranges');
+    // Without a size, or without a word on ranges, one ranged GET settles both.
+    if (size === undefined || acceptRanges === undefined) return this.statByProbe(signal);
+    return this.makeStat(res.headers, size, /\bbytes\b/i.test(acceptRanges));
+  }
+
+  async read(range: ByteRange, opts: ReadOptions = {}): Promise<RangeBody> {
+    checkRange(range, this.url);
+    const headers: Record<string, string> = { range: rangeHeader(range) };
+    if (opts.ifMatch !== undefined) headers['if-match'] = opts.ifMatch;
+    const res = await this.send('GET', headers, opts.signal);
+    const status = res.statusCode;
+    if (status === 206 || status === 200) {
+      try {
+        this.checkRangeResponse(res, range, opts.ifMatch);
+      } catch (err) {
+        dropBody(res.body);
+        throw err;
+      }
+      return { range, body: res.body };
+    }
+    if (status === 412) {
+      await discard(res.body);
+      throw new RoboflowError(
+        'ERR_SOURCE_CHANGED',
+        `${this.url} changed since it was first read (If-Match ${opts.ifMatch ?? '(none)'} failed: HTTP 412)`,
+        { url: this.url, status },
+      );
+    }
+    throw await this.statusError(res, 'GET');
+  }
+
+  close(): Promise<void> {
+    switch (this.state) {
+      case 'open':
+        this.state = 'closed';
+        this.closing = this.deps.onClose?.() ?? Promise.resolve();
+        return this.closing;
+      case 'closed':
+        return this.closing ?? Promise.resolve();
+      default: {
+        const _exhaustive: never = this.state;
+        return _exhaustive;
+      }
+    }
+  }
+
+  private checkRangeResponse(res: Dispatcher.ResponseData, range: ByteRange, ifMatch: string | undefined): void {
+    const contentType = headerValue(res.headers, 'content-type');
+    if (contentType !== undefined && /^\s*text\/html\b/i.test(contentType)) {
+      throw new RoboflowError(
+        'ERR_BAD_RESPONSE',
+        `${this.url}: the server returned an HTML page, not the object (HTTP ${res.statusCode}, Content-Type ${contentType}) — a login or error page?`,
+        { url: this.url, status: res.statusCode },
+      );
+    }
+    const length = contentLength(res.headers);
+    const want = range.end - range.start;
+    if (res.statusCode === 206) {
+      expectContentRange(headerValue(res.headers, 'content-range'), range, this.url);
+      if (length !== undefined && length !== want) {
+        throw new RoboflowError(
+          'ERR_BAD_RESPONSE',
+          `${this.url}: range ${rangeHeader(range)} came with Content-Length ${length}, expected ${want}`,
+          { url: this.url, status: 206 },
+        );
+      }
+    } else if (!(range.start === 0 && length === range.end)) {
+      throw new RoboflowError(
+        'ERR_RANGE_NOT_SUPPORTED',
+        `${this.url}: the server ignored the Range header (${rangeHeader(range)}) and answered 200 with ` +
+          `${length === undefined ? 'a body of unknown length' : `${length} bytes`}; it cannot serve ranges`,
+        { url: this.url, status: 200 },
+      );
+    }
+    const etag = headerValue(res.headers, 'etag');
+    if (ifMatch !== undefined && isStrongEtag(etag) && etag !== ifMatch) {
+      // A server that ignores If-Match still tells us the version it sent.
+      throw new RoboflowError('ERR_SOURCE_CHANGED', `${this.url} changed since it was first read (ETag ${ifMatch}, now ${etag})`, {
+        url: this.url,
+        status: res.statusCode,
+      });
+    }
+  }
+
+  /** `GET` of the first byte: learns size and range support where `HEAD` could not. */
+  private async statByProbe(signal: AbortSignal | undefined): Promise<ObjectStat> {
+    const res = await this.send('GET', { range: 'bytes=0-0' }, signal);
+    const status = res.statusCode;
+    if (status === 206) {
+      await discard(res.body);
+      const cr = parseContentRange(headerValue(res.headers, 'content-range'));
+      if (!cr || cr.start !== 0) {
+        throw new RoboflowError(
+          'ERR_BAD_RESPONSE',
+          `${this.url}: a request for bytes=0-0 came back with Content-Range "${headerValue(res.headers, 'content-range') ?? '(none)'}"`,
+          { url: this.url, status },
+        );
+      }
+      if (cr.total === undefined) {
+        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: the server does not tell the object's size (Content-Range total "*")`, {
+          url: this.url,
+          status,
+        });
+      }
+      return this.makeStat(res.headers, cr.total, true);
+    }
+    if (status === 200) {
+      // The server sends the whole object; its headers are all we wanted.
+      dropBody(res.body);
+      const size = contentLength(res.headers);
+      if (size === undefined) {
+        throw new RoboflowError(
+          'ERR_BAD_RESPONSE',
+          `${this.url}: the server sends neither Content-Length nor Content-Range, so the object's size is unknown`,
+          { url: this.url, status },
+        );
+      }
+      return this.makeStat(res.headers, size, false);
+    }
+    if (status === 416) {
+      // `bytes */0`: an empty object has no first byte to send.
+      const total = parseUnsatisfiedRange(headerValue(res.headers, 'content-range'));
+      if (total !== undefined) {
+        await discard(res.body);
+        return this.makeStat(res.headers, total, true);
+      }
+    }
+    throw await this.statusError(res, 'GET');
+  }
+
+  private makeStat(headers: IncomingHttpHeaders, size: number, rangesSupported: boolean): ObjectStat {
+    const etag = headerValue(headers, 'etag');
+    const lm = headerValue(headers, 'last-modified');
+    const lastModified = lm === undefined ? undefined : new Date(lm);
+    return {
+      url: this.url,
+      size,
+      ...(isStrongEtag(etag) ? { etag } : {}),
+      ...(lastModified && !Number.isNaN(lastModified.getTime()) ? { lastModified } : {}),
+      checksums: [],
+      rangesSupported,
+    };
+  }
+
+  private async statusError(res: Dispatcher.ResponseData, what: string): Promise<RoboflowError> {
+    const retryAfterMs = retryAfterFromHeaders((n) => headerValue(res.headers, n));
+    const detail = await errorDetail(res.body, headerValue(res.headers, 'content-type'));
+    return errorForStatus(res.statusCode, this.url, what, {
+      ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
+      ...(detail !== undefined ? { detail } : {}),
+    });
+  }
+
+  /** One request, following redirects. Returns the first response that is not a redirect. */
+  private async send(
+    method: 'GET' | 'HEAD',
+    headers: Record<string, string>,
+    signal: AbortSignal | undefined,
+  ): Promise<Dispatcher.ResponseData> {
+    if (this.state === 'closed') {
+      throw new RoboflowError('ERR_CLOSED', `source ${this.url} is closed`, { url: this.url });
+    }
+    let url = this.target;
+    for (let hop = 0; ; hop++) {
+      if (signal?.aborted) throw abortError(signal, `${method} ${this.url}`);
+      const requestHeaders: Record<string, string> = {
+        ...headers,
+        // Ranges index the stored bytes; a compressed representation has other offsets.
+        'accept-encoding': 'identity',
+      };
+      if (this.authorization !== undefined && url.origin === this.target.origin) {
+        requestHeaders['authorization'] = this.authorization;
+      }
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await this.deps.dispatcherFor(url.origin).request({
+          path: `${url.pathname}${url.search}`,
+          method,
+          headers: requestHeaders,
+          ...(signal ? { signal } : {}),
+        });
+      } catch (err) {
+        if (signal?.aborted) throw abortError(signal, `${method} ${this.url}`);
+        throw toRoboflowError(err, 'ERR_CONNECTION', this.url);
+      }
+      if (!REDIRECT_STATUSES.has(res.statusCode)) return res;
+      const location = headerValue(res.headers, 'location');
+      await discard(res.body);
+      if (location === undefined) {
+        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: HTTP ${res.statusCode} redirect without a Location header`, {
+          url: this.url,
+          status: res.statusCode,
+        });
+      }
+      if (hop >= MAX_REDIRECTS) {
+        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: more than ${MAX_REDIRECTS} redirects; last to ${redactUrl(location)}`, {
+          url: this.url,
+          status: res.statusCode,
+        });
+      }
+      let next: URL;
+      try {
+        next = new URL(location, url);
+      } catch {
+        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: redirect to an invalid URL "${redactUrl(location)}"`, {
+          url: this.url,
+          status: res.statusCode,
+        });
+      }
+      if (next.protocol !== 'http:' && next.protocol !== 'https:') {
+        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: redirect to a non-HTTP URL "${redactUrl(next.href)}"`, {
+          url: this.url,
+          status: res.statusCode,
+        });
+      }
+      try {
+        this.deps.checkRedirect?.(next.href);
+      } catch (err) {
+        if (err instanceof RoboflowError) throw err;
+        throw new RoboflowError('ERR_POLICY_DENIED', `${this.url}: redirect to ${redactUrl(next.href)} refused: ${(err as Error).message}`, {
+          url: this.url,
+          cause: err,
+        });
+      }
+      next.username = '';
+      next.password = '';
+      next.hash = '';
+      url = next;
+    }
+  }
+}

@@ -1,0 +1,511 @@
+/**
+ * S3 and Alibaba OSS objects as an `ObjectSource`, over the AWS SDK v3.
+ *
+ * OSS is reached through its S3-compatible API: the same client, its own endpoint
+ * (`OSS_ENDPOINT`), credentials (`OSS_ACCESS_KEY_ID` / `OSS_ACCESS_KEY_SECRET`) and always
+ * virtual-hosted addressing, because OSS rejects path-style requests (`SecondLevelDomainForbidden`).
+ *
+ * Client settings that matter, and why:
+ * - `requestChecksumCalculation`/`responseChecksumValidation: 'WHEN_REQUIRED'`: by default the SDK
+ *   sends uploads in aws-chunked encoding with trailing checksums, which OSS and s3rver do not
+ *   understand (s3rver stores the framing as data), and validates whole-object checksums on
+ *   GETs, which cannot work for a byte range. The downloader verifies the whole file instead.
+ * - `maxAttempts: 1` for reads: the downloader retries ranges with its own table and backoff; SDK
+ *   retries underneath would multiply attempts and hide failures from the stall detector.
+ * - The SDK has no response timeout by default; every call here runs under `headersTimeoutMs`.
+ */
+
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type { Readable } from 'node:stream';
+import tls from 'node:tls';
+import {
+  GetObjectCommand,
+  HeadObjectCommand,
+  S3Client,
+  type HeadObjectCommandOutput,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { DEFAULTS } from '../defaults.js';
+import { abortError, codeForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError, type ErrorCode } from '../errors.js';
+import { redactUrlsInText } from '../redact.js';
+import type { ByteRange, Checksum, ChecksumAlgorithm, ObjectSource, ObjectStat, RangeBody, ReadOptions, StorageOptions } from '../types.js';
+import { checkRange, expectContentRange, isStrongEtag, rangeHeader } from './range.js';
+import { isPathStyleEndpoint } from './url.js';
+
+type Credentials = NonNullable<S3ClientConfig['credentials']>;
+
+/** Everything that decides how an S3 client is built; `cacheKey` holds no secret. */
+export interface S3Settings {
+  readonly kind: 's3' | 'oss';
+  /** Undefined: AWS's own endpoints, chosen by region. */
+  readonly endpoint: string | undefined;
+  readonly region: string;
+  readonly forcePathStyle: boolean;
+  /** Undefined: the SDK's default credential chain (environment, profiles, SSO, instance role). */
+  readonly credentials: Credentials | undefined;
+  /** Extra CA certificates (`AWS_CA_BUNDLE`), added to Node's own. */
+  readonly caBundle: string | undefined;
+  readonly cacheKey: string;
+}
+
+const S3_CREDENTIALS_HINT =
+  'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (plus AWS_SESSION_TOKEN for temporary credentials), ' +
+  'or AWS_PROFILE naming a profile in ~/.aws/credentials or ~/.aws/config (AWS_SHARED_CREDENTIALS_FILE, AWS_CONFIG_FILE), ' +
+  'or run where an instance or container role provides them';
+
+const OSS_CREDENTIALS_HINT =
+  'set OSS_ACCESS_KEY_ID and OSS_ACCESS_KEY_SECRET (plus OSS_SESSION_TOKEN for STS credentials); ' +
+  'ALIBABA_CLOUD_ACCESS_KEY_ID / ALIBABA_CLOUD_ACCESS_KEY_SECRET / ALIBABA_CLOUD_SECURITY_TOKEN are read too';
+
+function nonEmpty(v: string | undefined): string | undefined {
+  return v === undefined || v.trim() === '' ? undefined : v.trim();
+}
+
+function checkEndpoint(endpoint: string, source: string, example: string): string {
+  let url: URL;
+  try {
+    url = new URL(endpoint);
+  } catch {
+    throw new RoboflowError('ERR_CONFIG', `${source} "${endpoint}" is not a URL; expected e.g. ${example}`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new RoboflowError('ERR_CONFIG', `${source} "${endpoint}" must start with http:// or https://; expected e.g. ${example}`);
+  }
+  return endpoint;
+}
+
+/** The OSS region in an endpoint host: `oss-cn-hangzhou.aliyuncs.com` → `cn-hangzhou`. */
+export function ossRegionFromEndpoint(endpoint: string): string | undefined {
+  let host: string;
+  try {
+    host = new URL(endpoint).hostname;
+  } catch {
+    return undefined;
+  }
+  return /(?:^|\.)oss-([a-z0-9-]+?)(?:-internal)?\.aliyuncs(?:-internal)?\.com$/.exec(host)?.[1];
+}
+
+/**
+ * Static credentials when `env` is not the process environment: the SDK's own chain only ever
+ * reads `process.env`, so an explicit `env` is honoured here — keys first, then the profile files
+ * it names. Instance and container metadata are consulted only for the process environment.
+ */
+function explicitEnvCredentials(env: NodeJS.ProcessEnv): Credentials {
+  const accessKeyId = nonEmpty(env['AWS_ACCESS_KEY_ID']);
+  const secretAccessKey = nonEmpty(env['AWS_SECRET_ACCESS_KEY']);
+  const sessionToken = nonEmpty(env['AWS_SESSION_TOKEN']);
+  if (accessKeyId && secretAccessKey && !nonEmpty(env['AWS_PROFILE'])) {
+    return { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) };
+  }
+  let provider: Credentials | undefined;
+  return async (identityProperties) => {
+    if (provider === undefined) {
+      const { fromIni } = await import('@aws-sdk/credential-provider-ini');
+      const profile = nonEmpty(env['AWS_PROFILE']);
+      const filepath = nonEmpty(env['AWS_SHARED_CREDENTIALS_FILE']);
+      const configFilepath = nonEmpty(env['AWS_CONFIG_FILE']);
+      provider = fromIni({
+        ...(profile ? { profile } : {}),
+        ...(filepath ? { filepath } : {}),
+        ...(configFilepath ? { configFilepath } : {}),
+      });
+    }
+    return typeof provider === 'function' ? provider(identityProperties) : provider;
+  };
+}
+
+/**
+ * Resolves endpoint, region, addressing style and credentials for an `s3://` or `oss://` URL.
+ * Configuration problems are thrown now (`ERR_CONFIG`, `ERR_MISSING_CREDENTIALS` for OSS);
+ * missing S3 credentials surface on the first request, when the SDK's chain has run.
+ */
+export function resolveS3Settings(kind: 's3' | 'oss', opts: StorageOptions, display: string): S3Settings {
+  const env = opts.env ?? process.env;
+  const caBundle = nonEmpty(env['AWS_CA_BUNDLE']);
+  if (kind === 's3') {
+    const endpoint =
+      opts.endpoint !== undefined
+        ? checkEndpoint(opts.endpoint, '--endpoint', 'http://127.0.0.1:9000')
+        : nonEmpty(env['AWS_ENDPOINT_URL_S3']) !== undefined
+          ? checkEndpoint(env['AWS_ENDPOINT_URL_S3']!.trim(), 'AWS_ENDPOINT_URL_S3', 'http://127.0.0.1:9000')
+          : nonEmpty(env['AWS_ENDPOINT_URL']) !== undefined
+            ? checkEndpoint(env['AWS_ENDPOINT_URL']!.trim(), 'AWS_ENDPOINT_URL', 'http://127.0.0.1:9000')
+            : undefined;
+    const region = opts.region ?? nonEmpty(env['AWS_REGION']) ?? nonEmpty(env['AWS_DEFAULT_REGION']) ?? 'us-east-1';
+    const forcePathStyle = opts.forcePathStyle ?? (endpoint !== undefined && isPathStyleEndpoint(endpoint));
+    const credentials = env === process.env ? undefined : explicitEnvCredentials(env);
+    return {
+      kind,
+      endpoint,
+      region,
+      forcePathStyle,
+      credentials,
+      caBundle,
+      cacheKey: `s3|${endpoint ?? 'aws'}|${region}|${forcePathStyle ? 'path' : 'virtual'}`,
+    };
+  }
+
+  const rawEndpoint = nonEmpty(env['OSS_ENDPOINT']);
+  if (rawEndpoint === undefined) {
+    throw new RoboflowError(
+      'ERR_CONFIG',
+      `OSS_ENDPOINT is not set, so ${display} cannot be reached: set it to the bucket's region endpoint, ` +
+        `e.g. OSS_ENDPOINT=https://oss-cn-hangzhou.aliyuncs.com`,
+      { url: display },
+    );
+  }
+  // Alibaba's own tools take the endpoint without a scheme; accept that form too.
+  const endpoint = checkEndpoint(
+    rawEndpoint.includes('://') ? rawEndpoint : `https://${rawEndpoint}`,
+    'OSS_ENDPOINT',
+    'https://oss-cn-hangzhou.aliyuncs.com',
+  );
+  const accessKeyId = nonEmpty(env['OSS_ACCESS_KEY_ID']) ?? nonEmpty(env['ALIBABA_CLOUD_ACCESS_KEY_ID']);
+  const secretAccessKey = nonEmpty(env['OSS_ACCESS_KEY_SECRET']) ?? nonEmpty(env['ALIBABA_CLOUD_ACCESS_KEY_SECRET']);
+  const sessionToken =
+    nonEmpty(env['OSS_SESSION_TOKEN']) ?? nonEmpty(env['OSS_SECURITY_TOKEN']) ?? nonEmpty(env['ALIBABA_CLOUD_SECURITY_TOKEN']);
+  if (!accessKeyId || !secretAccessKey) {
+    throw new RoboflowError('ERR_MISSING_CREDENTIALS', `no OSS credentials for ${display}: ${OSS_CREDENTIALS_HINT}`, { url: display });
+  }
+  // Alibaba's SDKs name regions `oss-cn-hangzhou`; SigV4 through the S3 API wants `cn-hangzhou`.
+  const region = nonEmpty(env['OSS_REGION'])?.replace(/^oss-/, '') ?? ossRegionFromEndpoint(endpoint) ?? 'oss';
+  const forcePathStyle = opts.forcePathStyle ?? false;
+  return {
+    kind,
+    endpoint,
+    region,
+    forcePathStyle,
+    credentials: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) },
+    caBundle,
+    cacheKey: `oss|${endpoint}|${region}|${forcePathStyle ? 'path' : 'virtual'}`,
+  };
+}
+
+export interface S3ClientOptions {
+  readonly maxConnections?: number;
+  readonly headersTimeoutMs?: number;
+  /** SDK attempts per call: 1 for reads (the downloader retries), more for uploads. */
+  readonly maxAttempts: number;
+}
+
+/** Response headers of each SDK output, for the few headers the SDK does not parse. */
+const rawHeaders = new WeakMap<object, Record<string, string>>();
+
+export interface S3ClientHandle {
+  readonly client: S3Client;
+  readonly settings: S3Settings;
+  destroy(): void;
+}
+
+export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3ClientHandle {
+  const maxSockets = opts.maxConnections ?? DEFAULTS.downloadConnections;
+  let ca: string[] | undefined;
+  if (settings.caBundle !== undefined) {
+    try {
+      ca = [...tls.rootCertificates, fs.readFileSync(settings.caBundle, 'utf8')];
+    } catch (err) {
+      throw new RoboflowError('ERR_CONFIG', `AWS_CA_BUNDLE names "${settings.caBundle}", which cannot be read: ${(err as Error).message}`, {
+        cause: err,
+      });
+    }
+  }
+  const httpAgent = new http.Agent({ keepAlive: true, maxSockets });
+  const httpsAgent = new https.Agent({ keepAlive: true, maxSockets, ...(ca ? { ca } : {}) });
+  const client = new S3Client({
+    region: settings.region,
+    ...(settings.endpoint !== undefined ? { endpoint: settings.endpoint } : {}),
+    forcePathStyle: settings.forcePathStyle,
+    ...(settings.credentials !== undefined ? { credentials: settings.credentials } : {}),
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+    maxAttempts: opts.maxAttempts,
+    // On AWS a wrong region answers 301 with the right one; follow it rather than fail.
+    followRegionRedirects: settings.endpoint === undefined,
+    requestHandler: new NodeHttpHandler({
+      httpAgent,
+      httpsAgent,
+      connectionTimeout: opts.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
+    }),
+  });
+  client.middlewareStack.add(
+    (next) => async (args) => {
+      const result = await next(args);
+      const headers = (result.response as { headers?: Record<string, string> } | undefined)?.headers;
+      if (headers && result.output && typeof result.output === 'object') rawHeaders.set(result.output, headers);
+      return result;
+    },
+    { step: 'build', name: 'roboflowRawResponseHeaders' },
+  );
+  let destroyed = false;
+  return {
+    client,
+    settings,
+    destroy() {
+      if (destroyed) return;
+      destroyed = true;
+      client.destroy();
+      httpAgent.destroy();
+      httpsAgent.destroy();
+    },
+  };
+}
+
+interface SdkError {
+  name?: string;
+  message?: string;
+  code?: string;
+  Code?: string;
+  $metadata?: { httpStatusCode?: number };
+  $response?: { headers?: Record<string, string | undefined>; statusCode?: number };
+}
+
+const S3_ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
+  NoSuchKey: 'ERR_NOT_FOUND',
+  NotFound: 'ERR_NOT_FOUND',
+  NoSuchBucket: 'ERR_NOT_FOUND',
+  NoSuchVersion: 'ERR_NOT_FOUND',
+  AccessDenied: 'ERR_ACCESS_DENIED',
+  Forbidden: 'ERR_ACCESS_DENIED',
+  SignatureDoesNotMatch: 'ERR_ACCESS_DENIED',
+  InvalidAccessKeyId: 'ERR_ACCESS_DENIED',
+  ExpiredToken: 'ERR_ACCESS_DENIED',
+  InvalidToken: 'ERR_ACCESS_DENIED',
+  TokenRefreshRequired: 'ERR_ACCESS_DENIED',
+  AllAccessDisabled: 'ERR_ACCESS_DENIED',
+  InvalidObjectState: 'ERR_ACCESS_DENIED',
+  PreconditionFailed: 'ERR_SOURCE_CHANGED',
+  SlowDown: 'ERR_THROTTLED',
+  Throttling: 'ERR_THROTTLED',
+  ThrottlingException: 'ERR_THROTTLED',
+  RequestLimitExceeded: 'ERR_THROTTLED',
+  TooManyRequests: 'ERR_THROTTLED',
+  ServiceUnavailable: 'ERR_THROTTLED',
+  InvalidRange: 'ERR_RANGE_NOT_SUPPORTED',
+  RequestTimeout: 'ERR_TIMEOUT',
+  InternalError: 'ERR_SERVER',
+};
+
+/** Codes whose server message may echo request signing material; only the code is shown. */
+const SIGNING_ERRORS = new Set(['SignatureDoesNotMatch', 'InvalidAccessKeyId', 'ExpiredToken', 'InvalidToken']);
+
+/** Turns an AWS SDK failure into a `RoboflowError` naming the operation and the object. */
+export function mapS3Error(err: unknown, url: string, what: string, kind: 's3' | 'oss' = 's3'): RoboflowError {
+  if (err instanceof RoboflowError) return err;
+  const e = (err ?? {}) as SdkError;
+  const name = e.name ?? e.Code ?? 'Error';
+  if (name === 'CredentialsProviderError') {
+    return new RoboflowError(
+      'ERR_MISSING_CREDENTIALS',
+      `no credentials for ${url}: ${kind === 's3' ? S3_CREDENTIALS_HINT : OSS_CREDENTIALS_HINT}`,
+      { url, cause: err },
+    );
+  }
+  const status = e.$metadata?.httpStatusCode ?? e.$response?.statusCode;
+  if (status === undefined) return toRoboflowError(err, 'ERR_CONNECTION', url);
+  const headers = e.$response?.headers ?? {};
+  const retryAfterMs = retryAfterFromHeaders((n) => {
+    const hit = Object.keys(headers).find((k) => k.toLowerCase() === n);
+    return hit === undefined ? undefined : headers[hit];
+  });
+  let code: ErrorCode = S3_ERROR_CODES[name] ?? codeForStatus(status);
+  if (status >= 200 && status < 300) code = 'ERR_BAD_RESPONSE';
+  const hint =
+    code === 'ERR_NOT_FOUND'
+      ? name === 'NoSuchBucket'
+        ? ' — the bucket does not exist; check the bucket name and the endpoint'
+        : ' — check the bucket and key'
+      : code === 'ERR_ACCESS_DENIED'
+        ? ` — check the credentials and that they may read this object${name === 'SignatureDoesNotMatch' ? ' (and the region)' : ''}`
+        : '';
+  const serverMessage =
+    !SIGNING_ERRORS.has(name) && e.message && e.message !== name && e.message !== 'UnknownError'
+      ? `: ${redactUrlsInText(e.message.split('\n', 1)[0] ?? '').slice(0, 300)}`
+      : '';
+  return new RoboflowError(code, `${what} ${url}: ${name} (HTTP ${status})${serverMessage}${hint}`, {
+    url,
+    status,
+    cause: err,
+    ...(retryAfterMs !== undefined ? { retryAfterMs } : {}),
+  });
+}
+
+const CHECKSUM_FIELDS: readonly [keyof HeadObjectCommandOutput, ChecksumAlgorithm, number][] = [
+  ['ChecksumSHA256', 'sha256', 32],
+  ['ChecksumSHA1', 'sha1', 20],
+  ['ChecksumCRC32C', 'crc32c', 4],
+  ['ChecksumCRC32', 'crc32', 4],
+];
+
+/**
+ * Whole-object checksums an S3/OSS HEAD vouches for. A single-part ETag is the MD5 of the
+ * content, except under SSE-KMS or SSE-C (and, on OSS, for appendable and multipart objects,
+ * reported in `x-oss-object-type`). `x-amz-checksum-*` values count only when the checksum type
+ * is FULL_OBJECT; composite ones are checksums of part checksums.
+ */
+export function checksumsFromHead(out: HeadObjectCommandOutput, kind: 's3' | 'oss'): Checksum[] {
+  const list: Checksum[] = [];
+  const md5 = /^"?([0-9a-fA-F]{32})"?$/.exec(out.ETag ?? '')?.[1];
+  const encrypted =
+    out.ServerSideEncryption === 'aws:kms' || out.ServerSideEncryption === 'aws:kms:dsse' || out.SSECustomerAlgorithm !== undefined;
+  const ossType = rawHeaders.get(out)?.['x-oss-object-type'];
+  const ossPlain = kind === 's3' || ossType === undefined || ossType.toLowerCase() === 'normal';
+  if (md5 !== undefined && !encrypted && ossPlain) list.push({ algorithm: 'md5', hex: md5.toLowerCase() });
+  if (out.ChecksumType === 'FULL_OBJECT') {
+    for (const [field, algorithm, bytes] of CHECKSUM_FIELDS) {
+      const value = out[field];
+      if (typeof value !== 'string') continue;
+      const digest = Buffer.from(value, 'base64');
+      if (digest.length === bytes) list.push({ algorithm, hex: digest.toString('hex') });
+    }
+  }
+  return list;
+}
+
+export interface S3SourceDeps {
+  readonly client: S3Client;
+  readonly headersTimeoutMs?: number;
+  /** Called once, by the first `close()`. */
+  readonly onClose?: () => Promise<void>;
+}
+
+type SourceState = 'open' | 'closed';
+
+export class S3Source implements ObjectSource {
+  readonly kind: 's3' | 'oss';
+  readonly url: string;
+  readonly bucket: string;
+  readonly key: string;
+  private readonly deps: S3SourceDeps;
+  private readonly headersTimeoutMs: number;
+  private state: SourceState = 'open';
+  private closing: Promise<void> | undefined;
+
+  constructor(kind: 's3' | 'oss', bucket: string, key: string, display: string, deps: S3SourceDeps) {
+    this.kind = kind;
+    this.bucket = bucket;
+    this.key = key;
+    this.url = display;
+    this.deps = deps;
+    this.headersTimeoutMs = deps.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs;
+  }
+
+  async stat(opts: { signal?: AbortSignal } = {}): Promise<ObjectStat> {
+    const out = await this.call('HEAD', opts.signal, (abortSignal) =>
+      this.deps.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key, ChecksumMode: 'ENABLED' }), {
+        abortSignal,
+      }),
+    );
+    const size = out.ContentLength;
+    if (size === undefined || !Number.isSafeInteger(size) || size < 0) {
+      throw new RoboflowError('ERR_BAD_RESPONSE', `HEAD ${this.url}: the store did not report the object's size`, { url: this.url });
+    }
+    return {
+      url: this.url,
+      size,
+      ...(isStrongEtag(out.ETag) ? { etag: out.ETag } : {}),
+      ...(out.LastModified ? { lastModified: out.LastModified } : {}),
+      checksums: checksumsFromHead(out, this.kind),
+      rangesSupported: true,
+    };
+  }
+
+  async read(range: ByteRange, opts: ReadOptions = {}): Promise<RangeBody> {
+    checkRange(range, this.url);
+    const out = await this.call('GET', opts.signal, (abortSignal) =>
+      this.deps.client.send(
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key: this.key,
+          Range: rangeHeader(range),
+          ...(opts.ifMatch !== undefined ? { IfMatch: opts.ifMatch } : {}),
+        }),
+        { abortSignal },
+      ),
+    );
+    const body = out.Body as Readable | undefined;
+    if (body === undefined) {
+      throw new RoboflowError('ERR_BAD_RESPONSE', `GET ${this.url}: the store answered without a body`, { url: this.url });
+    }
+    try {
+      const want = range.end - range.start;
+      if (out.ContentRange !== undefined) {
+        expectContentRange(out.ContentRange, range, this.url);
+      } else if (!(range.start === 0 && out.ContentLength === range.end)) {
+        throw new RoboflowError(
+          'ERR_RANGE_NOT_SUPPORTED',
+          `GET ${this.url}: the store ignored the Range header (${rangeHeader(range)}) and sent ${out.ContentLength ?? 'an unknown number of'} bytes`,
+          { url: this.url },
+        );
+      }
+      if (out.ContentLength !== undefined && out.ContentLength !== want) {
+        throw new RoboflowError(
+          'ERR_BAD_RESPONSE',
+          `GET ${this.url}: range ${rangeHeader(range)} came with Content-Length ${out.ContentLength}, expected ${want}`,
+          { url: this.url },
+        );
+      }
+      if (opts.ifMatch !== undefined && isStrongEtag(out.ETag) && out.ETag !== opts.ifMatch) {
+        throw new RoboflowError('ERR_SOURCE_CHANGED', `${this.url} changed since it was first read (ETag ${opts.ifMatch}, now ${out.ETag})`, {
+          url: this.url,
+        });
+      }
+    } catch (err) {
+      // Unread bodies are destroyed; a listener keeps the resulting stream error from escaping.
+      body.on('error', () => undefined);
+      body.destroy();
+      throw err;
+    }
+    const { signal } = opts;
+    if (signal) {
+      // The SDK's own abort wiring ends with the response headers; the body must stop too.
+      const onAbort = () => body.destroy(abortError(signal, `GET ${this.url}`));
+      signal.addEventListener('abort', onAbort, { once: true });
+      body.once('close', () => signal.removeEventListener('abort', onAbort));
+    }
+    return { range, body };
+  }
+
+  close(): Promise<void> {
+    switch (this.state) {
+      case 'open':
+        this.state = 'closed';
+        this.closing = this.deps.onClose?.() ?? Promise.resolve();
+        return this.closing;
+      case 'closed':
+        return this.closing ?? Promise.resolve();
+      default: {
+        const _exhaustive: never = this.state;
+        return _exhaustive;
+      }
+    }
+  }
+
+  /**
+   * Runs one SDK call under the caller's signal and the headers timeout (the SDK has none of its
+   * own); the timer stops once the response headers are in, so a long body is not cut.
+   */
+  private async call<T>(what: string, signal: AbortSignal | undefined, fn: (abortSignal: AbortSignal) => Promise<T>): Promise<T> {
+    if (this.state === 'closed') throw new RoboflowError('ERR_CLOSED', `source ${this.url} is closed`, { url: this.url });
+    if (signal?.aborted) throw abortError(signal, `${what} ${this.url}`);
+    const timeout = new AbortController();
+    const timer = setTimeout(() => timeout.abort(), this.headersTimeoutMs);
+    const abortSignal = signal ? AbortSignal.any([signal, timeout.signal]) : timeout.signal;
+    try {
+      return await fn(abortSignal);
+    } catch (err) {
+      if (signal?.aborted) throw abortError(signal, `${what} ${this.url}`);
+      if (timeout.signal.aborted) {
+        throw new RoboflowError('ERR_TIMEOUT', `${what} ${this.url}: no response within ${this.headersTimeoutMs} ms`, {
+          url: this.url,
+          cause: err,
+        });
+      }
+      throw mapS3Error(err, this.url, what, this.kind);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+}
