@@ -240,11 +240,19 @@ export interface JobQueue {
   /** `claimed` → `running`, attempts + 1. */
   start(id: string, owner: string, leaseMs: number): Promise<JobRecord>;
   complete(id: string, owner: string, result: unknown): Promise<JobRecord>;
-  /** Back to `pending` after `backoffMs`, or `dead` when not retryable or attempts are spent. */
+  /**
+   * Back to `pending` after `backoffMs`, or `dead` when not retryable or attempts are spent.
+   * Failing a job that is only `claimed` (e.g. its inputs would not download) spends an attempt
+   * too, so a job that can never be prepared still ends `dead` instead of circling forever.
+   */
   fail(id: string, owner: string, error: string, opts: FailOptions): Promise<JobRecord>;
-  /** Hands a claimed job back to `pending` without spending an attempt (shutdown, prefetch). */
+  /**
+   * Hands a claimed job back to `pending` without spending an attempt (shutdown, prefetch).
+   * Also accepts a `running` job (shutdown that cancelled processing): the attempt already spent
+   * stays counted, and a job released during its last attempt goes `dead` at the next claim.
+   */
   release(id: string, owner: string): Promise<void>;
-  /** `dead` → `pending` with attempts reset to 0. */
+  /** `dead` → `pending` with attempts reset to 0; `lastError` stays until the job fails again or completes. */
   retry(id: string): Promise<JobRecord>;
   get(id: string): Promise<JobRecord | null>;
   list(filter?: { status?: JobStatus; limit?: number }): Promise<JobRecord[]>;

@@ -1,0 +1,459 @@
+/**
+ * The job queue on PostgreSQL (pg): many workers on many machines.
+ *
+ * Mirrors `sqlite.ts` operation by operation: same methods in the same order, same comments,
+ * the same SQL except where the dialect must differ. Semantics common to both:
+ *
+ * - `claim` takes the oldest (`run_at`, `id`) job that is `pending` with `run_at <= now`, or
+ *   `claimed`/`running` whose lease has expired. A job reclaimed while `running` has spent its
+ *   attempt; if no attempt is left (`attempts >= max_attempts`) it goes `dead` instead of being
+ *   handed out ("lease expired after N attempts (worker lost)") and the claim looks again. The
+ *   same holds for a `pending` job whose last attempt was released. So `attempts` never exceeds
+ *   `max_attempts`.
+ * - `start` spends the attempt (`claimed` → `running`); `claim` does not.
+ * - `fail` of a merely `claimed` job spends an attempt too: the failure (say, an input that never
+ *   downloads) is a try, and without counting it such a job would circle forever.
+ * - `release` hands a `claimed` or `running` job back as `pending` without touching `attempts`
+ *   or `run_at`: `run_at` is already past, so the job keeps its place at the front of the line.
+ *   An attempt that was running stays counted (a job that keeps outliving shutdowns still ends).
+ * - `complete` clears `last_error`; `retry` keeps it (it still tells why the job died until the
+ *   next attempt overwrites it or the job completes).
+ * - A lease-holding call by a worker that no longer holds the lease changes nothing and fails
+ *   with `ERR_LEASE_LOST`; a call naming a job that does not exist fails with `ERR_JOB_NOT_FOUND`.
+ *
+ * PostgreSQL specifics:
+ * - Every operation is one statement, atomic by itself. The claim picks its row with
+ *   `FOR UPDATE SKIP LOCKED`, so concurrent claimers take different jobs without waiting on each
+ *   other. Migrations run in one transaction under an advisory lock.
+ * - Lease and retry times come from the database clock (`now()`): workers on different machines
+ *   have clocks that drift apart, and a lease judged by each worker's own clock could be seen as
+ *   expired by one while its owner still believes it holds it. One clock decides for everyone.
+ * - A pool of a few connections (`poolMax`, default 4). A failed query is not retried here: it
+ *   fails with `ERR_QUEUE` (retryable for connection trouble) and the worker's loop retries with
+ *   backoff. Errors of idle connections (a server restart) are absorbed; the pool drops those
+ *   connections and opens new ones on the next query.
+ * - Tables live in their own schema (default `roboflow`), named in every statement rather than
+ *   through `search_path`, which a connection string or a pooler could override.
+ */
+
+import pg from 'pg';
+import { RoboflowError } from '../errors.js';
+import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus } from '../types.js';
+import {
+  JOB_STATUSES,
+  checkBackoffMs,
+  checkLeaseMs,
+  checkListLimit,
+  checkOwner,
+  checkStatus,
+  closedError,
+  leaseRefusal,
+  notDeadRefusal,
+  parseJobId,
+  resultJson,
+  truncateError,
+  type JobLeaseState,
+  type LeaseOperation,
+} from './checks.js';
+import { POSTGRES_MIGRATIONS, latestVersion } from './migrations.js';
+import { parseJobSpec } from './spec.js';
+
+/** Connections per queue: a worker holds one at a time; a few more cover heartbeats and listings. */
+const DEFAULT_POOL_MAX = 4;
+/** A server that does not accept a connection within this long is reported as down. */
+const CONNECT_TIMEOUT_MS = 10_000;
+/** First key of the migration advisory lock (the second is the schema's hash): "RoFl". */
+const MIGRATION_LOCK_CLASS = 0x526f466c;
+
+export interface PostgresJobQueueOptions {
+  /** libpq-style connection string, without our `schema` parameter. */
+  readonly connectionString: string;
+  /** Schema holding the queue's tables; created if missing. */
+  readonly schema: string;
+  /** The queue URL as errors show it (password masked). */
+  readonly displayUrl: string;
+  /** `application_name` of the connections, as `pg_stat_activity` shows them. (Default: `roboflow`) */
+  readonly applicationName?: string;
+  /** Most connections the pool opens. (Default: 4) */
+  readonly poolMax?: number;
+}
+
+interface JobRow {
+  readonly id: string;
+  readonly inputs: JobRecord['inputs'];
+  readonly output: string | null;
+  readonly processor: string;
+  readonly args: JobRecord['args'];
+  readonly status: JobStatus;
+  readonly attempts: number;
+  readonly max_attempts: number;
+  readonly lease_owner: string | null;
+  readonly lease_expires_at: Date | null;
+  readonly last_error: string | null;
+  readonly result: unknown;
+  readonly run_at: Date;
+  readonly created_at: Date;
+  readonly updated_at: Date;
+}
+
+export class PostgresJobQueue implements JobQueue {
+  readonly displayUrl: string;
+  readonly #pool: pg.Pool;
+  /** `"schema".jobs`, for every statement. */
+  readonly #jobs: string;
+  #closing: Promise<void> | null = null;
+
+  private constructor(pool: pg.Pool, schema: string, displayUrl: string) {
+    this.#pool = pool;
+    this.#jobs = `${quoteIdent(schema)}.jobs`;
+    this.displayUrl = displayUrl;
+  }
+
+  /** Connects, creating the schema if needed, and brings it up to date. */
+  static async open(opts: PostgresJobQueueOptions): Promise<PostgresJobQueue> {
+    const pool = new pg.Pool({
+      connectionString: opts.connectionString,
+      max: opts.poolMax ?? DEFAULT_POOL_MAX,
+      application_name: opts.applicationName ?? 'roboflow',
+      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      keepAlive: true,
+    });
+    // An idle connection that the server drops (restart, idle timeout) emits 'error' on the pool;
+    // without a listener that would crash the process. The pool has already discarded it.
+    pool.on('error', () => {});
+    try {
+      await migrate(pool, opts.schema, opts.displayUrl);
+    } catch (err) {
+      await pool.end().catch(() => {});
+      throw postgresError(err, opts.displayUrl, 'open');
+    }
+    return new PostgresJobQueue(pool, opts.schema, opts.displayUrl);
+  }
+
+  async submit(spec: JobSpec): Promise<JobRecord> {
+    const checked = parseJobSpec(spec);
+    const row = await this.write(
+      'submit',
+      `INSERT INTO ${this.#jobs} (inputs, output, processor, args, max_attempts, run_at, created_at, updated_at)
+       VALUES ($1::jsonb, $2, $3, $4::jsonb, $5, now(), now(), now())
+       RETURNING *`,
+      [
+        JSON.stringify(checked.inputs),
+        checked.output ?? null,
+        checked.processor,
+        JSON.stringify(checked.args),
+        checked.maxAttempts,
+      ],
+    );
+    if (row === undefined) throw new RoboflowError('ERR_QUEUE', `job queue ${this.displayUrl}: insert returned no row`);
+    return recordFromRow(row);
+  }
+
+  async claim(owner: string, leaseMs: number): Promise<JobRecord | null> {
+    checkOwner(owner);
+    checkLeaseMs(leaseMs);
+    // Each round takes one candidate atomically. A candidate with no attempt left goes dead
+    // instead of being handed out, and the next round looks again; every such round retires a
+    // job for good, so the loop ends.
+    for (;;) {
+      const row = await this.write(
+        'claim',
+        `UPDATE ${this.#jobs} SET
+           status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'claimed' END,
+           lease_owner = CASE WHEN attempts >= max_attempts THEN NULL ELSE $1 END,
+           lease_expires_at = CASE WHEN attempts >= max_attempts THEN NULL ELSE now() + $2::float8 * interval '1 millisecond' END,
+           last_error = CASE
+             WHEN status = 'running' AND attempts >= max_attempts
+               THEN 'lease expired after ' || attempts || ' attempts (worker lost)'
+             WHEN attempts >= max_attempts
+               THEN 'no attempts left: attempt ' || attempts || ' of ' || max_attempts || ' was released before it finished'
+             WHEN status = 'running'
+               THEN 'lease expired during attempt ' || attempts || ' (worker lost)'
+             ELSE last_error END,
+           updated_at = now()
+         WHERE id = (
+           SELECT id FROM ${this.#jobs}
+           WHERE (status = 'pending' AND run_at <= now())
+              OR (status IN ('claimed', 'running') AND lease_expires_at < now())
+           ORDER BY run_at, id
+           LIMIT 1
+           FOR UPDATE SKIP LOCKED)
+         RETURNING *`,
+        [owner, leaseMs],
+      );
+      if (row === undefined) return null;
+      if (row.status === 'claimed') return recordFromRow(row);
+    }
+  }
+
+  async heartbeat(id: string, owner: string, leaseMs: number): Promise<void> {
+    const jobId = parseJobId(id);
+    checkOwner(owner);
+    checkLeaseMs(leaseMs);
+    const row = await this.write(
+      'heartbeat',
+      `UPDATE ${this.#jobs} SET lease_expires_at = now() + $3::float8 * interval '1 millisecond', updated_at = now()
+       WHERE id = $1 AND lease_owner = $2 AND status IN ('claimed', 'running')
+       RETURNING *`,
+      [jobId, owner, leaseMs],
+    );
+    if (row === undefined) throw await this.refusal('heartbeat', id, owner);
+  }
+
+  async start(id: string, owner: string, leaseMs: number): Promise<JobRecord> {
+    const jobId = parseJobId(id);
+    checkOwner(owner);
+    checkLeaseMs(leaseMs);
+    const row = await this.write(
+      'start',
+      `UPDATE ${this.#jobs} SET status = 'running', attempts = attempts + 1,
+         lease_expires_at = now() + $3::float8 * interval '1 millisecond', updated_at = now()
+       WHERE id = $1 AND lease_owner = $2 AND status = 'claimed'
+       RETURNING *`,
+      [jobId, owner, leaseMs],
+    );
+    if (row === undefined) throw await this.refusal('start', id, owner);
+    return recordFromRow(row);
+  }
+
+  async complete(id: string, owner: string, result: unknown): Promise<JobRecord> {
+    const jobId = parseJobId(id);
+    checkOwner(owner);
+    const row = await this.write(
+      'complete',
+      `UPDATE ${this.#jobs} SET status = 'done', result = $3::jsonb, last_error = NULL,
+         lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+       WHERE id = $1 AND lease_owner = $2 AND status IN ('claimed', 'running')
+       RETURNING *`,
+      [jobId, owner, resultJson(id, result)],
+    );
+    if (row === undefined) throw await this.refusal('complete', id, owner);
+    return recordFromRow(row);
+  }
+
+  async fail(id: string, owner: string, error: string, opts: FailOptions): Promise<JobRecord> {
+    const jobId = parseJobId(id);
+    checkOwner(owner);
+    checkBackoffMs(opts.backoffMs);
+    // The right-hand sides see the row as it was, so the attempt a claimed job's failure spends
+    // is added again where the new count decides between pending and dead.
+    const row = await this.write(
+      'fail',
+      `UPDATE ${this.#jobs} SET
+         attempts = attempts + (CASE WHEN status = 'claimed' THEN 1 ELSE 0 END),
+         status = CASE
+           WHEN $4::boolean AND attempts + (CASE WHEN status = 'claimed' THEN 1 ELSE 0 END) < max_attempts
+             THEN 'pending' ELSE 'dead' END,
+         run_at = CASE
+           WHEN $4::boolean AND attempts + (CASE WHEN status = 'claimed' THEN 1 ELSE 0 END) < max_attempts
+             THEN now() + $5::float8 * interval '1 millisecond' ELSE run_at END,
+         last_error = $3, lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+       WHERE id = $1 AND lease_owner = $2 AND status IN ('claimed', 'running')
+       RETURNING *`,
+      [jobId, owner, truncateError(error), opts.retryable, Math.round(opts.backoffMs)],
+    );
+    if (row === undefined) throw await this.refusal('fail', id, owner);
+    return recordFromRow(row);
+  }
+
+  async release(id: string, owner: string): Promise<void> {
+    const jobId = parseJobId(id);
+    checkOwner(owner);
+    const row = await this.write(
+      'release',
+      `UPDATE ${this.#jobs} SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+       WHERE id = $1 AND lease_owner = $2 AND status IN ('claimed', 'running')
+       RETURNING *`,
+      [jobId, owner],
+    );
+    if (row === undefined) throw await this.refusal('release', id, owner);
+  }
+
+  async retry(id: string): Promise<JobRecord> {
+    const jobId = parseJobId(id);
+    const row = await this.write(
+      'retry',
+      `UPDATE ${this.#jobs} SET status = 'pending', attempts = 0, run_at = now(),
+         lease_owner = NULL, lease_expires_at = NULL, updated_at = now()
+       WHERE id = $1 AND status = 'dead'
+       RETURNING *`,
+      [jobId],
+    );
+    if (row !== undefined) return recordFromRow(row);
+    const current = await this.get(id);
+    if (current === null) throw new RoboflowError('ERR_JOB_NOT_FOUND', `retry of job ${id}: no such job`);
+    throw notDeadRefusal(id, current.status);
+  }
+
+  async get(id: string): Promise<JobRecord | null> {
+    const jobId = parseJobId(id);
+    const row = await this.one('get', `SELECT * FROM ${this.#jobs} WHERE id = $1`, [jobId]);
+    return row === undefined ? null : recordFromRow(row);
+  }
+
+  async list(filter: { status?: JobStatus; limit?: number } = {}): Promise<JobRecord[]> {
+    checkStatus(filter.status);
+    const limit = checkListLimit(filter.limit);
+    const rows =
+      filter.status === undefined
+        ? await this.all('list', `SELECT * FROM ${this.#jobs} ORDER BY id DESC LIMIT $1`, [limit])
+        : await this.all('list', `SELECT * FROM ${this.#jobs} WHERE status = $2 ORDER BY id DESC LIMIT $1`, [
+            limit,
+            filter.status,
+          ]);
+    return rows.map(recordFromRow);
+  }
+
+  async counts(): Promise<Record<JobStatus, number>> {
+    const rows = (await this.all('counts', `SELECT status, count(*) AS n FROM ${this.#jobs} GROUP BY status`, [])) as unknown as {
+      status: JobStatus;
+      n: number | string;
+    }[];
+    const counts = Object.fromEntries(JOB_STATUSES.map((s) => [s, 0])) as Record<JobStatus, number>;
+    for (const r of rows) counts[r.status] = Number(r.n);
+    return counts;
+  }
+
+  async close(): Promise<void> {
+    // pg's end() waits for checked-out connections to come back, then closes them all; a second
+    // end() would throw, so every caller awaits the first.
+    this.#closing ??= this.#pool.end().catch(() => {});
+    return this.#closing;
+  }
+
+  /** Why a lease-holding call matched no row, as the error to throw. */
+  private async refusal(op: LeaseOperation, id: string, owner: string): Promise<RoboflowError> {
+    const row = await this.one(op, `SELECT * FROM ${this.#jobs} WHERE id = $1`, [parseJobId(id)]);
+    const state: JobLeaseState | null = row === undefined ? null : { status: row.status, leaseOwner: row.lease_owner };
+    return leaseRefusal(op, id, owner, state);
+  }
+
+  /** One write statement, atomic by itself; returns its first row. */
+  private async write(op: string, sql: string, params: readonly unknown[]): Promise<JobRow | undefined> {
+    return (await this.run(op, sql, params))[0];
+  }
+
+  /** One read; MVCC lets it run beside writes. */
+  private async one(op: string, sql: string, params: readonly unknown[]): Promise<JobRow | undefined> {
+    return (await this.run(op, sql, params))[0];
+  }
+
+  private async all(op: string, sql: string, params: readonly unknown[]): Promise<JobRow[]> {
+    return this.run(op, sql, params);
+  }
+
+  /** Runs one statement, refusing it after `close()` and mapping driver errors to `ERR_QUEUE`. */
+  private async run(op: string, sql: string, params: readonly unknown[]): Promise<JobRow[]> {
+    if (this.#closing !== null) throw closedError(this.displayUrl);
+    try {
+      const res = await this.#pool.query<JobRow>(sql, params as unknown[]);
+      return res.rows;
+    } catch (err) {
+      throw postgresError(err, this.displayUrl, op);
+    }
+  }
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/**
+ * Applies every migration above the recorded version, all in one transaction. The advisory lock
+ * serialises workers that start together: without it two could both see version 0 and both
+ * create the tables (or the schema), and one would fail.
+ */
+async function migrate(pool: pg.Pool, schema: string, displayUrl: string): Promise<void> {
+  const latest = latestVersion(POSTGRES_MIGRATIONS);
+  const client = await pool.connect();
+  // A checked-out connection has no pool listener; one that drops here must not crash the process.
+  const onError = () => {};
+  client.on('error', onError);
+  let broken: Error | undefined;
+  try {
+    await client.query('BEGIN');
+    await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [MIGRATION_LOCK_CLASS, schema]);
+    // CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when the schema exists; look first.
+    const found = await client.query('SELECT 1 FROM pg_namespace WHERE nspname = $1', [schema]);
+    if (found.rowCount === 0) await client.query(`CREATE SCHEMA ${quoteIdent(schema)}`);
+    await client.query(`SET LOCAL search_path TO ${quoteIdent(schema)}`);
+    await client.query(
+      `CREATE TABLE IF NOT EXISTS migrations (
+         version integer PRIMARY KEY,
+         name text NOT NULL,
+         applied_at timestamptz NOT NULL DEFAULT now()
+       )`,
+    );
+    const { rows } = await client.query<{ v: number }>('SELECT coalesce(max(version), 0)::int AS v FROM migrations');
+    const current = rows[0]?.v ?? 0;
+    if (current > latest) {
+      throw new RoboflowError(
+        'ERR_QUEUE',
+        `job queue ${displayUrl} has schema version ${current}, newer than this roboflow knows (${latest}); upgrade roboflow`,
+        { retryable: false },
+      );
+    }
+    for (const m of POSTGRES_MIGRATIONS) {
+      if (m.version <= current) continue;
+      await client.query(m.sql);
+      await client.query('INSERT INTO migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
+    }
+    await client.query('COMMIT');
+  } catch (err) {
+    broken = err as Error;
+    await client.query('ROLLBACK').catch(() => {});
+    throw err;
+  } finally {
+    client.off('error', onError);
+    // A connection that failed mid-transaction is not trusted again.
+    client.release(broken);
+  }
+}
+
+function recordFromRow(row: JobRow): JobRecord {
+  return {
+    id: String(row.id),
+    inputs: row.inputs,
+    output: row.output,
+    processor: row.processor,
+    args: row.args,
+    status: row.status,
+    attempts: row.attempts,
+    maxAttempts: row.max_attempts,
+    leaseOwner: row.lease_owner,
+    leaseExpiresAt: row.lease_expires_at,
+    lastError: row.last_error,
+    result: row.result ?? null,
+    runAt: row.run_at,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+  };
+}
+
+/**
+ * Maps a pg error. Connection trouble (refused, reset, terminated, a server shutting down or out
+ * of connections) and transaction conflicts are worth retrying: the server comes back. Anything
+ * the server rejected on its merits (a wrong password, a missing database, a permission) will not
+ * heal by itself.
+ */
+function postgresError(err: unknown, displayUrl: string, what: string): RoboflowError {
+  if (err instanceof RoboflowError) return err;
+  const e = err as { code?: unknown; message?: unknown; errors?: unknown };
+  let message = typeof e?.message === 'string' ? e.message : String(err);
+  // Node reports a refused connection to a name with several addresses as an AggregateError
+  // whose own message is empty.
+  if (message === '' && Array.isArray(e?.errors)) {
+    message = (e.errors as { message?: string }[]).map((x) => x.message ?? String(x)).join('; ');
+  }
+  const code = typeof e?.code === 'string' ? e.code : undefined;
+  const sqlState = code !== undefined && /^[0-9A-Z]{5}$/.test(code) ? code : undefined;
+  // Without a SQLSTATE the failure happened below SQL: the socket, the connect timeout, the pool.
+  const retryable = sqlState === undefined || ['08', '40', '53', '57'].includes(sqlState.slice(0, 2));
+  const detail = sqlState !== undefined ? ` [${sqlState}]` : code !== undefined ? ` [${code}]` : '';
+  const hint = retryable && sqlState === undefined ? ' — is the PostgreSQL server running and reachable?' : '';
+  return new RoboflowError('ERR_QUEUE', `job queue ${displayUrl}: ${what} failed: ${message}${detail}${hint}`, {
+    cause: err,
+    url: displayUrl,
+    retryable,
+  });
+}
