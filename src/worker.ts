@@ -1,0 +1,628 @@
+/**
+ * The worker: the seed's loop
+ *
+ *     for (;;) { job = await prefetch.nextReady(); await process(job); prefetch.notifyComplete(); }
+ *
+ * with the upload of job k overlapped with the processing of job k+1.
+ *
+ * One job's way through the worker
+ * --------------------------------
+ * 1. `nextReady()` hands out a job whose inputs are on disk; its attempt starts there. The time
+ *    spent waiting in it is *input wait* — the I/O prefetch did not hide.
+ * 2. The processor runs with the inputs and a fresh output directory `<bufferDir>/<jobId>/out`.
+ * 3. *Finishing*, in the background: the output directory is uploaded to `job.output` (if set),
+ *    the job is completed (or failed, released) in the job queue, and only then does the prefetch
+ *    queue get `notifyComplete()`, which deletes the job's directory — so no file is deleted
+ *    while it is still being uploaded. Meanwhile the loop already waits for, and processes, job
+ *    k+1. At most one finishing runs at a time: before job k+1 finishes, job k's finishing is
+ *    awaited, so jobs complete in the order they were processed and a slow store cannot pile up
+ *    uploads. The price is that job k's slot (and its disk space) is freed only after its
+ *    upload, which the byte budget accounts for.
+ *
+ * Outcomes: `done`; `retried` / `dead` after `fail()` (retryable per the error, backoff from
+ * `backoffDelay` over the job retry delays); `released` when the job was cancelled by shutdown;
+ * `lease_lost` when another worker took the job meanwhile (nothing is written then).
+ *
+ * Shutdown (the `signal` given to `run()`): claiming stops and prefetched jobs that were not
+ * started go back to pending with attempts unchanged, at once. With `shutdown: 'finish'` the job
+ * being processed is finished (processing, upload, complete); with `'cancel'` its processor and
+ * upload are aborted and it is released. `run()` resolves when everything is closed. `destroy()`
+ * aborts at once and hands nothing back (leases expire).
+ *
+ * The buffer directory belongs to one worker process: `<bufferDir>/.roboflow-worker.lock` makes a
+ * second worker on the same directory fail at start with `ERR_CONFIG` (job directories are named
+ * by job id, so two workers would delete or resume each other's files after a lost lease).
+ *
+ * The library never installs signal handlers and never imports a metrics library: it publishes
+ * `workerWait`, `workerBusy` and `jobFinished` on the diagnostics channels.
+ */
+
+import { randomUUID } from 'node:crypto';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pino, { type Logger } from 'pino';
+import { DEFAULTS } from './defaults.js';
+import { channels, type JobOutcome } from './diagnostics.js';
+import { backoffDelay, RoboflowError, toRoboflowError } from './errors.js';
+import { ByteBudget } from './prefetch/budget.js';
+import { ParallelDownloader } from './prefetch/downloader.js';
+import { PrefetchQueue, type PrefetchedJob, type PrefetchStats } from './prefetch/queue.js';
+import { getProcessor, type ProcessorOptions } from './processors/index.js';
+import { redactText } from './redact.js';
+import { StorageClients } from './storage/index.js';
+import { uploadDirectory, type DirectoryUploadResult } from './storage/upload.js';
+import type { JobQueue, JobStatus, Processor, StorageOptions } from './types.js';
+
+/** The configuration keys the worker reads; `Config` from `src/config.ts` has all of them. */
+export interface WorkerSettings {
+  readonly slots: number;
+  readonly downloadConnections: number;
+  readonly chunkSize: number;
+  readonly bufferDir: string;
+  readonly bufferBudgetBytes: number | null;
+  readonly bufferReserveBytes: number;
+  readonly rangeMaxAttempts: number;
+  readonly retryBaseDelayMs: number;
+  readonly retryMaxDelayMs: number;
+  readonly stallTimeoutMs: number;
+  readonly progressIntervalMs: number;
+  readonly leaseMs: number;
+  readonly heartbeatMs: number;
+  readonly jobRetryBaseDelayMs: number;
+  readonly jobRetryMaxDelayMs: number;
+  readonly pollIntervalMs: number;
+}
+
+export type ShutdownMode = 'finish' | 'cancel';
+
+export interface WorkerOptions {
+  readonly queue: JobQueue;
+  /** Any subset; missing keys come from `DEFAULTS`. A `Config` fits as it is. */
+  readonly config?: Partial<WorkerSettings>;
+  /** Operator options for the built-in processors (exec time limit, passed environment). */
+  readonly processorOptions?: ProcessorOptions;
+  /** Processors by name, looked up before the built-in ones (custom pipelines, the demo). */
+  readonly processors?: Readonly<Record<string, Processor>>;
+  /** Shared storage clients; when given, the worker leaves them open. */
+  readonly clients?: StorageClients;
+  /** How to build storage clients when `clients` is not given. */
+  readonly storage?: StorageOptions;
+  readonly log?: Logger;
+  /** Stop once the job queue has no unfinished job left. (Default: false) */
+  readonly drain?: boolean;
+  /** What happens to the job being processed when `run()`'s signal aborts. (Default: `finish`) */
+  readonly shutdown?: ShutdownMode;
+  /** Lease owner name. (Default: `<hostname>/<pid>/<random>`) */
+  readonly owner?: string;
+  /** Keep the partial downloads of jobs handed back at shutdown, for a resume. (Default: false) */
+  readonly keepPartial?: boolean;
+  /** Called once per job handed to a processor, when it has finished. */
+  readonly onJob?: (report: JobReport) => void;
+}
+
+/** What the worker stores as a job's result. */
+export interface WorkerJobResult {
+  /** What the processor returned. */
+  readonly processorResult: unknown;
+  /** Files uploaded to `job.output`. */
+  readonly uploaded: readonly { readonly name: string; readonly url: string; readonly bytes: number }[];
+  /** The lease owner that completed the job. */
+  readonly worker: string;
+  readonly bytes: number;
+  readonly downloadSeconds: number;
+  readonly processSeconds: number;
+  readonly uploadSeconds: number;
+}
+
+/** One job's way through the worker. */
+export interface JobReport {
+  readonly jobId: string;
+  readonly outcome: JobOutcome;
+  /** The job's status after this attempt, as far as this worker knows. */
+  readonly status: JobStatus;
+  readonly attempt: number;
+  readonly bytes: number;
+  /** Seconds its inputs took to download (in the background, mostly). */
+  readonly downloadSeconds: number;
+  /** Seconds the worker waited in `nextReady()` before it got this job. */
+  readonly waitSeconds: number;
+  readonly processSeconds: number;
+  readonly uploadSeconds: number;
+  /** Why it did not complete, when it did not. */
+  readonly error?: string;
+}
+
+export interface WorkerSummary {
+  /** Jobs handed to a processor. */
+  readonly jobs: number;
+  readonly done: number;
+  /** Failed and to be retried. */
+  readonly failed: number;
+  readonly dead: number;
+  /** Handed back at shutdown after their attempt started. */
+  readonly released: number;
+  readonly leaseLost: number;
+  /** Downloads that failed (those jobs never reached a processor). */
+  readonly downloadFailures: number;
+  readonly bytes: number;
+  /** Seconds spent waiting for inputs (in `nextReady()` calls that returned a job). */
+  readonly inputWaitSeconds: number;
+  /** Seconds of processing plus upload, summed over jobs. */
+  readonly busySeconds: number;
+  readonly wallSeconds: number;
+}
+
+type WorkerState = 'new' | 'running' | 'stopping' | 'stopped';
+
+/** Outcome of the processing step. */
+type Processed =
+  | { readonly ok: true; readonly result: unknown; readonly seconds: number; readonly outDir: string }
+  | { readonly ok: false; readonly error: RoboflowError; readonly seconds: number; readonly outDir: string };
+
+/** Attempts of a job-queue call that failed with `ERR_QUEUE` (database briefly away). */
+const QUEUE_CALL_ATTEMPTS = 5;
+
+function resolveSettings(config: Partial<WorkerSettings> | undefined): WorkerSettings {
+  const pick = <K extends keyof WorkerSettings>(k: K): WorkerSettings[K] =>
+    (config?.[k] ?? DEFAULTS[k]) as WorkerSettings[K];
+  return {
+    slots: pick('slots'),
+    downloadConnections: pick('downloadConnections'),
+    chunkSize: pick('chunkSize'),
+    bufferDir: pick('bufferDir'),
+    bufferBudgetBytes: config?.bufferBudgetBytes === undefined ? DEFAULTS.bufferBudgetBytes : config.bufferBudgetBytes,
+    bufferReserveBytes: pick('bufferReserveBytes'),
+    rangeMaxAttempts: pick('rangeMaxAttempts'),
+    retryBaseDelayMs: pick('retryBaseDelayMs'),
+    retryMaxDelayMs: pick('retryMaxDelayMs'),
+    stallTimeoutMs: pick('stallTimeoutMs'),
+    progressIntervalMs: pick('progressIntervalMs'),
+    leaseMs: pick('leaseMs'),
+    heartbeatMs: pick('heartbeatMs'),
+    jobRetryBaseDelayMs: pick('jobRetryBaseDelayMs'),
+    jobRetryMaxDelayMs: pick('jobRetryMaxDelayMs'),
+    pollIntervalMs: pick('pollIntervalMs'),
+  };
+}
+
+/** A lease owner name unique per worker: readable host and pid, random so a restart differs. */
+export function defaultOwner(): string {
+  return `${os.hostname()}/${process.pid}/${randomUUID().slice(0, 8)}`;
+}
+
+export class Worker {
+  readonly owner: string;
+  readonly #queue: JobQueue;
+  readonly #settings: WorkerSettings;
+  readonly #opts: WorkerOptions;
+  readonly #log: Logger;
+  readonly #shutdown: ShutdownMode;
+  #state: WorkerState = 'new';
+  /** Aborts processing and uploads: on `cancel` shutdown and on `destroy()`. */
+  readonly #cancel = new AbortController();
+  #prefetch: PrefetchQueue | null = null;
+  #clients: StorageClients | null = null;
+  #downloader: ParallelDownloader | null = null;
+  #counts = { jobs: 0, done: 0, failed: 0, dead: 0, released: 0, leaseLost: 0, bytes: 0 };
+  #inputWait = 0;
+  #busy = 0;
+
+  constructor(opts: WorkerOptions) {
+    this.#opts = opts;
+    this.#queue = opts.queue;
+    this.#settings = resolveSettings(opts.config);
+    this.#log = opts.log ?? pino({ level: 'silent' });
+    this.#shutdown = opts.shutdown ?? 'finish';
+    this.owner = opts.owner ?? defaultOwner();
+  }
+
+  get state(): WorkerState {
+    return this.#state;
+  }
+
+  /** The prefetch queue of the running worker (for status displays), or null. */
+  get prefetch(): PrefetchQueue | null {
+    return this.#prefetch;
+  }
+
+  #setState(to: WorkerState): void {
+    const from = this.#state;
+    let ok: boolean;
+    switch (to) {
+      case 'new':
+        ok = false;
+        break;
+      case 'running':
+        ok = from === 'new';
+        break;
+      case 'stopping':
+        ok = from === 'running';
+        break;
+      case 'stopped':
+        ok = from === 'running' || from === 'stopping';
+        break;
+      default: {
+        const _exhaustive: never = to;
+        throw new Error(`unknown worker state ${String(_exhaustive)}`);
+      }
+    }
+    if (!ok) throw new RoboflowError('ERR_CONFIG', `worker cannot go from ${from} to ${to}; a Worker runs once`);
+    this.#state = to;
+  }
+
+  /**
+   * Claims, downloads and processes jobs until `signal` aborts (or, with `drain`, the queue has
+   * no work left). Resolves with the summary once everything is closed.
+   */
+  async run(signal?: AbortSignal): Promise<WorkerSummary> {
+    this.#setState('running');
+    const s = this.#settings;
+    const started = performance.now();
+    let unlock: () => Promise<void>;
+    try {
+      unlock = await lockBufferDir(s.bufferDir, this.owner);
+    } catch (err) {
+      this.#setState('stopped');
+      throw err;
+    }
+    const clients = this.#opts.clients ?? new StorageClients(this.#opts.storage ?? {});
+    this.#clients = clients;
+    const downloader = new ParallelDownloader({
+      connections: s.downloadConnections,
+      chunkSize: s.chunkSize,
+      stallTimeoutMs: s.stallTimeoutMs,
+      progressIntervalMs: s.progressIntervalMs,
+      retry: { maxAttempts: s.rangeMaxAttempts, baseDelayMs: s.retryBaseDelayMs, maxDelayMs: s.retryMaxDelayMs },
+      clients,
+    });
+    this.#downloader = downloader;
+    const prefetch = new PrefetchQueue({
+      queue: this.#queue,
+      downloader,
+      config: {
+        slots: s.slots,
+        downloadConnections: s.downloadConnections,
+        chunkSize: s.chunkSize,
+        bufferDir: s.bufferDir,
+        bufferBudgetBytes: s.bufferBudgetBytes,
+      },
+      owner: this.owner,
+      leaseMs: s.leaseMs,
+      heartbeatMs: s.heartbeatMs,
+      pollIntervalMs: s.pollIntervalMs,
+      drain: this.#opts.drain ?? false,
+      budget: new ByteBudget({ limitBytes: s.bufferBudgetBytes, dir: s.bufferDir, reserveBytes: s.bufferReserveBytes }),
+      clients,
+      jobRetry: { baseDelayMs: s.jobRetryBaseDelayMs, maxDelayMs: s.jobRetryMaxDelayMs },
+      keepPartial: this.#opts.keepPartial ?? false,
+      log: this.#log,
+    });
+    this.#prefetch = prefetch;
+
+    let closing: Promise<void> | null = null;
+    const stop = () => {
+      if (this.#state !== 'running') return;
+      this.#setState('stopping');
+      this.#log.info({ shutdown: this.#shutdown }, 'stopping: no new jobs; prefetched jobs go back to the queue');
+      closing = prefetch.close().catch((err: unknown) => {
+        this.#log.error({ err: toRoboflowError(err) }, 'closing the prefetch queue failed');
+      });
+      if (this.#shutdown === 'cancel') {
+        this.#cancel.abort(new RoboflowError('ERR_ABORTED', 'the worker is shutting down and cancels the job in progress'));
+      }
+    };
+    if (signal?.aborted) stop();
+    signal?.addEventListener('abort', stop, { once: true });
+    this.#log.info(
+      { owner: this.owner, slots: s.slots, connections: s.downloadConnections, bufferDir: s.bufferDir, drain: this.#opts.drain ?? false },
+      'worker started',
+    );
+
+    let finishing: Promise<void> = Promise.resolve();
+    let failed = false;
+    try {
+      for (;;) {
+        const waitStart = performance.now();
+        const ready = await prefetch.nextReady();
+        const waitSeconds = (performance.now() - waitStart) / 1000;
+        if (!ready) break;
+        this.#inputWait += waitSeconds;
+        channels.workerWait.publish({ seconds: waitSeconds });
+        this.#counts.jobs++;
+        const processed = await this.#process(ready);
+        // Job k's upload ran while job k+1 was processed; completions stay in order.
+        await finishing;
+        finishing = this.#finish(ready, processed, waitSeconds);
+      }
+    } catch (err) {
+      failed = true;
+      this.#log.error({ err: toRoboflowError(err) }, 'worker loop failed; aborting');
+      throw err;
+    } finally {
+      signal?.removeEventListener('abort', stop);
+      await finishing;
+      if (failed) await prefetch.destroy();
+      await (closing ?? prefetch.close());
+      await downloader.close();
+      if (!this.#opts.clients) await clients.close();
+      await unlock();
+      if (this.#state !== 'stopped') this.#setState('stopped');
+    }
+    const summary = this.#summary(prefetch.stats(), (performance.now() - started) / 1000);
+    this.#log.info(summary, 'worker stopped');
+    return summary;
+  }
+
+  /**
+   * Aborts processing, uploads and downloads at once; jobs are not handed back (their leases
+   * expire) and partial downloads stay for a resume. `run()` then resolves soon. Idempotent.
+   */
+  async destroy(): Promise<void> {
+    if (!this.#cancel.signal.aborted) this.#cancel.abort(new RoboflowError('ERR_ABORTED', 'the worker was destroyed'));
+    await Promise.all([this.#prefetch?.destroy(), this.#downloader?.destroy()]);
+  }
+
+  #summary(stats: PrefetchStats, wallSeconds: number): WorkerSummary {
+    return {
+      ...this.#counts,
+      downloadFailures: stats.downloadFailures,
+      inputWaitSeconds: round3(this.#inputWait),
+      busySeconds: round3(this.#busy),
+      wallSeconds: round3(wallSeconds),
+    };
+  }
+
+  #processorFor(name: string): Processor {
+    return this.#opts.processors?.[name] ?? getProcessor(name, this.#opts.processorOptions ?? {});
+  }
+
+  /** Runs the processor; never throws (a failure is an outcome). */
+  async #process(ready: PrefetchedJob): Promise<Processed> {
+    const { job } = ready;
+    const log = this.#log.child({ jobId: job.id });
+    const outDir = path.join(ready.dir, 'out');
+    const started = performance.now();
+    const seconds = () => (performance.now() - started) / 1000;
+    const signal = AbortSignal.any([this.#cancel.signal, ready.leaseLost]);
+    log.info({ processor: job.processor, attempt: job.attempts, bytes: ready.bytes, downloadSeconds: round3(ready.downloadSeconds) }, 'processing');
+    try {
+      await rm(outDir, { recursive: true, force: true });
+      await mkdir(outDir, { recursive: true });
+      const processor = this.#processorFor(job.processor);
+      const result = await processor.run({ job, inputPaths: ready.inputPaths, outputDir: outDir, signal });
+      return { ok: true, result, seconds: seconds(), outDir };
+    } catch (err) {
+      return { ok: false, error: toRoboflowError(err, 'ERR_PROCESSOR'), seconds: seconds(), outDir };
+    }
+  }
+
+  /** Uploads, records the outcome in the job queue, frees the slot. Never rejects. */
+  async #finish(ready: PrefetchedJob, processed: Processed, waitSeconds: number): Promise<void> {
+    const { job } = ready;
+    const log = this.#log.child({ jobId: job.id });
+    let error: RoboflowError | null = processed.ok ? null : processed.error;
+    let uploaded: DirectoryUploadResult[] = [];
+    let uploadSeconds = 0;
+    let outcome: JobOutcome;
+    let status: JobStatus;
+    try {
+      if (processed.ok && job.output !== null) {
+        const uploadStart = performance.now();
+        try {
+          const signal = AbortSignal.any([this.#cancel.signal, ready.leaseLost]);
+          uploaded = await uploadDirectory(processed.outDir, job.output, {
+            signal,
+            ...(this.#clients ? { clients: this.#clients } : {}),
+          });
+        } catch (err) {
+          error = toRoboflowError(err, 'ERR_UPLOAD');
+        }
+        uploadSeconds = (performance.now() - uploadStart) / 1000;
+      }
+      ({ outcome, status } = await this.#record(ready, processed, error, uploaded, uploadSeconds, log));
+    } catch (err) {
+      // #record handles every queue answer; anything else is a bug worth seeing, not a crash.
+      log.error({ err: toRoboflowError(err) }, 'could not record the outcome of the job');
+      outcome = 'retried';
+      status = 'running';
+    }
+    await this.#prefetch?.notifyComplete(job.id);
+
+    const busy = processed.seconds + uploadSeconds;
+    this.#busy += busy;
+    channels.workerBusy.publish({ seconds: busy });
+    channels.jobFinished.publish({ jobId: job.id, outcome, seconds: busy, status });
+    switch (outcome) {
+      case 'done':
+        this.#counts.done++;
+        this.#counts.bytes += ready.bytes;
+        break;
+      case 'retried':
+        this.#counts.failed++;
+        break;
+      case 'dead':
+        this.#counts.dead++;
+        break;
+      case 'released':
+        this.#counts.released++;
+        break;
+      case 'lease_lost':
+        this.#counts.leaseLost++;
+        break;
+      default: {
+        const _exhaustive: never = outcome;
+        throw new Error(`unknown outcome ${String(_exhaustive)}`);
+      }
+    }
+    try {
+      this.#opts.onJob?.({
+        jobId: job.id,
+        outcome,
+        status,
+        attempt: job.attempts,
+        bytes: ready.bytes,
+        downloadSeconds: round3(ready.downloadSeconds),
+        waitSeconds: round3(waitSeconds),
+        processSeconds: round3(processed.seconds),
+        uploadSeconds: round3(uploadSeconds),
+        ...(error ? { error: redactText(error.message) } : {}),
+      });
+    } catch (err) {
+      log.warn({ err: toRoboflowError(err) }, 'onJob callback threw');
+    }
+  }
+
+  async #record(
+    ready: PrefetchedJob,
+    processed: Processed,
+    error: RoboflowError | null,
+    uploaded: readonly DirectoryUploadResult[],
+    uploadSeconds: number,
+    log: Logger,
+  ): Promise<{ outcome: JobOutcome; status: JobStatus }> {
+    const { job } = ready;
+    if (ready.leaseLost.aborted || error?.code === 'ERR_LEASE_LOST') {
+      log.warn('lease lost: another worker holds the job now; its result is not recorded here');
+      return { outcome: 'lease_lost', status: 'running' };
+    }
+    if (error && this.#cancel.signal.aborted) {
+      try {
+        await this.#queueCall(() => this.#queue.release(job.id, this.owner), 'release', log);
+        log.info({ attempt: job.attempts }, 'job cancelled by shutdown and released');
+        return { outcome: 'released', status: 'pending' };
+      } catch (err) {
+        return this.#recordFailed(err, 'release', log);
+      }
+    }
+    if (error) {
+      const backoffMs = backoffDelay(Math.max(1, job.attempts), error, {
+        baseDelayMs: this.#settings.jobRetryBaseDelayMs,
+        maxDelayMs: this.#settings.jobRetryMaxDelayMs,
+      });
+      const message = redactText(error.message);
+      try {
+        const after = await this.#queueCall(
+          () => this.#queue.fail(job.id, this.owner, message, { retryable: error.retryable, backoffMs }),
+          'fail',
+          log,
+        );
+        const dead = after.status === 'dead';
+        log.warn(
+          {
+            err: error,
+            attempt: after.attempts,
+            maxAttempts: after.maxAttempts,
+            ...(dead ? {} : { retryInMs: Math.round(backoffMs) }),
+          },
+          dead ? 'job failed; it is dead' : 'job failed; it will be retried',
+        );
+        return { outcome: dead ? 'dead' : 'retried', status: after.status };
+      } catch (err) {
+        return this.#recordFailed(err, 'fail', log);
+      }
+    }
+    const result: WorkerJobResult = {
+      processorResult: processed.ok ? processed.result : null,
+      uploaded: uploaded.map((u) => ({ name: u.name, url: u.url, bytes: u.bytes })),
+      worker: this.owner,
+      bytes: ready.bytes,
+      downloadSeconds: round3(ready.downloadSeconds),
+      processSeconds: round3(processed.seconds),
+      uploadSeconds: round3(uploadSeconds),
+    };
+    try {
+      await this.#queueCall(() => this.#queue.complete(job.id, this.owner, result), 'complete', log);
+      log.info(
+        { processSeconds: result.processSeconds, uploadSeconds: result.uploadSeconds, uploaded: uploaded.length },
+        'job done',
+      );
+      return { outcome: 'done', status: 'done' };
+    } catch (err) {
+      return this.#recordFailed(err, 'complete', log);
+    }
+  }
+
+  #recordFailed(err: unknown, what: string, log: Logger): { outcome: JobOutcome; status: JobStatus } {
+    const e = toRoboflowError(err, 'ERR_QUEUE');
+    if (e.code === 'ERR_LEASE_LOST') {
+      log.warn({ op: what }, 'lease lost: another worker holds the job now; its result is not recorded here');
+      return { outcome: 'lease_lost', status: 'running' };
+    }
+    log.error({ op: what, err: e }, 'could not record the job in the queue; it runs again when its lease expires');
+    return { outcome: 'retried', status: 'running' };
+  }
+
+  /** A job-queue call, retried with backoff while the database is unreachable (`ERR_QUEUE`). */
+  async #queueCall<T>(call: () => Promise<T>, what: string, log: Logger): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await call();
+      } catch (err) {
+        const e = toRoboflowError(err, 'ERR_QUEUE');
+        if (e.code !== 'ERR_QUEUE' || attempt >= QUEUE_CALL_ATTEMPTS) throw e;
+        const wait = backoffDelay(attempt, e, { baseDelayMs: 500, maxDelayMs: 15_000 });
+        log.warn({ op: what, attempt, waitMs: Math.round(wait), err: e }, 'job queue unreachable; retrying');
+        await new Promise((resolve) => setTimeout(resolve, wait));
+      }
+    }
+  }
+}
+
+/** Marks a buffer directory as used by one worker process. */
+const LOCK_FILE = '.roboflow-worker.lock';
+
+/**
+ * Claims the buffer directory for this process. Job directories are named by job id, so two
+ * workers sharing one buffer directory would, after a lost lease, delete or resume each other's
+ * files. A lock left by a process that no longer runs (on this host) is taken over.
+ */
+async function lockBufferDir(bufferDir: string, owner: string): Promise<() => Promise<void>> {
+  await mkdir(bufferDir, { recursive: true });
+  const lockPath = path.join(bufferDir, LOCK_FILE);
+  const mine = JSON.stringify({ pid: process.pid, hostname: os.hostname(), owner });
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await writeFile(lockPath, mine, { flag: 'wx' });
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt > 0) throw toRoboflowError(err, 'ERR_IO', lockPath);
+    }
+    let holder: { pid?: unknown; hostname?: unknown } = {};
+    try {
+      holder = JSON.parse(await readFile(lockPath, 'utf8')) as typeof holder;
+    } catch {
+      // Unreadable or half-written: whoever wrote it is not a running worker's complete lock.
+    }
+    const sameHost = holder.hostname === os.hostname();
+    if (typeof holder.pid === 'number' && (!sameHost || processAlive(holder.pid))) {
+      throw new RoboflowError(
+        'ERR_CONFIG',
+        `buffer directory ${bufferDir} is in use by the worker with pid ${holder.pid} on ${String(holder.hostname)}; ` +
+          `give each worker its own --buffer-dir (or delete ${lockPath} if that worker is gone)`,
+      );
+    }
+    await rm(lockPath, { force: true });
+  }
+  return async () => {
+    try {
+      if ((await readFile(lockPath, 'utf8')) === mine) await rm(lockPath, { force: true });
+    } catch {
+      // Already gone.
+    }
+  };
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+function round3(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}
