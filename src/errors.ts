@@ -89,6 +89,18 @@ export const RETRY_TABLE = {
   { retryable: false } | { retryable: true; minDelayMs: number; maxDelayMs: number }
 >;
 
+/**
+ * Codes that end one attempt but are worth another attempt of the JOB later, although retrying
+ * the same request at once is not: a full disk frees up as other jobs finish, or another worker
+ * with room claims the job. Range retries use `retryable`; job retries use `isJobRetryable()`.
+ */
+const JOB_RETRYABLE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['ERR_NO_SPACE']);
+
+/** Whether a job that failed with `err` goes back to pending (attempts permitting) or dead. */
+export function isJobRetryable(err: RoboflowError): boolean {
+  return err.retryable || JOB_RETRYABLE_CODES.has(err.code);
+}
+
 export interface RoboflowErrorOptions {
   readonly cause?: unknown;
   /** The URL involved, already stripped of secrets. */

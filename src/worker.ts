@@ -29,6 +29,16 @@
  * upload are aborted and it is released. `run()` resolves when everything is closed. `destroy()`
  * aborts at once and hands nothing back (leases expire).
  *
+ * Security (SECURITY.md): the worker holds a `SecurityPolicy` (from `WorkerOptions.policy`, else
+ * compiled from the allowlist settings) and its processor rules (`processors`, `execCommand`,
+ * `allowJobCommands`). Every claimed job is judged before anything is fetched or written for it;
+ * a refused job goes dead with `ERR_POLICY_DENIED` and no request is made. The job is judged
+ * again when its attempt starts (the record may have changed since the claim), the output prefix
+ * once more before the upload, and the storage clients it builds resolve names through the
+ * policy's `lookup`, so no connection reaches an address the policy refuses. The job and output
+ * directories are checked to be real directories, not links, before anything is deleted in or
+ * uploaded from them.
+ *
  * The buffer directory belongs to one worker process: `<bufferDir>/.roboflow-worker.lock` makes a
  * second worker on the same directory fail at start with `ERR_CONFIG` (job directories are named
  * by job id, so two workers would delete or resume each other's files after a lost lease).
@@ -44,15 +54,17 @@ import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { DEFAULTS } from './defaults.js';
 import { channels, type JobOutcome } from './diagnostics.js';
-import { backoffDelay, RoboflowError, toRoboflowError } from './errors.js';
+import { backoffDelay, isJobRetryable, RoboflowError, toRoboflowError } from './errors.js';
 import { ByteBudget } from './prefetch/budget.js';
 import { ParallelDownloader } from './prefetch/downloader.js';
 import { PrefetchQueue, type PrefetchedJob, type PrefetchStats } from './prefetch/queue.js';
-import { getProcessor, type ProcessorOptions } from './processors/index.js';
+import { checkRealDirectory } from './paths.js';
+import { checkProcessorAllowed, execTemplateFor, getProcessor, parseExecCommand, type ProcessorOptions } from './processors/index.js';
 import { redactText } from './redact.js';
+import { compilePolicy, type SecurityPolicy } from './security/policy.js';
 import { StorageClients } from './storage/index.js';
 import { uploadDirectory, type DirectoryUploadResult } from './storage/upload.js';
-import type { JobQueue, JobStatus, Processor, StorageOptions } from './types.js';
+import type { JobQueue, JobRecord, JobStatus, Processor, StorageOptions } from './types.js';
 
 /** The configuration keys the worker reads; `Config` from `src/config.ts` has all of them. */
 export interface WorkerSettings {
@@ -72,6 +84,19 @@ export interface WorkerSettings {
   readonly jobRetryBaseDelayMs: number;
   readonly jobRetryMaxDelayMs: number;
   readonly pollIntervalMs: number;
+  /** Time limit of one exec run (unless `processorOptions.timeoutMs` says otherwise). */
+  readonly execTimeoutMs: number;
+  readonly execKillGraceMs: number;
+  /** Source allowlist; with the two below, what the default policy is compiled from. */
+  readonly allowSources: readonly string[];
+  readonly allowOutputs: readonly string[];
+  readonly allowPrivateRanges: readonly string[];
+  /** Processor names this worker runs; empty runs every one. */
+  readonly processors: readonly string[];
+  /** The operator's exec command line; null lets jobs bring theirs (if `allowJobCommands`). */
+  readonly execCommand: string | null;
+  /** Whether exec jobs may run their own command; null: only while `allowSources` is empty. */
+  readonly allowJobCommands: boolean | null;
 }
 
 export type ShutdownMode = 'finish' | 'cancel';
@@ -80,8 +105,19 @@ export interface WorkerOptions {
   readonly queue: JobQueue;
   /** Any subset; missing keys come from `DEFAULTS`. A `Config` fits as it is. */
   readonly config?: Partial<WorkerSettings>;
-  /** Operator options for the built-in processors (exec time limit, passed environment). */
+  /**
+   * Operator options for the built-in processors (exec time limit, passed environment, command).
+   * Options left out come from the settings (`execTimeoutMs`, `execKillGraceMs`, `execCommand`,
+   * `allowJobCommands`).
+   */
   readonly processorOptions?: ProcessorOptions;
+  /**
+   * What jobs may read, write and connect to. (Default: compiled from `allowSources`,
+   * `allowOutputs` and `allowPrivateRanges` of the settings; with none of them set, every job
+   * passes, as on a single machine.) When `clients` is given too, build them with
+   * `policy.storageOptions()`, or connections skip the address check.
+   */
+  readonly policy?: SecurityPolicy;
   /** Processors by name, looked up before the built-in ones (custom pipelines, the demo). */
   readonly processors?: Readonly<Record<string, Processor>>;
   /** Shared storage clients; when given, the worker leaves them open. */
@@ -183,8 +219,19 @@ function resolveSettings(config: Partial<WorkerSettings> | undefined): WorkerSet
     jobRetryBaseDelayMs: pick('jobRetryBaseDelayMs'),
     jobRetryMaxDelayMs: pick('jobRetryMaxDelayMs'),
     pollIntervalMs: pick('pollIntervalMs'),
+    execTimeoutMs: pick('execTimeoutMs'),
+    execKillGraceMs: pick('execKillGraceMs'),
+    allowSources: pick('allowSources'),
+    allowOutputs: pick('allowOutputs'),
+    allowPrivateRanges: pick('allowPrivateRanges'),
+    processors: pick('processors'),
+    execCommand: pick('execCommand'),
+    allowJobCommands: pick('allowJobCommands'),
   };
 }
+
+/** How exec jobs get their command on this worker, for the start-up log. */
+type ExecMode = 'operator command' | 'job commands' | 'refused';
 
 /** A lease owner name unique per worker: readable host and pid, random so a restart differs. */
 export function defaultOwner(): string {
@@ -198,6 +245,11 @@ export class Worker {
   readonly #opts: WorkerOptions;
   readonly #log: Logger;
   readonly #shutdown: ShutdownMode;
+  readonly #policy: SecurityPolicy;
+  /** Exec options with the operator's command and the job-command switch resolved. */
+  readonly #execOptions: ProcessorOptions;
+  /** Whether `allowJobCommands` was decided from the policy rather than set. */
+  readonly #jobCommandsAutomatic: boolean;
   #state: WorkerState = 'new';
   /** Aborts processing and uploads: on `cancel` shutdown and on `destroy()`. */
   readonly #cancel = new AbortController();
@@ -215,6 +267,77 @@ export class Worker {
     this.#log = opts.log ?? pino({ level: 'silent' });
     this.#shutdown = opts.shutdown ?? 'finish';
     this.owner = opts.owner ?? defaultOwner();
+    const s = this.#settings;
+    this.#policy =
+      opts.policy ??
+      compilePolicy({ allowSources: s.allowSources, allowOutputs: s.allowOutputs, allowPrivateRanges: s.allowPrivateRanges });
+    const base = opts.processorOptions ?? {};
+    const command = base.command ?? (s.execCommand !== null ? parseExecCommand(s.execCommand) : undefined);
+    const setting = base.allowJobCommands ?? s.allowJobCommands;
+    this.#jobCommandsAutomatic = setting === null;
+    this.#execOptions = {
+      ...base,
+      timeoutMs: base.timeoutMs ?? s.execTimeoutMs,
+      killGraceMs: base.killGraceMs ?? s.execKillGraceMs,
+      ...(command !== undefined ? { command } : {}),
+      // A worker that restricts sources serves submitters it does not fully trust: running the
+      // programs they name would undo every other restriction.
+      allowJobCommands: setting ?? this.#policy.sources.allowsAll,
+    };
+  }
+
+  /** The policy this worker enforces. */
+  get policy(): SecurityPolicy {
+    return this.#policy;
+  }
+
+  /**
+   * Throws `ERR_POLICY_DENIED` unless this worker may run `job`: its inputs and output are allowed,
+   * it runs the job's processor, and an exec job's command is one it may run.
+   */
+  checkJob(job: Pick<JobRecord, 'id' | 'inputs' | 'output' | 'processor' | 'args'>): void {
+    this.#policy.checkJob(job);
+    checkProcessorAllowed(job, this.#settings.processors);
+    if (job.processor === 'exec' && this.#opts.processors?.['exec'] === undefined) execTemplateFor(job, this.#execOptions);
+  }
+
+  #execMode(): ExecMode {
+    if (this.#execOptions.command !== undefined) return 'operator command';
+    return this.#execOptions.allowJobCommands === false ? 'refused' : 'job commands';
+  }
+
+  /** The policy, once, at start: what is allowed, and a warning while any source is. */
+  #logPolicy(clients: StorageClients): void {
+    const summary = this.#policy.summary();
+    const s = this.#settings;
+    this.#log.info(
+      {
+        policy: summary,
+        processors: s.processors.length === 0 ? 'all' : [...s.processors],
+        exec: this.#execMode(),
+        ...(s.execCommand !== null && this.#opts.processorOptions?.command === undefined ? { execCommand: redactText(s.execCommand) } : {}),
+      },
+      'security policy',
+    );
+    if (this.#policy.sources.allowsAll) {
+      this.#log.warn(
+        { outputs: summary.outputs === 'any' ? 'any' : 'restricted', jobCommands: this.#execOptions.allowJobCommands !== false },
+        'any source URL is accepted: a job can make this worker read any file its user can read and any host it can ' +
+          'reach; on a shared queue set --allow-source and --allow-output (see SECURITY.md)',
+      );
+    }
+    if (this.#jobCommandsAutomatic && this.#execOptions.allowJobCommands === false && this.#execOptions.command === undefined) {
+      this.#log.info(
+        'exec jobs that bring their own command are refused because a source allowlist is set; give the worker a ' +
+          'command with --exec-command, or allow job commands with --allow-job-commands',
+      );
+    }
+    if (this.#policy.addresses.enforced && !clients.checksAddresses) {
+      this.#log.warn(
+        'the storage clients given to this worker do not resolve names through the policy, so private addresses are ' +
+          'not refused at connect time; build them with policy.storageOptions()',
+      );
+    }
   }
 
   get state(): WorkerState {
@@ -266,7 +389,8 @@ export class Worker {
       this.#setState('stopped');
       throw err;
     }
-    const clients = this.#opts.clients ?? new StorageClients(this.#opts.storage ?? {});
+    const clients = this.#opts.clients ?? new StorageClients({ ...(this.#opts.storage ?? {}), ...this.#policy.storageOptions() });
+    this.#logPolicy(clients);
     this.#clients = clients;
     const downloader = new ParallelDownloader({
       connections: s.downloadConnections,
@@ -296,6 +420,7 @@ export class Worker {
       clients,
       jobRetry: { baseDelayMs: s.jobRetryBaseDelayMs, maxDelayMs: s.jobRetryMaxDelayMs },
       keepPartial: this.#opts.keepPartial ?? false,
+      policy: { checkJob: (job) => this.checkJob(job) },
       log: this.#log,
     });
     this.#prefetch = prefetch;
@@ -374,7 +499,7 @@ export class Worker {
   }
 
   #processorFor(name: string): Processor {
-    return this.#opts.processors?.[name] ?? getProcessor(name, this.#opts.processorOptions ?? {});
+    return this.#opts.processors?.[name] ?? getProcessor(name, this.#execOptions);
   }
 
   /** Runs the processor; never throws (a failure is an outcome). */
@@ -387,8 +512,12 @@ export class Worker {
     const signal = AbortSignal.any([this.#cancel.signal, ready.leaseLost]);
     log.info({ processor: job.processor, attempt: job.attempts, bytes: ready.bytes, downloadSeconds: round3(ready.downloadSeconds) }, 'processing');
     try {
+      // The record is the one `start` returned; it may differ from the claimed one.
+      this.checkJob(job);
+      // Not a link planted since the download: `rm` below would delete wherever it leads.
+      await checkRealDirectory(ready.dir, `the directory of job ${job.id}`);
       await rm(outDir, { recursive: true, force: true });
-      await mkdir(outDir, { recursive: true });
+      await mkdir(outDir);
       const processor = this.#processorFor(job.processor);
       const result = await processor.run({ job, inputPaths: ready.inputPaths, outputDir: outDir, signal });
       return { ok: true, result, seconds: seconds(), outDir };
@@ -411,6 +540,10 @@ export class Worker {
         const uploadStart = performance.now();
         try {
           const signal = AbortSignal.any([this.#cancel.signal, ready.leaseLost]);
+          // Once more, right before writing: this is the step the output allowlist protects.
+          this.#policy.checkJob({ id: job.id, inputs: [], output: job.output });
+          await checkRealDirectory(ready.dir, `the directory of job ${job.id}`);
+          // uploadDirectory refuses an output directory that is a link, and skips links in it.
           uploaded = await uploadDirectory(processed.outDir, job.output, {
             signal,
             ...(this.#clients ? { clients: this.#clients } : {}),
@@ -503,7 +636,7 @@ export class Worker {
       const message = redactText(error.message);
       try {
         const after = await this.#queueCall(
-          () => this.#queue.fail(job.id, this.owner, message, { retryable: error.retryable, backoffMs }),
+          () => this.#queue.fail(job.id, this.owner, message, { retryable: isJobRetryable(error), backoffMs }),
           'fail',
           log,
         );

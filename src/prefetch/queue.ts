@@ -6,9 +6,12 @@
  * ---------
  * A *filler* claims jobs from the job queue, one claim at a time, until N slots hold a job that
  * is not yet being processed (N = `config.slots`; with N = 0 a job is claimed only when the
- * worker asks for one, which is the sequential baseline). Each claimed job gets a slot; the slot
- * sizes the job's inputs, reserves that many bytes of the buffer budget, and downloads every input
- * to `<bufferDir>/<jobId>/<n>-<name>`. `nextReady()` hands out the earliest-claimed slot whose
+ * worker asks for one, which is the sequential baseline). Each claimed job gets a slot and is
+ * judged by the worker's policy first (`policy.checkJob`): a refused job fails at once, before a
+ * single request or file is made for it. Otherwise the slot sizes the job's inputs, reserves
+ * that many bytes of the buffer budget, and downloads every input to
+ * `<bufferDir>/<jobId>/<n>-<name>` (the job directory checked to be a real one, not a link).
+ * `nextReady()` hands out the earliest-claimed slot whose
  * download finished and starts the job's attempt in the job queue; `notifyComplete()` frees that
  * slot, deletes the job's files and hands its bytes back, and the filler claims the next job.
  *
@@ -52,13 +55,13 @@
  * without handing jobs back (their leases expire) and waits only for the aborted work to settle.
  */
 
-import { mkdir, rm } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { DEFAULTS } from '../defaults.js';
 import { channels, type SlotStateName } from '../diagnostics.js';
-import { abortError, backoffDelay, RoboflowError, toRoboflowError } from '../errors.js';
-import { jobDirectory, safeLocalName } from '../paths.js';
+import { abortError, backoffDelay, isJobRetryable, RoboflowError, toRoboflowError } from '../errors.js';
+import { ensureJobDirectory, jobDirectory, safeLocalName } from '../paths.js';
 import { redactText } from '../redact.js';
 import type { StorageClients } from '../storage/index.js';
 import type { JobQueue, JobRecord, PrefetchConfig, PrefetchStatus, ReadyJob } from '../types.js';
@@ -104,6 +107,13 @@ export interface PrefetchQueueOptions {
    * this machine resumes them. Otherwise they are deleted. (Default: false)
    */
   readonly keepPartial?: boolean;
+  /**
+   * Judges every claimed job before anything is sized, connected to or written for it (the
+   * worker passes its security policy plus its processor rules). A job it throws for fails at
+   * once with that error: `ERR_POLICY_DENIED` is not retryable, so the job goes dead with the
+   * reason in `last_error`, and no request for it is ever made. (Default: every job passes)
+   */
+  readonly policy?: { checkJob(job: JobRecord): void };
   readonly log?: Logger;
 }
 
@@ -184,6 +194,7 @@ export class PrefetchQueue {
   readonly #clients: StorageClients | undefined;
   readonly #jobRetry: { readonly baseDelayMs: number; readonly maxDelayMs: number };
   readonly #keepPartial: boolean;
+  readonly #policy: { checkJob(job: JobRecord): void } | undefined;
   readonly #log: Logger;
 
   #mode: QueueMode = 'idle';
@@ -236,6 +247,7 @@ export class PrefetchQueue {
       maxDelayMs: DEFAULTS.jobRetryMaxDelayMs,
     };
     this.#keepPartial = opts.keepPartial ?? false;
+    this.#policy = opts.policy;
     this.#log = opts.log ?? pino({ level: 'silent' });
   }
 
@@ -641,9 +653,10 @@ export class PrefetchQueue {
     if (!job) return;
     const signal = slot.abort.signal;
     const log = this.#log.child({ jobId: job.id });
-    const dir = jobDirectory(this.#config.bufferDir, job.id);
     const started = performance.now();
     try {
+      // First of all: a refused job must not cost a single request or file.
+      this.#policy?.checkJob(job);
       // The same job may come back to this worker (retried after a failure) while its previous
       // slot still deletes the job directory; the new download waits for that to finish.
       while (this.#slots.some((s) => s !== slot && s.job?.id === job.id)) {
@@ -664,7 +677,7 @@ export class PrefetchQueue {
       this.#setSlotState(slot, 'downloading');
       // Claims pause while a slot waits for bytes; this one got them.
       this.#fill();
-      await mkdir(dir, { recursive: true });
+      const dir = await ensureJobDirectory(this.#config.bufferDir, job.id);
       const paths: string[] = [];
       for (const [i, input] of job.inputs.entries()) {
         const dest = path.join(dir, safeLocalName(input.url, i));
@@ -703,8 +716,10 @@ export class PrefetchQueue {
     try {
       const started = await this.#queue.start(job.id, this.#owner, this.#leaseMs);
       const backoffMs = backoffDelay(started.attempts, err, this.#jobRetry);
-      const after = await this.#queue.fail(job.id, this.#owner, redactText(`download failed: ${err.message}`), {
-        retryable: err.retryable,
+      const refused = err.code === 'ERR_POLICY_DENIED';
+      const what = refused ? 'refused by this worker' : 'download failed';
+      const after = await this.#queue.fail(job.id, this.#owner, redactText(`${what}: ${err.message}`), {
+        retryable: isJobRetryable(err),
         backoffMs,
       });
       log.warn(
@@ -714,7 +729,7 @@ export class PrefetchQueue {
           status: after.status,
           ...(after.status === 'pending' ? { retryInMs: Math.round(backoffMs) } : {}),
         },
-        after.status === 'dead' ? 'download failed; job is dead' : 'download failed; job will be retried',
+        after.status === 'dead' ? `${what}; job is dead` : `${what}; job will be retried`,
       );
     } catch (reportErr) {
       const e = toRoboflowError(reportErr, 'ERR_QUEUE');
