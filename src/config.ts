@@ -20,6 +20,11 @@
  * nullable keys take `none` (or JSON `null`) to mean "not set". A later layer replaces a list,
  * it does not append to it. `configReference()` renders all of this as a table.
  *
+ * The security keys (`allowSources`, `allowOutputs`, `allowPrivateRanges`, `processors`,
+ * `execCommand`) are compiled as they load, the allowlists into the worker's security policy, so
+ * a bad pattern, block, processor name or command is a configuration error like a bad size, named
+ * by key and source, and the worker never starts with a policy it cannot enforce.
+ *
  * Every problem is collected before anything is thrown, so one run shows all of them: one
  * `ERR_CONFIG` whose message has one line per problem, each naming the key, the value, where it
  * came from (file and key, environment variable, flag) and what is allowed.
@@ -32,7 +37,11 @@ import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { DEFAULTS, type Defaults } from './defaults.js';
 import { RoboflowError } from './errors.js';
-import { REDACTED, redactUrl } from './redact.js';
+import { parseExecCommand } from './processors/exec.js';
+import { processorNames } from './processors/index.js';
+import { REDACTED, redactUrl, redactUrlsInText } from './redact.js';
+import { parseCidr } from './security/address.js';
+import { compileAllowlist, compilePolicy, type PolicyOptions, type SecurityPolicy } from './security/policy.js';
 import type { PrefetchConfig, StorageOptions } from './types.js';
 import { DURATION_SYNTAX, SIZE_SYNTAX, formatDuration, formatSize, parseDuration, parseSize } from './units.js';
 
@@ -183,7 +192,8 @@ function bool() {
   } satisfies FieldType<z.ZodType>;
 }
 
-function list(allowed: string) {
+/** A list of strings; `check` returns a problem with the whole list, or undefined. */
+function list(allowed: string, check: (items: string[]) => string | undefined = () => undefined) {
   return {
     kind: 'list',
     allowed: `${allowed} (a list; comma-separated in the environment, a repeated flag)`,
@@ -191,12 +201,59 @@ function list(allowed: string) {
       .union([z.array(z.string({ error: 'has an element that is not a string' })), z.string()], {
         error: 'is not a list of strings',
       })
-      .transform((v) =>
-        (Array.isArray(v) ? v : v.split(','))
+      .transform((v, ctx) => {
+        const items = (Array.isArray(v) ? v : v.split(','))
           .map((s) => s.trim())
-          .filter((s) => s !== ''),
-      ),
+          .filter((s) => s !== '');
+        const problem = check(items);
+        if (problem !== undefined) {
+          ctx.issues.push({ code: 'custom', message: problem, input: v });
+          return z.NEVER;
+        }
+        return items;
+      }),
   } satisfies FieldType<z.ZodType>;
+}
+
+/**
+ * The first problem of a list of allowlist patterns, as the policy compiles them. The policy's
+ * message names the flag; here the key and where the value came from say that already.
+ */
+function patternsProblem(what: 'source' | 'output'): (items: string[]) => string | undefined {
+  return (items) => {
+    try {
+      compileAllowlist(items, what);
+      return undefined;
+    } catch (err) {
+      return `has a bad pattern: ${(err as Error).message.replace(/^--allow-(source|output) pattern/, 'pattern')}`;
+    }
+  };
+}
+
+function rangesProblem(items: string[]): string | undefined {
+  for (const item of items) {
+    try {
+      parseCidr(item);
+    } catch (err) {
+      return `has a bad block: ${(err as Error).message.replace(/^--allow-private-range /, '')}`;
+    }
+  }
+  return undefined;
+}
+
+function processorsProblem(items: string[]): string | undefined {
+  const unknown = items.filter((p) => !(processorNames as readonly string[]).includes(p));
+  if (unknown.length === 0) return undefined;
+  return `names unknown processor${unknown.length === 1 ? '' : 's'} ${unknown.map((u) => JSON.stringify(u)).join(', ')}`;
+}
+
+function execCommandProblem(line: string): string | undefined {
+  try {
+    parseExecCommand(line, 'it');
+    return undefined;
+  } catch (err) {
+    return `is not a command that can run: ${(err as Error).message.replace(/^it: /, '')}`;
+  }
 }
 
 /**
@@ -415,17 +472,52 @@ const FIELDS = {
     default: null,
     flag: { spec: '--path-style', negatable: true },
   }),
-  allowSources: field(list('URL patterns'), {
-    doc: 'URL patterns job inputs may be read from (enforced by the security policy).',
+  allowSources: field(list('URL patterns: s3://bucket/prefix/*, https://host/path/*, file:///dir/*', patternsProblem('source')), {
+    doc:
+      'URL patterns job inputs may be read from; a job with any other input goes dead (ERR_POLICY_DENIED). Empty allows ' +
+      'every source (one machine); setting it also refuses non-public addresses and turns job commands off (see SECURITY.md).',
     env: 'ROBOFLOW_ALLOW_SOURCES',
-    default: [],
+    default: DEFAULTS.allowSources,
     flag: { spec: '--allow-source <pattern>', repeatable: true },
   }),
-  allowOutputs: field(list('URL patterns'), {
-    doc: 'URL patterns job outputs may be written to (enforced by the security policy).',
+  allowOutputs: field(list('URL prefix patterns ending in *: s3://bucket/prefix/*, file:///dir/*', patternsProblem('output')), {
+    doc: 'URL prefixes job outputs may be written under; a job with any other output goes dead. Empty allows every output.',
     env: 'ROBOFLOW_ALLOW_OUTPUTS',
-    default: [],
+    default: DEFAULTS.allowOutputs,
     flag: { spec: '--allow-output <pattern>', repeatable: true },
+  }),
+  allowPrivateRanges: field(list('CIDR blocks such as 10.0.0.0/8 or fd00::/8', rangesProblem), {
+    doc:
+      'Non-public address blocks the worker may connect to. Private addresses (loopback, 169.254.169.254, RFC 1918...) ' +
+      'are refused at connect time once a source allowlist or one of these blocks is set.',
+    env: 'ROBOFLOW_ALLOW_PRIVATE_RANGES',
+    default: DEFAULTS.allowPrivateRanges,
+    flag: { spec: '--allow-private-range <cidr>', repeatable: true },
+  }),
+  processors: field(list(`processor names: ${processorNames.join(', ')}`, processorsProblem), {
+    doc: 'Processors this worker runs; a job naming another goes dead (ERR_POLICY_DENIED). Empty runs every processor.',
+    env: 'ROBOFLOW_PROCESSORS',
+    default: DEFAULTS.processors,
+    flag: { spec: '--processor <name>', repeatable: true },
+  }),
+  execCommand: field(
+    nullable(text('a command line with {input}, {inputs}, {output}, {job}; white space separates, quotes group, no shell', execCommandProblem)),
+    {
+      doc:
+        "The command every exec job runs, e.g. 'ffmpeg -i {input} {output}/out.mp4'; a job carrying a different " +
+        'args.command goes dead. none = jobs bring their command, if allowJobCommands allows it.',
+      env: 'ROBOFLOW_EXEC_COMMAND',
+      default: DEFAULTS.execCommand,
+      flag: { spec: '--exec-command <command>' },
+    },
+  ),
+  allowJobCommands: field(nullable(bool()), {
+    doc:
+      'Whether exec jobs may run the command they carry (anyone who can submit one runs programs as the worker user). ' +
+      'none = automatic: yes while allowSources is empty, no once it is set.',
+    env: 'ROBOFLOW_ALLOW_JOB_COMMANDS',
+    default: DEFAULTS.allowJobCommands,
+    flag: { spec: '--allow-job-commands', negatable: true },
   }),
 };
 
@@ -716,6 +808,18 @@ export async function loadConfig(opts: LoadConfigOptions = {}): Promise<LoadedCo
     problems.push({ keys, line: `${issue.message}: ${parts.join(', ')}` });
   }
 
+  // Each list was checked on its own above; compiling the whole policy once more keeps the load
+  // and the worker in agreement about what is valid.
+  if (problems.length === 0 && whole.success) {
+    try {
+      policyFromConfig(whole.data);
+    } catch (err) {
+      const keys: ConfigKey[] = ['allowSources', 'allowOutputs', 'allowPrivateRanges'];
+      const parts = keys.map((k) => `${k} (${describeSource(sources[k])})`);
+      problems.push({ keys, line: `the security policy does not compile: ${(err as Error).message}; from ${parts.join(', ')}` });
+    }
+  }
+
   if (problems.length > 0 || !whole.success) {
     const lines = problems.map((p) => `  - ${p.line}`);
     throw new RoboflowError(
@@ -785,6 +889,22 @@ export function prefetchConfigFrom(config: Config): PrefetchConfig {
   };
 }
 
+/**
+ * The security policy the configuration describes (allowlists and private ranges). Throws
+ * `ERR_CONFIG` for a bad pattern; `loadConfig` has already refused those, naming key and source.
+ */
+export function policyFromConfig(
+  config: Pick<Config, 'allowSources' | 'allowOutputs' | 'allowPrivateRanges'>,
+  opts: Pick<PolicyOptions, 'resolve' | 'refusePrivate'> = {},
+): SecurityPolicy {
+  return compilePolicy({
+    allowSources: config.allowSources,
+    allowOutputs: config.allowOutputs,
+    allowPrivateRanges: config.allowPrivateRanges,
+    ...opts,
+  });
+}
+
 /** What storage sources and sinks take from the configuration. */
 export function storageOptionsFrom(config: Config, env: NodeJS.ProcessEnv = process.env): StorageOptions {
   return {
@@ -807,7 +927,8 @@ const SECRET_KEY_RE = /secret|token|password|passwd|credential/i;
 function maskString(key: string, s: string): string {
   if (SECRET_KEY_RE.test(key)) return MASK;
   // redactUrl knows every signature and credential parameter; only its marker differs here.
-  return redactUrl(s).split(REDACTED).join(MASK);
+  // URLs inside free text (an exec command line) are found and masked too.
+  return redactUrlsInText(redactUrl(s)).split(REDACTED).join(MASK);
 }
 
 function maskValue(key: string, v: unknown): unknown {

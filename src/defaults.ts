@@ -91,6 +91,41 @@ export const DEFAULTS = {
    * (Default: 5 s)
    */
   execKillGraceMs: 5_000,
+  /**
+   * URL patterns job inputs may be read from (`--allow-source`). Empty allows every source: on
+   * one machine whose operator submits its own jobs nothing needs fencing, and a first run works
+   * without set-up. A shared queue sets it (SECURITY.md); the worker warns at start while it is
+   * empty. (Default: none)
+   */
+  allowSources: [] as readonly string[],
+  /** URL prefixes job outputs may be written under (`--allow-output`); empty allows any. (Default: none) */
+  allowOutputs: [] as readonly string[],
+  /**
+   * Non-public address blocks (CIDR) the worker may still connect to once private addresses are
+   * refused, which happens as soon as a source allowlist or one of these blocks is configured.
+   * Empty: public addresses only (plus literal IP hosts that source patterns name), so neither
+   * the cloud metadata service nor the internal network is within a job's reach unless the
+   * operator opens a block on purpose. (Default: none)
+   */
+  allowPrivateRanges: [] as readonly string[],
+  /**
+   * Processor names this worker runs; a job naming another is refused (dead, ERR_POLICY_DENIED).
+   * Empty runs every processor, as a single machine expects. (Default: none, i.e. all)
+   */
+  processors: [] as readonly string[],
+  /**
+   * The argv template `exec` jobs run, set by the operator (`'ffmpeg -i {input} {output}/out.mp4'`).
+   * null: jobs bring their own command (`args.command`), if `allowJobCommands` lets them.
+   * (Default: none)
+   */
+  execCommand: null as string | null,
+  /**
+   * Whether `exec` jobs may run the command they carry. null decides from the policy: allowed
+   * while no source allowlist is set (one machine: `roboflow jobs submit --exec` works out of the
+   * box), refused once `allowSources` is set (a fleet, whose submitters need not be trusted with
+   * running programs as the worker's user). (Default: none, i.e. automatic)
+   */
+  allowJobCommands: null as boolean | null,
 } as const satisfies Record<string, unknown>;
 
 export type Defaults = typeof DEFAULTS;

@@ -2,10 +2,18 @@
  * Local paths derived from untrusted names. Job ids come from a shared database and input names
  * from URLs anyone may submit; neither may place a file outside the buffer directory, so both are
  * reduced to one safe path component before they touch the file system.
+ *
+ * A safe name is not enough when something else writes into the buffer directory: a program run
+ * by an earlier job (or a sandboxed one that sees only its output directory) can leave a symbolic
+ * link where a job or output directory will be. Following it would download into, delete under,
+ * or upload from a directory outside the buffer. So directories the worker creates, and the ones
+ * it uploads from, are checked with `lstat` (`checkRealDirectory`).
  */
 
 import { createHash } from 'node:crypto';
+import { lstat, mkdir, readlink } from 'node:fs/promises';
 import path from 'node:path';
+import { RoboflowError, toRoboflowError } from './errors.js';
 
 /** Longest local file name we produce; well under the 255-byte limit of common file systems. */
 const MAX_NAME = 200;
@@ -68,4 +76,45 @@ export function safeJobDirName(jobId: string): string {
 /** `<bufferDir>/<safe job dir>`. */
 export function jobDirectory(bufferDir: string, jobId: string): string {
   return path.join(bufferDir, safeJobDirName(jobId));
+}
+
+/**
+ * Throws unless `dir` is a real directory: `ERR_POLICY_DENIED` (not retryable) when it is a
+ * symbolic link or another kind of file, `ERR_IO` when it cannot be examined. `what` names it.
+ */
+export async function checkRealDirectory(dir: string, what: string): Promise<void> {
+  let st;
+  try {
+    st = await lstat(dir);
+  } catch (err) {
+    throw toRoboflowError(err, 'ERR_IO', dir);
+  }
+  if (st.isSymbolicLink()) {
+    const target = await readlink(dir).catch(() => '(unreadable)');
+    throw new RoboflowError(
+      'ERR_POLICY_DENIED',
+      `refusing to use ${what} ${dir}: it is a symbolic link (to ${target}), which could lead outside the buffer ` +
+        `directory; this worker did not make it, so something else writes into the buffer directory — inspect it`,
+    );
+  }
+  if (!st.isDirectory()) {
+    throw new RoboflowError('ERR_POLICY_DENIED', `refusing to use ${what} ${dir}: it is not a directory; inspect the buffer directory`);
+  }
+}
+
+/**
+ * Creates `<bufferDir>/<safe job dir>` (or keeps it, for a resume) and returns its path, after
+ * checking that it is a real directory and not a link planted to lead elsewhere.
+ */
+export async function ensureJobDirectory(bufferDir: string, jobId: string): Promise<string> {
+  const dir = jobDirectory(bufferDir, jobId);
+  try {
+    // The buffer directory is the operator's, and may itself be a link (to a local NVMe).
+    await mkdir(bufferDir, { recursive: true });
+    await mkdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw toRoboflowError(err, 'ERR_IO', dir);
+  }
+  await checkRealDirectory(dir, `the directory of job ${jobId}`);
+  return dir;
 }

@@ -72,13 +72,13 @@ describe('loadConfig layers', () => {
         'chunkSize = "16MiB"', // env beats file
         'leaseMs = "2m"', // flag beats env and file
         'downloadConnections = 4',
-        'allowSources = ["s3://a/*", "s3://b/*"]',
+        'allowSources = ["s3://bkt-a/*", "s3://bkt-b/*"]',
       ].join('\n'),
     );
     const { config, sources } = await loadConfig({
       configPath: cfg,
       cwd: dir,
-      env: { CHUNK_SIZE: '32MiB', ROBOFLOW_LEASE: '90s', ROBOFLOW_HEARTBEAT: '5s', ROBOFLOW_ALLOW_SOURCES: 's3://c/*, s3://d/*' },
+      env: { CHUNK_SIZE: '32MiB', ROBOFLOW_LEASE: '90s', ROBOFLOW_HEARTBEAT: '5s', ROBOFLOW_ALLOW_SOURCES: 's3://bkt-c/*, s3://bkt-d/*' },
       flags: { leaseMs: '3m', downloadConnections: '8' },
     });
     expect(config.maxAttempts).toBe(DEFAULTS.maxAttempts);
@@ -93,7 +93,7 @@ describe('loadConfig layers', () => {
     expect(config.downloadConnections).toBe(8);
     expect(sources.downloadConnections).toEqual({ layer: 'flag', detail: '--connections' });
     // A later layer replaces a list rather than appending to it.
-    expect(config.allowSources).toEqual(['s3://c/*', 's3://d/*']);
+    expect(config.allowSources).toEqual(['s3://bkt-c/*', 's3://bkt-d/*']);
     expect(sources.allowSources.layer).toBe('env');
   });
 
@@ -154,11 +154,11 @@ describe('loadConfig layers', () => {
 
   it('reads booleans and lists from the environment', async () => {
     const { config } = await loadConfig({
-      env: { ROBOFLOW_FORCE_PATH_STYLE: 'yes', ROBOFLOW_ALLOW_OUTPUTS: 'file:///out/*,,s3://x/' },
+      env: { ROBOFLOW_FORCE_PATH_STYLE: 'yes', ROBOFLOW_ALLOW_OUTPUTS: 'file:///out/*,,s3://bkt-x/*' },
       cwd: dir,
     });
     expect(config.forcePathStyle).toBe(true);
-    expect(config.allowOutputs).toEqual(['file:///out/*', 's3://x/']);
+    expect(config.allowOutputs).toEqual(['file:///out/*', 's3://bkt-x/*']);
   });
 });
 
@@ -288,7 +288,7 @@ describe('describeConfig', () => {
     const loaded = await loadConfig({
       env: {
         ROBOFLOW_QUEUE: 'postgres://worker:hunter2@db.internal:5432/jobs',
-        ROBOFLOW_ALLOW_SOURCES: 'https://h/x?X-Amz-Signature=abcdef0123',
+        ROBOFLOW_ENDPOINT: 'https://s3.example.com/?X-Amz-Signature=abcdef0123',
       },
       cwd: dir,
     });
@@ -297,7 +297,7 @@ describe('describeConfig', () => {
     expect(all).not.toContain('hunter2');
     expect(all).not.toContain('abcdef0123');
     expect(text).toContain('postgres://worker:****@db.internal:5432/jobs');
-    expect(json.values.allowSources.value).toEqual(['https://h/x?X-Amz-Signature=****']);
+    expect(json.values.endpoint.value).toBe('https://s3.example.com/?X-Amz-Signature=****');
     const shown = describeConfig(loaded, { showSecrets: true });
     expect(shown.text).toContain('hunter2');
   });
@@ -330,9 +330,9 @@ describe('flags', () => {
         '--log-level', 'warn',
         '--endpoint', 'http://localhost:9000',
         '--path-style',
-        '--allow-source', 's3://a/*',
-        '--allow-source', 's3://b/*',
-        '--allow-output', 'file:///tmp/out/',
+        '--allow-source', 's3://bkt-a/*',
+        '--allow-source', 's3://bkt-b/*',
+        '--allow-output', 'file:///tmp/out/*',
         '--queue', 'sqlite://jobs.db',
         '--buffer-dir', 'buf',
       ],
@@ -354,8 +354,8 @@ describe('flags', () => {
     expect(c.logLevel).toBe('warn');
     expect(c.endpoint).toBe('http://localhost:9000');
     expect(c.forcePathStyle).toBe(true);
-    expect(c.allowSources).toEqual(['s3://a/*', 's3://b/*']);
-    expect(c.allowOutputs).toEqual(['file:///tmp/out/']);
+    expect(c.allowSources).toEqual(['s3://bkt-a/*', 's3://bkt-b/*']);
+    expect(c.allowOutputs).toEqual(['file:///tmp/out/*']);
     expect(c.queue).toBe('sqlite://jobs.db');
     expect(c.bufferDir).toBe(path.join(dir, 'buf'));
     expect(loaded.sources.allowSources).toEqual({ layer: 'flag', detail: '--allow-source' });

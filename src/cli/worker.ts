@@ -79,10 +79,11 @@ async function runWorkerCommand(flags: WorkerFlags, command: Command): Promise<n
     const { config } = await configFromCommand(command);
     log = createLogger({ level: config.logLevel });
     queue = await openQueue(config.queue);
+    // The config carries the exec limits, the processor rules and the allowlists; the worker
+    // compiles its security policy from them (loadConfig has already refused bad patterns).
     worker = new Worker({
       queue,
       config,
-      processorOptions: { timeoutMs: config.execTimeoutMs },
       storage: storageOptionsFrom(config),
       log,
       drain: flags.drain ?? false,

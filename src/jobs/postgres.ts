@@ -359,12 +359,40 @@ function quoteIdent(name: string): string {
 }
 
 /**
+ * The recorded schema version, read with plain SELECTs, or null when there is no migrations
+ * table yet. Needs no privilege beyond USAGE on the schema and SELECT on `migrations`.
+ */
+async function recordedVersion(pool: pg.Pool, schema: string): Promise<number | null> {
+  const table = `${quoteIdent(schema)}.migrations`;
+  const found = await pool.query<{ t: string | null }>('SELECT to_regclass($1)::text AS t', [table]);
+  if (found.rows[0]?.t == null) return null;
+  const { rows } = await pool.query<{ v: number }>(`SELECT coalesce(max(version), 0)::int AS v FROM ${table}`);
+  return rows[0]?.v ?? 0;
+}
+
+function newerSchemaError(displayUrl: string, current: number, latest: number): RoboflowError {
+  return new RoboflowError(
+    'ERR_QUEUE',
+    `job queue ${displayUrl} has schema version ${current}, newer than this roboflow knows (${latest}); upgrade roboflow`,
+    { retryable: false },
+  );
+}
+
+/**
  * Applies every migration above the recorded version, all in one transaction. The advisory lock
  * serialises workers that start together: without it two could both see version 0 and both
  * create the tables (or the schema), and one would fail.
+ *
+ * A schema that is already current is only read, never written: PostgreSQL checks the CREATE
+ * privilege for `CREATE TABLE IF NOT EXISTS` even when the table exists, and a worker's role
+ * should not need it (SECURITY.md lists the grants). The check and the locked path agree because
+ * the locked path reads the version again under the lock.
  */
 async function migrate(pool: pg.Pool, schema: string, displayUrl: string): Promise<void> {
   const latest = latestVersion(POSTGRES_MIGRATIONS);
+  const recorded = await recordedVersion(pool, schema);
+  if (recorded !== null && recorded > latest) throw newerSchemaError(displayUrl, recorded, latest);
+  if (recorded === latest) return;
   const client = await pool.connect();
   // A checked-out connection has no pool listener; one that drops here must not crash the process.
   const onError = () => {};
@@ -386,13 +414,7 @@ async function migrate(pool: pg.Pool, schema: string, displayUrl: string): Promi
     );
     const { rows } = await client.query<{ v: number }>('SELECT coalesce(max(version), 0)::int AS v FROM migrations');
     const current = rows[0]?.v ?? 0;
-    if (current > latest) {
-      throw new RoboflowError(
-        'ERR_QUEUE',
-        `job queue ${displayUrl} has schema version ${current}, newer than this roboflow knows (${latest}); upgrade roboflow`,
-        { retryable: false },
-      );
-    }
+    if (current > latest) throw newerSchemaError(displayUrl, current, latest);
     for (const m of POSTGRES_MIGRATIONS) {
       if (m.version <= current) continue;
       await client.query(m.sql);

@@ -1,7 +1,17 @@
 /**
- * The `exec` processor: runs an operator-chosen program on a job's inputs.
+ * The `exec` processor: runs a program on a job's inputs.
  *
- * `args.command` is an argv array, never a shell line: `['gzip', '-k', '{input}']`. Placeholders
+ * Which command runs
+ * ------------------
+ * - With an operator command (`ExecOptions.command`, from `--exec-command`), every exec job runs
+ *   that argv template. A job that carries a different `args.command` is refused with
+ *   `ERR_POLICY_DENIED` (not retryable) rather than silently run with another program than it
+ *   asked for; a job with no command, or with exactly the operator's, runs it.
+ * - Without one, the job's own `args.command` runs, but only while `allowJobCommands` is on;
+ *   otherwise the job is refused with `ERR_POLICY_DENIED`. Whoever may submit such a job may run
+ *   any program as the worker's user, so a fleet turns it off (see SECURITY.md).
+ *
+ * A command is an argv array, never a shell line: `['gzip', '-k', '{input}']`. Placeholders
  * are replaced by plain string substitution inside elements, in one pass (a substituted value is
  * never scanned again), and the program is started with `spawn(argv[0], argv.slice(1),
  * { shell: false })`. An input path full of `;`, `$(...)`, quotes or spaces therefore reaches the
@@ -27,6 +37,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { stat } from 'node:fs/promises';
 import { DEFAULTS } from '../defaults.js';
 import { abortError, RoboflowError } from '../errors.js';
+import { splitCommand } from '../jobs/spec.js';
 import type { JobRecord, Processor, ProcessorContext } from '../types.js';
 
 export interface ExecOptions {
@@ -41,7 +52,22 @@ export interface ExecOptions {
   readonly passEnv?: readonly string[];
   /** The environment the passed variables are read from. (Default: `process.env`) */
   readonly env?: NodeJS.ProcessEnv;
+  /**
+   * The operator's argv template (see `parseExecCommand`). When set, every exec job runs it and a
+   * job carrying a different `args.command` is refused. (Default: none; jobs bring their command)
+   */
+  readonly command?: readonly string[];
+  /**
+   * Whether a job's own `args.command` may run when there is no operator `command`. Off refuses
+   * such jobs with `ERR_POLICY_DENIED`. The worker decides the default from its policy; the
+   * library keeps the behaviour it always had. (Default: true)
+   */
+  readonly allowJobCommands?: boolean;
 }
+
+/** Where the operator sets the exec switches, for messages. */
+export const EXEC_COMMAND_SETTING = '--exec-command (ROBOFLOW_EXEC_COMMAND)';
+export const ALLOW_JOB_COMMANDS_SETTING = '--allow-job-commands (ROBOFLOW_ALLOW_JOB_COMMANDS)';
 
 /** What a successful run returns; stored on the job. */
 export interface ExecResult {
@@ -104,17 +130,87 @@ class TailBuffer {
   }
 }
 
-/** The argv after placeholder substitution. Throws `ERR_CONFIG` naming the job on bad args. */
-export function buildArgv(job: JobRecord, inputPaths: readonly string[], outputDir: string): string[] {
-  const command = job.args['command'];
-  if (!Array.isArray(command) || command.length === 0 || !command.every((c) => typeof c === 'string')) {
+/** Why an argv template cannot run, or undefined. */
+function templateProblem(argv: readonly string[]): string | undefined {
+  const program = argv[0];
+  if (program === undefined || program === '') return 'names no program';
+  // Data must never choose the program: a placeholder in argv[0] would run an input file.
+  if (HAS_PLACEHOLDER.test(program)) return 'has a placeholder in the program name; name the program itself';
+  for (const element of argv.slice(1)) {
+    if (element !== '{inputs}' && element.includes('{inputs}')) {
+      return `uses {inputs} inside ${JSON.stringify(element)}; it must be a whole argument (it becomes one argument per input)`;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Parses an operator's command line (`ffmpeg -i {input} {output}/out.mp4`) into an argv
+ * template, without a shell, with the splitter `roboflow jobs submit --exec` uses
+ * (`splitCommand`): white space separates, quotes group, nothing is expanded. Throws `ERR_CONFIG`
+ * naming `setting` when it cannot run.
+ */
+export function parseExecCommand(line: string, setting: string = EXEC_COMMAND_SETTING): string[] {
+  let argv: string[];
+  try {
+    argv = splitCommand(line);
+  } catch (err) {
+    throw new RoboflowError('ERR_CONFIG', `${setting}: ${(err as Error).message}`, { cause: err });
+  }
+  const problem = templateProblem(argv);
+  if (problem !== undefined) throw new RoboflowError('ERR_CONFIG', `${setting}: the command ${problem}`);
+  return argv;
+}
+
+function sameArgv(a: readonly unknown[], b: readonly string[]): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/**
+ * The argv template an exec job runs under `opts`: the operator's command, or the job's own when
+ * that is allowed. Throws `ERR_POLICY_DENIED` (not retryable) when the job may not run: it
+ * carries a command other than the operator's, or it carries one and job commands are off.
+ * Run it before anything is downloaded for the job, and again before it runs.
+ */
+export function execTemplateFor(job: Pick<JobRecord, 'id' | 'args'>, opts: Pick<ExecOptions, 'command' | 'allowJobCommands'> = {}): readonly unknown[] | undefined {
+  const jobCommand = job.args['command'];
+  if (opts.command !== undefined) {
+    if (jobCommand !== undefined && !(Array.isArray(jobCommand) && sameArgv(jobCommand, opts.command))) {
+      const program = Array.isArray(jobCommand) && typeof jobCommand[0] === 'string' ? ` (program ${JSON.stringify(jobCommand[0])})` : '';
+      throw new RoboflowError(
+        'ERR_POLICY_DENIED',
+        `job ${job.id}: exec args.command${program} differs from the command this worker runs (${EXEC_COMMAND_SETTING}, ` +
+          `program ${JSON.stringify(opts.command[0])}); this worker runs only its operator's command, so submit the job ` +
+          `without a command, or with exactly that one`,
+      );
+    }
+    return opts.command;
+  }
+  if (opts.allowJobCommands === false) {
+    throw new RoboflowError(
+      'ERR_POLICY_DENIED',
+      `job ${job.id}: this worker does not run commands that jobs bring (job commands are off because a source ` +
+        `allowlist is set, or by ${ALLOW_JOB_COMMANDS_SETTING}); the operator can give the worker a command of its ` +
+        `own with ${EXEC_COMMAND_SETTING}, or allow job commands with --allow-job-commands`,
+    );
+  }
+  return Array.isArray(jobCommand) ? jobCommand : undefined;
+}
+
+/**
+ * The argv after placeholder substitution. The template is `command` when given (the operator's),
+ * else the job's `args.command`. Throws `ERR_CONFIG` naming the job on bad args.
+ */
+export function buildArgv(job: JobRecord, inputPaths: readonly string[], outputDir: string, command?: readonly unknown[]): string[] {
+  const template = command ?? job.args['command'];
+  if (!Array.isArray(template) || template.length === 0 || !template.every((c) => typeof c === 'string')) {
     throw new RoboflowError(
       'ERR_CONFIG',
       `job ${job.id}: exec needs args.command, a non-empty array of strings (argv, program first), ` +
         `e.g. ["gzip", "-k", "{input}"]`,
     );
   }
-  const argv = command as string[];
+  const argv = template as string[];
   const program = argv[0]!;
   if (program === '') throw new RoboflowError('ERR_CONFIG', `job ${job.id}: exec args.command[0] (the program) is empty`);
   // Data must never choose the program: a placeholder in argv[0] would run an input file.
@@ -200,7 +296,7 @@ function stderrSuffix(tail: string): string {
 export async function runExec(ctx: ProcessorContext, opts: ExecOptions = {}): Promise<ExecResult> {
   checkOptions(opts);
   const { job, inputPaths, outputDir, signal } = ctx;
-  const argv = buildArgv(job, inputPaths, outputDir);
+  const argv = buildArgv(job, inputPaths, outputDir, execTemplateFor(job, opts));
   const env = buildEnv(job, inputPaths, outputDir, opts);
   const timeoutMs = opts.timeoutMs ?? DEFAULTS.execTimeoutMs;
   const killGraceMs = opts.killGraceMs ?? DEFAULTS.execKillGraceMs;
@@ -344,6 +440,10 @@ function checkOptions(opts: ExecOptions): void {
     if (typeof name !== 'string' || !/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
       throw new RoboflowError('ERR_CONFIG', `exec option passEnv: ${JSON.stringify(name)} is not an environment variable name`);
     }
+  }
+  if (opts.command !== undefined) {
+    const problem = Array.isArray(opts.command) && opts.command.every((c) => typeof c === 'string') ? templateProblem(opts.command) : 'is not a list of strings';
+    if (problem !== undefined) throw new RoboflowError('ERR_CONFIG', `exec option command ${problem}`);
   }
 }
 

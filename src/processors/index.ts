@@ -11,7 +11,16 @@ import { createExecProcessor, type ExecOptions } from './exec.js';
 import { mcapSummaryProcessor } from './mcap-summary.js';
 import { sleepProcessor } from './sleep.js';
 
-export { buildArgv, buildEnv, createExecProcessor, runExec } from './exec.js';
+export {
+  ALLOW_JOB_COMMANDS_SETTING,
+  buildArgv,
+  buildEnv,
+  createExecProcessor,
+  EXEC_COMMAND_SETTING,
+  execTemplateFor,
+  parseExecCommand,
+  runExec,
+} from './exec.js';
 export type { ExecOptions, ExecResult } from './exec.js';
 export { CHECKSUM_FILE, checksumProcessor, runChecksum, sha256File, sha256sumLine } from './checksum.js';
 export type { ChecksumResult, FileChecksum } from './checksum.js';
@@ -34,6 +43,22 @@ export type ProcessorOptions = ExecOptions;
 
 export function isProcessorName(name: string): name is ProcessorName {
   return (processorNames as readonly string[]).includes(name);
+}
+
+/** Where the operator lists the processors a worker runs, for messages. */
+export const PROCESSORS_SETTING = '--processor (ROBOFLOW_PROCESSORS)';
+
+/**
+ * Throws `ERR_POLICY_DENIED` (not retryable: the job goes dead) unless this worker runs the
+ * processor `job` names. An empty `allowed` list runs every processor.
+ */
+export function checkProcessorAllowed(job: { readonly id: string; readonly processor: string }, allowed: readonly string[]): void {
+  if (allowed.length === 0 || allowed.includes(job.processor)) return;
+  throw new RoboflowError(
+    'ERR_POLICY_DENIED',
+    `job ${job.id}: processor ${JSON.stringify(job.processor)} is not run by this worker, which runs only ` +
+      `${allowed.join(', ')} (${PROCESSORS_SETTING}); submit it to a queue whose workers run it`,
+  );
 }
 
 /** The processor called `name`. Unknown names fail with `ERR_CONFIG` listing the known ones. */

@@ -488,6 +488,18 @@ export class SecurityPolicy implements JobPolicy {
     checkHttpLiteralHost(url, this.addresses, 'redirect target');
   }
 
+  /**
+   * What a worker's `StorageClients` takes from the policy: the redirect check, and the
+   * connect-time `lookup` when non-public addresses are refused (without that, connections keep
+   * the system's own lookup, exactly as a worker without a policy had them).
+   */
+  storageOptions(): { readonly lookup?: LookupFunction; readonly checkRedirect: (url: string) => void } {
+    return {
+      ...(this.addresses.enforced ? { lookup: this.lookup } : {}),
+      checkRedirect: (url: string) => this.checkRedirect(url),
+    };
+  }
+
   /** What the worker logs once at start. */
   summary(): { sources: string[] | 'any'; outputs: string[] | 'any'; privateAddresses: 'refused' | 'allowed'; allowPrivateRanges: string[] } {
     return {

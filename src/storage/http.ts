@@ -8,6 +8,7 @@
  */
 
 import type { IncomingHttpHeaders } from 'node:http';
+import type { LookupFunction } from 'node:net';
 import type { Readable } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import { DEFAULTS } from '../defaults.js';
@@ -29,6 +30,11 @@ const ERROR_BODY_TIMEOUT_MS = 2_000;
 export interface HttpPoolOptions {
   readonly maxConnections?: number;
   readonly headersTimeoutMs?: number;
+  /**
+   * Name resolution for every connection of the pool: the security policy's `lookup`, which
+   * refuses non-public addresses at connect time. (Default: `dns.lookup`)
+   */
+  readonly lookup?: LookupFunction;
 }
 
 /** The pool `StorageClients` creates for one origin. */
@@ -39,6 +45,8 @@ export function createHttpPool(origin: string, opts: HttpPoolOptions = {}): Pool
     // The downloader aborts a range that stops receiving bytes (stallTimeoutMs) and retries it;
     // an undici body timeout would race that with a different error.
     bodyTimeout: 0,
+    // The check sits in the lookup, so the socket connects to exactly the address that was checked.
+    ...(opts.lookup !== undefined ? { connect: { lookup: opts.lookup } } : {}),
   });
 }
 

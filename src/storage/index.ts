@@ -7,6 +7,7 @@
  * for scripts and tests.
  */
 
+import type { LookupFunction } from 'node:net';
 import type { Dispatcher, Pool } from 'undici';
 import { DEFAULTS } from '../defaults.js';
 import { RoboflowError } from '../errors.js';
@@ -37,6 +38,17 @@ export interface StorageClientsOptions extends StorageOptions {
    * would close it. (Default: false)
    */
   readonly closeIdle?: boolean;
+  /**
+   * Name resolution for every HTTP pool and S3/OSS agent: a worker passes its security policy's
+   * `lookup`, so that no connection reaches an address the policy refuses, whatever a job or a
+   * redirect names. (Default: `dns.lookup`)
+   */
+  readonly lookup?: LookupFunction;
+  /**
+   * Checks every redirect target of every HTTP source opened here, unless `open()` is given its
+   * own; throw to refuse. A worker passes its policy's `checkRedirect`. (Default: none)
+   */
+  readonly checkRedirect?: (url: string) => void;
 }
 
 /** What an S3 client is for: reads leave retries to the downloader, uploads let the SDK retry parts. */
@@ -69,10 +81,16 @@ export class StorageClients {
     this.opts = opts;
   }
 
+  /** Whether connections go through an injected `lookup` (a security policy's), for start-up checks. */
+  get checksAddresses(): boolean {
+    return this.opts.lookup !== undefined;
+  }
+
   /** Opens `url` as a source. Validation (URL form, OSS configuration) fails here, synchronously. */
   open(url: string, extra: OpenOptions = {}): ObjectSource {
     this.checkOpen();
     const parsed = parseObjectUrl(url, 'source');
+    const checkRedirect = extra.checkRedirect ?? this.opts.checkRedirect;
     switch (parsed.kind) {
       case 'file':
         return new FileSource(parsed.path, parsed.display);
@@ -87,7 +105,7 @@ export class StorageClients {
             }
             return lease.value;
           },
-          ...(extra.checkRedirect ? { checkRedirect: extra.checkRedirect } : {}),
+          ...(checkRedirect ? { checkRedirect } : {}),
           onClose: async () => {
             await Promise.all([...leases.values()].map((l) => l.release()));
           },
@@ -115,6 +133,7 @@ export class StorageClients {
       const pool = createHttpPool(origin, {
         ...(this.opts.maxConnections !== undefined ? { maxConnections: this.opts.maxConnections } : {}),
         ...(this.opts.headersTimeoutMs !== undefined ? { headersTimeoutMs: this.opts.headersTimeoutMs } : {}),
+        ...(this.opts.lookup !== undefined ? { lookup: this.opts.lookup } : {}),
       });
       return { value: pool, dispose: () => pool.close() };
     });
@@ -129,6 +148,7 @@ export class StorageClients {
         ...(this.opts.maxConnections !== undefined ? { maxConnections: this.opts.maxConnections } : {}),
         ...(this.opts.headersTimeoutMs !== undefined ? { headersTimeoutMs: this.opts.headersTimeoutMs } : {}),
         maxAttempts: purpose === 'read' ? 1 : UPLOAD_MAX_ATTEMPTS,
+        ...(this.opts.lookup !== undefined ? { lookup: this.opts.lookup } : {}),
       });
       return {
         value: handle,

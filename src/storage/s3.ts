@@ -18,6 +18,7 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
+import type { LookupFunction } from 'node:net';
 import type { Readable } from 'node:stream';
 import tls from 'node:tls';
 import {
@@ -187,6 +188,12 @@ export function resolveS3Settings(kind: 's3' | 'oss', opts: StorageOptions, disp
 export interface S3ClientOptions {
   readonly maxConnections?: number;
   readonly headersTimeoutMs?: number;
+  /**
+   * Name resolution for the client's agents: the security policy's `lookup`, which refuses
+   * non-public addresses at connect time. A literal IP endpoint is connected to without a lookup:
+   * it is the operator's. (Default: `dns.lookup`)
+   */
+  readonly lookup?: LookupFunction;
   /** SDK attempts per call: 1 for reads (the downloader retries), more for uploads. */
   readonly maxAttempts: number;
 }
@@ -212,8 +219,9 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
       });
     }
   }
-  const httpAgent = new http.Agent({ keepAlive: true, maxSockets });
-  const httpsAgent = new https.Agent({ keepAlive: true, maxSockets, ...(ca ? { ca } : {}) });
+  const lookup = opts.lookup !== undefined ? { lookup: opts.lookup } : {};
+  const httpAgent = new http.Agent({ keepAlive: true, maxSockets, ...lookup });
+  const httpsAgent = new https.Agent({ keepAlive: true, maxSockets, ...(ca ? { ca } : {}), ...lookup });
   const client = new S3Client({
     region: settings.region,
     ...(settings.endpoint !== undefined ? { endpoint: settings.endpoint } : {}),
