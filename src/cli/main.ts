@@ -83,11 +83,22 @@ if (isEntry()) {
   // version we ship with is pinned, and the multi-line warning would break the CLI's promise of
   // one line on stderr per failure. Its documented switch turns it off; a user may still set it.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+  let settled = false;
+  // If the event loop empties while the command's promise is still pending, something awaited a
+  // callback that can no longer come. Node would exit 0 and a caller would take an unfinished
+  // download or run for a success; make it a loud failure instead.
+  process.once('beforeExit', () => {
+    if (settled) return;
+    process.stderr.write('roboflow: internal error: the command stopped before it finished (nothing left to wait for) [ERR_IO]\n');
+    process.exitCode = 70;
+  });
   main().then(
     (code) => {
+      settled = true;
       process.exitCode = code;
     },
     (err: unknown) => {
+      settled = true;
       process.stderr.write(`roboflow: ${redactText(String(err))}\n`);
       process.exitCode = 1;
     },
