@@ -142,12 +142,19 @@ export const SECRET_ENV_VARS: readonly string[] = [
   'PGPASSWORD',
 ];
 
-/** The values of `SECRET_ENV_VARS` that are set in `env`, for `redactSecrets`. */
+/**
+ * Shortest environment value treated as a secret to search for in free text. Real access keys
+ * (20 characters), secret keys (40) and session tokens (hundreds) are far longer; replacing every
+ * occurrence of a placeholder like `test` or `t` would mangle every message it appears in.
+ */
+export const MIN_SECRET_LENGTH = 8;
+
+/** The values of `SECRET_ENV_VARS` set in `env` (at least `MIN_SECRET_LENGTH` long), for `redactSecrets`. */
 export function secretsFromEnv(env: NodeJS.ProcessEnv = process.env): string[] {
   const out: string[] = [];
   for (const name of SECRET_ENV_VARS) {
     const v = env[name];
-    if (v !== undefined && v !== '') out.push(v);
+    if (v !== undefined && v.length >= MIN_SECRET_LENGTH) out.push(v);
   }
   return out;
 }

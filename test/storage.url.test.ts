@@ -210,4 +210,10 @@ describe('redaction', () => {
     expect(secretsFromEnv(env)).toEqual(['wJalrXUtnFEMI', 'ossSecretValue']);
     expect(redactText('secret wJalrXUtnFEMI in https://h/p?sig=1', env)).toBe('secret REDACTED in https://h/p?sig=REDACTED');
   });
+
+  it('does not mangle text with placeholder credentials too short to be real secrets', () => {
+    const env = { AWS_ACCESS_KEY_ID: 't', AWS_SECRET_ACCESS_KEY: 'test' };
+    expect(secretsFromEnv(env)).toEqual([]);
+    expect(redactText('bucket name "b" must be 3 to 63 characters long', env)).toBe('bucket name "b" must be 3 to 63 characters long');
+  });
 });
