@@ -14,10 +14,11 @@
  * summary of an indexed MCAP file takes milliseconds. The default processor therefore runs the
  * real `mcap-summary` and then waits until `processMs` have passed, standing in for processing
  * bound by something other than this machine's CPU (a GPU, a remote service). `burn: 'cpu'`
- * spins the CPU instead, which on a small machine competes with the downloads, as CPU-heavy
- * processing would. The output says which was used.
+ * keeps a core busy in a child process instead, which on a small machine competes with the
+ * downloads, as CPU-heavy processing would. The output says which was used.
  */
 
+import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -26,7 +27,7 @@ import pino, { type Logger } from 'pino';
 import { DEFAULTS } from './defaults.js';
 import { abortError, RoboflowError } from './errors.js';
 import { openQueue } from './jobs/index.js';
-import { mcapSummaryProcessor, runSleep } from './processors/index.js';
+import { mcapSummaryProcessor } from './processors/index.js';
 import { ObjectServer } from './testing/object-server.js';
 import { writeSampleEpisode } from './testing/mcap.js';
 import type { JobSpec, Processor, ProcessorContext } from './types.js';
@@ -155,7 +156,7 @@ function describeProcessor(p: ComparisonProcessor): string {
     case 'mcap-summary':
       return (p.burn ?? 'wait') === 'wait'
         ? `mcap-summary of the episode (real), then idle until ${p.processMs} ms have passed — a stand-in for processing bound by a GPU or a remote service, chosen so that processing takes about as long as a download`
-        : `mcap-summary of the episode (real), then busy on the CPU until ${p.processMs} ms have passed — CPU-bound processing that competes with the downloads for the cores`;
+        : `mcap-summary of the episode (real), then a child process busy on the CPU until ${p.processMs} ms have passed — CPU-bound processing, run as a separate process as heavy processing is (exec), competing with the downloads for the two cores`;
     case 'sleep':
       return `the sleep processor: ${p.ms ?? 0} ms idle, ${p.cpuMs ?? 0} ms busy on the CPU (no real work)`;
     case 'checksum':
@@ -165,6 +166,24 @@ function describeProcessor(p: ComparisonProcessor): string {
       return String(_exhaustive);
     }
   }
+}
+
+/**
+ * Keeps one core busy for `ms` in a child process. Heavy processing runs outside the worker's
+ * event loop (the exec processor, a native library's threads); burning the CPU on the loop itself
+ * would also stall the prefetching downloads and measure the loop, not the overlap.
+ */
+async function burnCpuInChild(ms: number, signal: AbortSignal, jobId: string): Promise<void> {
+  if (ms <= 0) return;
+  const script = 'const end = Date.now() + Number(process.argv[1]); let x = 0; while (Date.now() < end) x++;';
+  const child = spawn(process.execPath, ['-e', script, String(Math.round(ms))], { stdio: 'ignore', signal });
+  await new Promise<void>((resolve, reject) => {
+    child.once('error', (err) => reject(signal.aborted ? abortError(signal, `job ${jobId}: demo processing`) : err));
+    child.once('exit', (code, sig) => {
+      if (code === 0) resolve();
+      else reject(new RoboflowError('ERR_PROCESSOR', `job ${jobId}: demo CPU burn exited with ${code ?? sig}`));
+    });
+  });
 }
 
 /** The processor the jobs name, and the registry entry behind it. */
@@ -185,7 +204,7 @@ function processorFor(p: ComparisonProcessor): { name: string; args: Record<stri
               throw abortError(ctx.signal, `job ${ctx.job.id}: demo processing`);
             }
           } else {
-            await runSleep({ ...ctx, job: { ...ctx.job, args: { cpuMs: left } } });
+            await burnCpuInChild(left, ctx.signal, ctx.job.id);
           }
           return { summary, toppedUpMs: Math.round(left), burn };
         },

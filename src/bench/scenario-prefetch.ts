@@ -111,8 +111,8 @@ export async function runPrefetchScenario(ctx: BenchContext, plan: PrefetchPlan)
     source:
       `Each case runs ${plan.jobs} jobs of ${(plan.objectSize / 2 ** 20).toFixed(0)} MiB through a real Worker (SQLite queue, ${plan.connections} connections at ` +
       `${(plan.ratePerConnection / 1e6).toFixed(0)} MB/s each, ${plan.latencyMs} ms first-byte latency), once with 2 prefetch slots and once with 0 (download, then process), ` +
-      `via runPrefetchComparison (src/demo.ts). 'wait': the sleep processor idles for P. 'cpu': the real mcap-summary of an MCAP episode, then busy on the CPU until P has passed, ` +
-      `on the worker's own event loop (in 10 ms slices). 'checksum': the real checksum processor (SHA-256 of the input). P is set from D ≈ ${d.toFixed(2)} s, calibrated before the cases; ` +
+      `via runPrefetchComparison (src/demo.ts). 'wait': the sleep processor idles for P. 'cpu': the real mcap-summary of an MCAP episode, then a child process busy on the CPU until P has passed ` +
+      `(heavy processing runs outside the worker's event loop, as exec does), competing with the downloads for the two cores. 'checksum': the real checksum processor (SHA-256 of the input). P is set from D ≈ ${d.toFixed(2)} s, calibrated before the cases; ` +
       'the table shows D and P as measured in each sequential run.',
   };
 }

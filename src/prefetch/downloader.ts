@@ -1,0 +1,1137 @@
+/**
+ * ParallelDownloader: one object into one local file, with parallel range requests, crash-safe
+ * resume and verification; the file appears at `dest` only complete and verified.
+ *
+ * Data flow
+ * ---------
+ * 1. **stat.** The source (`src/storage`) reports size, ETag, last-modified and any whole-object
+ *    checksums. An empty object becomes an empty file. An object smaller than one chunk, or on a
+ *    server without range support, is fetched with one request; the path below is the same.
+ * 2. **plan.** `[0, size)` is cut into chunks (`ranges.ts`). The state file `<dest>.roboflow-state.json`
+ *    (`resume-state.ts`) lists the chunks a previous run made durable; it is trusted only when it
+ *    names the same URL, size, ETag (or last-modified when there is none) and chunk size, and the
+ *    temp file has the object's size. Anything else is deleted, never guessed at.
+ * 3. **temp file.** `<dest>.roboflow-partial`, beside `dest` so the final rename stays on one file
+ *    system, is preallocated with `ftruncate(size)` and filled with positioned writes. The seed
+ *    asks for a memory-mapped file; in Node, positioned writes into a preallocated file take the
+ *    same page-cache path, without the SIGBUS a mapped page raises when the disk fills up. Because
+ *    `ftruncate` makes a sparse file, free space is checked with `statfs` first, and `ENOSPC`
+ *    during a write still fails cleanly with `ERR_NO_SPACE`.
+ * 4. **lanes.** `connections` lanes take chunks from a `RangeScheduler` in ascending order. A
+ *    lane holds a permit of the `ConcurrencyLimiter` (`concurrency.ts`, AIMD: halves on
+ *    throttling, grows back by one per round) while its body streams. Received buffers are
+ *    gathered up to 1 MiB and written at their offset with one `writev`, and the body is not read
+ *    further until that write is done, so memory is `connections` × (1 MiB + the buffers of two
+ *    response streams, the one read and a look-ahead one) whatever the object size. Every request carries `If-Match: <etag>`.
+ *    **Look-ahead:** a body that ends and a next request that only then starts cost one
+ *    first-byte latency per chunk (about 6 % at 25 MB/s and 20 ms per 8 MiB). A lane therefore
+ *    sends the request for its next chunk when the current body's remaining bytes take less than
+ *    two first-byte latencies at the lane's rate, so the next headers arrive as the current body
+ *    ends. The latency is the smallest of the recent requests' (the mean would count this
+ *    process's own event-loop delays); the rate is the lane's over its last 100 ms, across body
+ *    boundaries (a per-body rate would count the burst a look-ahead body starts with and fire
+ *    the next look-ahead earlier each round). Only `connections` bodies are read at a time; a
+ *    response that arrives early waits in its socket. Each lane may thus hold two sockets, so
+ *    the connection pool needs 2 × `connections`.
+ * 5. **durability.** A chunk counts as done in the state file only after an `fdatasync` of the
+ *    temp file that covers it. Completed chunks are batched: one `fdatasync` plus one atomic state
+ *    write covers every chunk completed since the previous one, at most every 250 ms, earlier when
+ *    `connections` chunks are waiting, and always at the end and on failure or abort.
+ * 6. **verification.** MD5, SHA-1, SHA-256, CRC32 and CRC32C (from the stat and from
+ *    `expectedChecksum`) are computed in byte order by an `InOrderHasher` (`verify.ts`) that reads
+ *    the contiguous completed prefix back from the page cache while the download continues, so it
+ *    finishes soon after the last byte. Without checksums only the size is checked.
+ * 7. **promotion.** `fdatasync`, verify, `rename(temp, dest)`, fsync the directory, delete the
+ *    state file. A partial download is never visible at `dest`, and a failed one leaves `dest` as
+ *    it was.
+ *
+ * Failures
+ * --------
+ * - A retryable error (`RETRY_TABLE`) on a chunk re-requests only the rest of that chunk, from the
+ *   last byte written, after `backoffDelay()` (full jitter, `Retry-After` honoured). A chunk gets
+ *   `retry.maxAttempts` attempts; an attempt that wrote at least an eighth of the chunk restores
+ *   the count, so a connection that keeps breaking but makes progress is not failed, yet a chunk
+ *   never gets more than 9 × `maxAttempts` attempts. Exhausted attempts fail the download with
+ *   `ERR_RETRIES_EXHAUSTED`; a permanent error (404, 403, …) fails it at once and aborts the
+ *   other lanes.
+ * - A body without a byte for `stallTimeoutMs` is destroyed with `ERR_STALLED` (retried); headers
+ *   that take longer than `headersTimeoutMs` fail the request with `ERR_TIMEOUT` (retried).
+ * - The object changed (`ERR_SOURCE_CHANGED` from an `If-Match` read, or, for objects without an
+ *   ETag, a different size or last-modified on a stat after the last chunk): the partial files are
+ *   deleted and the download starts over once (`restarts: 1`); a second change fails it. Bytes of
+ *   two versions are never mixed.
+ * - Abort (the caller's signal, `destroy()`): in-flight requests are aborted, the state of the
+ *   durable chunks is written, the call rejects with `ERR_ABORTED` (or the signal's own
+ *   `RoboflowError` reason). A later `download()` or `resume()` continues.
+ * - After a failure the temp and state files are kept for resuming (`keepPartial`, default true),
+ *   except after a checksum or size mismatch or a repeated source change, whose bytes are worthless.
+ *
+ * Crash bound: after SIGKILL or a power cut, a resumed download re-fetches at most the chunks that
+ * were in flight (fewer than `connections` × `chunkSize` bytes) plus the chunks completed since
+ * the last state write (those of at most the last 250 ms, and never more than `connections`
+ * chunks plus the ones that finish while a state write is running).
+ */
+
+import { type FileHandle, open, rename, rm, stat as statPath, statfs } from 'node:fs/promises';
+import { setMaxListeners } from 'node:events';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { DEFAULTS } from '../defaults.js';
+import { channels, newDownloadId } from '../diagnostics.js';
+import { abortError, backoffDelay, RoboflowError, toRoboflowError } from '../errors.js';
+import { StorageClients } from '../storage/index.js';
+import type {
+  ByteRange,
+  Checksum,
+  ChecksumAlgorithm,
+  DownloadOptions,
+  DownloadProgress,
+  DownloadResult,
+  ObjectSource,
+  ObjectStat,
+  RangeBody,
+  RetryOptions,
+  StorageOptions,
+  VerifiedBy,
+} from '../types.js';
+import { ConcurrencyLimiter, type Release } from './concurrency.js';
+import {
+  bytesIn,
+  ChunkSet,
+  chunkCount,
+  chunkRange,
+  type IndexedRange,
+  missingRanges,
+  RangeScheduler,
+  shouldRequestAhead,
+} from './ranges.js';
+import {
+  fsyncDir,
+  readResumeState,
+  removeResumeState,
+  type ResumeIdentity,
+  stateMatches,
+  writeResumeState,
+} from './resume-state.js';
+import { compareChecksums, createOrderedHasher, InOrderHasher, type OrderedHasher } from './verify.js';
+
+export interface ParallelDownloaderOptions {
+  /** Lanes (range requests streaming at once) per download. (Default: `DEFAULTS.downloadConnections`) */
+  readonly connections?: number;
+  /** Chunk length of one range request. (Default: `DEFAULTS.chunkSize`) */
+  readonly chunkSize?: number;
+  /** A body without a byte for this long is aborted and retried. (Default: `DEFAULTS.stallTimeoutMs`) */
+  readonly stallTimeoutMs?: number;
+  /** Per-range retry policy. (Default: `DEFAULTS.rangeMaxAttempts`, `retryBaseDelayMs`, `retryMaxDelayMs`) */
+  readonly retry?: Partial<RetryOptions>;
+  /** How often `onProgress` is called. (Default: `DEFAULTS.progressIntervalMs`) */
+  readonly progressIntervalMs?: number;
+  /** How URLs become sources, when `clients` is not given. */
+  readonly storage?: StorageOptions;
+  /**
+   * Shared connection pools; when given, `close()` leaves them open for their owner. Give them
+   * `maxConnections` of at least 2 × `connections`: a lane's look-ahead request needs a socket
+   * of its own while the lane's current body still streams.
+   */
+  readonly clients?: StorageClients;
+  /**
+   * Send each lane's next range request shortly before its current body ends, so the next first
+   * byte arrives as the current body ends (see "Look-ahead" above). Off only to measure what it
+   * is worth. (Default: true)
+   */
+  readonly lookahead?: boolean;
+  /**
+   * A limit on range transfers shared by every download of a worker, so throttling seen by one
+   * download slows all of them. Without it each download has its own, with `max = connections`.
+   */
+  readonly limiter?: ConcurrencyLimiter;
+}
+
+/** The temp file and state file of a download to `dest`. */
+export function partialPaths(dest: string): { temp: string; state: string } {
+  return { temp: `${dest}.roboflow-partial`, state: `${dest}.roboflow-state.json` };
+}
+
+/** Deletes the temp and state files of a download to `dest` (no error if there are none). */
+export async function removePartial(dest: string): Promise<void> {
+  const { temp, state } = partialPaths(dest);
+  await Promise.all([rm(temp, { force: true }), removeResumeState(state)]);
+}
+
+/**
+ * Batching window of state writes: a crash loses at most the chunks completed in this window
+ * (besides those in flight), while a fast download does not `fdatasync` once per chunk.
+ */
+const STATE_FLUSH_INTERVAL_MS = 250;
+/** An attempt that wrote this fraction of its chunk restores the chunk's attempt count. */
+const PROGRESS_RESETS_ATTEMPTS_FRACTION = 1 / 8;
+/** Look-ahead sends the next request this many first-byte latencies before the body ends. */
+const LOOKAHEAD_LATENCIES = 2;
+/**
+ * Received buffers (about 64 KiB each from the socket) are gathered up to this size and written
+ * with one `writev`: on two cores this halves the CPU per byte against one write per buffer
+ * (0.5 vs 1.0 CPU-s per 256 MiB measured), and bounds memory at this much per lane.
+ */
+const WRITE_BATCH_BYTES = 1024 * 1024;
+/** Window over which a lane measures its rate for the look-ahead decision. */
+const RATE_WINDOW_LANE_MS = 100;
+/** Window of the rate reported in progress. */
+const RATE_WINDOW_MS = 3_000;
+
+type Lifecycle = 'open' | 'closing' | 'closed';
+
+/**
+ * Downloads objects with parallel range requests. One instance serves many downloads (each call
+ * is independent); `close()` waits for them, `destroy()` aborts them.
+ */
+export class ParallelDownloader {
+  private readonly opts: ParallelDownloaderOptions;
+  private clients: StorageClients | undefined;
+  private readonly ownsClients: boolean;
+  private readonly running = new Set<Promise<void>>();
+  private readonly destroyController = new AbortController();
+  private lifecycle: Lifecycle = 'open';
+  private closing: Promise<void> | undefined;
+
+  constructor(opts: ParallelDownloaderOptions = {}) {
+    this.opts = opts;
+    this.clients = opts.clients;
+    this.ownsClients = opts.clients === undefined;
+    // Each running download listens once (and stops when it settles); there may be many.
+    setMaxListeners(0, this.destroyController.signal);
+  }
+
+  /** Downloads running now. */
+  get activeDownloads(): number {
+    return this.running.size;
+  }
+
+  /**
+   * Downloads `url` to `dest`. When a matching partial download of the same object version
+   * exists beside `dest`, it continues from there (`resumedBytes`); a partial download of
+   * anything else is deleted first.
+   */
+  download(url: string, dest: string, opts: DownloadOptions = {}): Promise<DownloadResult> {
+    switch (this.lifecycle) {
+      case 'open':
+        break;
+      case 'closing':
+      case 'closed':
+        return Promise.reject(
+          new RoboflowError('ERR_CLOSED', `cannot download ${url}: the downloader is closed`, { url }),
+        );
+      default: {
+        const _exhaustive: never = this.lifecycle;
+        throw new Error(`unknown lifecycle ${String(_exhaustive)}`);
+      }
+    }
+    let settings: Settings;
+    try {
+      settings = this.settings(opts);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.clients ??= new StorageClients({
+      ...this.opts.storage,
+      // Each lane may have a look-ahead request open beside the body it reads: two sockets.
+      maxConnections: this.opts.storage?.maxConnections ?? 2 * (this.opts.connections ?? DEFAULTS.downloadConnections),
+    });
+    const job = new Download(settings, this.clients, url, dest, opts, this.destroyController.signal);
+    const result = job.run();
+    const settled = result.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.running.add(settled);
+    void settled.then(() => this.running.delete(settled));
+    return result;
+  }
+
+  /**
+   * The seed's "resume from an existing partial download". Identical to `download()`, which
+   * always resumes when it can: when there is no usable partial download this downloads the
+   * whole object and reports `resumedBytes: 0` rather than failing, because a caller that asks
+   * to resume wants the file, and a stale or missing partial is no reason to refuse it.
+   */
+  resume(url: string, dest: string, opts: DownloadOptions = {}): Promise<DownloadResult> {
+    return this.download(url, dest, opts);
+  }
+
+  /** Refuses new downloads and resolves when the running ones have settled. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  /**
+   * Aborts every running download (their partial files stay resumable), then closes.
+   * Idempotent; `reason` becomes the downloads' rejection when it is a `RoboflowError`.
+   */
+  async destroy(reason?: Error): Promise<void> {
+    if (!this.destroyController.signal.aborted) {
+      this.destroyController.abort(
+        reason instanceof RoboflowError ? reason : new RoboflowError('ERR_ABORTED', 'the downloader was destroyed', { cause: reason }),
+      );
+    }
+    await this.close();
+  }
+
+  private async shutdown(): Promise<void> {
+    this.lifecycle = 'closing';
+    while (this.running.size > 0) await Promise.all(this.running);
+    if (this.ownsClients && this.clients) await this.clients.close();
+    this.lifecycle = 'closed';
+  }
+
+  private settings(opts: DownloadOptions): Settings {
+    const o = this.opts;
+    const connections = opts.connections ?? o.connections ?? DEFAULTS.downloadConnections;
+    const chunkSize = opts.chunkSize ?? o.chunkSize ?? DEFAULTS.chunkSize;
+    const stallTimeoutMs = opts.stallTimeoutMs ?? o.stallTimeoutMs ?? DEFAULTS.stallTimeoutMs;
+    const retry: RetryOptions = {
+      maxAttempts: opts.retry?.maxAttempts ?? o.retry?.maxAttempts ?? DEFAULTS.rangeMaxAttempts,
+      baseDelayMs: opts.retry?.baseDelayMs ?? o.retry?.baseDelayMs ?? DEFAULTS.retryBaseDelayMs,
+      maxDelayMs: opts.retry?.maxDelayMs ?? o.retry?.maxDelayMs ?? DEFAULTS.retryMaxDelayMs,
+    };
+    const positive = (name: string, v: number) => {
+      if (!Number.isSafeInteger(v) || v < 1) {
+        throw new RoboflowError('ERR_CONFIG', `${name} must be a positive integer, got ${v}`);
+      }
+    };
+    positive('connections', connections);
+    positive('chunkSize', chunkSize);
+    positive('stallTimeoutMs', stallTimeoutMs);
+    positive('retry.maxAttempts', retry.maxAttempts);
+    return {
+      connections,
+      chunkSize,
+      stallTimeoutMs,
+      headersTimeoutMs: o.storage?.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
+      retry,
+      progressIntervalMs: opts.progressIntervalMs ?? o.progressIntervalMs ?? DEFAULTS.progressIntervalMs,
+      limiter: o.limiter,
+      lookahead: o.lookahead ?? true,
+    };
+  }
+}
+
+interface Settings {
+  readonly connections: number;
+  readonly chunkSize: number;
+  readonly stallTimeoutMs: number;
+  readonly headersTimeoutMs: number;
+  readonly retry: RetryOptions;
+  readonly progressIntervalMs: number;
+  readonly limiter: ConcurrencyLimiter | undefined;
+  readonly lookahead: boolean;
+}
+
+/**
+ * A lane's receive rate over its last completed window, continuous across bodies. Not per body:
+ * a look-ahead body starts with a burst of what piled up in its socket while it waited, and a
+ * rate that counted it would send the next look-ahead earlier still, round after round.
+ */
+class LaneMeter {
+  private markAt = performance.now();
+  private markBytes = 0;
+  private bytes = 0;
+  /** Bytes per second; 0 until the first window is complete. */
+  rate = 0;
+
+  add(n: number): void {
+    this.bytes += n;
+    const now = performance.now();
+    if (now - this.markAt >= RATE_WINDOW_LANE_MS) {
+      this.rate = ((this.bytes - this.markBytes) * 1000) / (now - this.markAt);
+      this.markAt = now;
+      this.markBytes = this.bytes;
+    }
+  }
+}
+
+/** A request sent ahead of its body being read; the outcome is kept as a value until then. */
+interface PendingRequest {
+  readonly range: IndexedRange;
+  /** Offset in the object the request starts at. */
+  readonly from: number;
+  readonly outcome: Promise<{ ok: true; body: RangeBody } | { ok: false; err: unknown }>;
+  /** Aborts the request and destroys its body if it already came. */
+  abandon(): void;
+  /** Called once the body has been read or failed, to drop the abort wiring. */
+  done(): void;
+}
+
+/** One download call: stat, plan, lanes, verify, promote; restarts once if the object changes. */
+class Download {
+  private readonly id = newDownloadId();
+  private readonly startedAt = performance.now();
+  /** Aborted by the caller's signal or by `destroy()`; see `linkSignals()`. */
+  private readonly control = new AbortController();
+  private readonly unlinkSignals: () => void;
+  private source!: ObjectSource;
+  private readonly temp: string;
+  private readonly stateFile: string;
+  private readonly dir: string;
+  private retries = 0;
+  private restarts = 0;
+  private progressBytes = 0;
+  private totalBytes = 0;
+  private readonly rateSamples: [number, number][] = [];
+  private progressTimer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly s: Settings,
+    private readonly clients: StorageClients,
+    private readonly url: string,
+    private readonly dest: string,
+    private readonly opts: DownloadOptions,
+    destroySignal: AbortSignal,
+  ) {
+    this.unlinkSignals = linkSignals(this.control, [opts.signal, destroySignal]);
+    const p = partialPaths(dest);
+    this.temp = p.temp;
+    this.stateFile = p.state;
+    this.dir = path.dirname(path.resolve(dest));
+  }
+
+  async run(): Promise<DownloadResult> {
+    // Opened here, not in the constructor, so a bad URL rejects the promise instead of throwing.
+    try {
+      this.source = this.clients.open(this.url);
+    } catch (err) {
+      this.unlinkSignals();
+      throw err;
+    }
+    const display = this.source.url;
+    try {
+      if (this.signal.aborted) throw this.aborted();
+      this.startProgress();
+      for (;;) {
+        try {
+          const result = await this.attempt();
+          this.reportProgress();
+          channels.downloadDone.publish({
+            downloadId: this.id,
+            url: display,
+            bytes: result.bytes,
+            seconds: result.seconds,
+            resumedBytes: result.resumedBytes,
+            retries: result.retries,
+          });
+          return result;
+        } catch (err) {
+          if (!(err instanceof RoboflowError) || err.code !== 'ERR_SOURCE_CHANGED' || this.signal.aborted) throw err;
+          await removePartial(this.dest);
+          if (this.restarts >= 1) {
+            throw new RoboflowError(
+              'ERR_SOURCE_CHANGED',
+              `source changed during download of ${display}: ${err.message} (it changed again after a restart; try later)`,
+              { url: display, cause: err },
+            );
+          }
+          this.restarts++;
+        }
+      }
+    } catch (err) {
+      const e = this.signal.aborted ? this.aborted() : toRoboflowError(err, 'ERR_IO', display);
+      channels.downloadError.publish({ downloadId: this.id, url: display, code: e.code });
+      throw e;
+    } finally {
+      this.unlinkSignals();
+      if (this.progressTimer) clearInterval(this.progressTimer);
+      await this.source.close().catch(() => undefined);
+    }
+  }
+
+  private get signal(): AbortSignal {
+    return this.control.signal;
+  }
+
+  private aborted(): RoboflowError {
+    return abortError(this.signal, `download of ${this.source.url}`);
+  }
+
+  /** One pass from stat to promotion. Throws `ERR_SOURCE_CHANGED` for the caller to restart. */
+  private async attempt(): Promise<DownloadResult> {
+    const st = await this.source.stat({ signal: this.signal });
+    if (this.opts.expectedSize !== undefined && st.size !== this.opts.expectedSize) {
+      throw new RoboflowError(
+        'ERR_SIZE_MISMATCH',
+        `${st.url} is ${st.size} bytes, the caller expected ${this.opts.expectedSize} — check the job's recorded size`,
+        { url: st.url },
+      );
+    }
+    // Without range support the whole object is one chunk: a retry starts it again from byte 0.
+    const chunkSize = st.rangesSupported ? this.s.chunkSize : Math.max(1, st.size);
+    const identity: ResumeIdentity = {
+      url: st.url,
+      size: st.size,
+      chunkSize,
+      ...(st.etag !== undefined ? { etag: st.etag } : {}),
+      ...(st.lastModified !== undefined ? { lastModified: st.lastModified.toISOString() } : {}),
+    };
+    const completed = await this.loadResumable(identity);
+    const resumedBytes = bytesIn(completed, st.size, chunkSize);
+    this.totalBytes = st.size;
+    this.progressBytes = resumedBytes;
+    this.rateSamples.length = 0;
+    channels.downloadStart.publish({ downloadId: this.id, url: st.url, size: st.size, resumedBytes });
+
+    const expected: Checksum[] = [...st.checksums];
+    if (this.opts.expectedChecksum) expected.push(this.opts.expectedChecksum);
+    let verifiedChecksums: ChecksumAlgorithm[];
+    if (st.size === 0) {
+      verifiedChecksums = await this.writeEmpty(st, expected);
+    } else {
+      await this.checkFreeSpace(st.size - resumedBytes);
+      verifiedChecksums = await this.fill(st, identity, completed, expected);
+    }
+    await rename(this.temp, this.dest);
+    await fsyncDir(this.dir);
+    await removeResumeState(this.stateFile);
+    const verified: VerifiedBy[] = ['size', ...verifiedChecksums];
+    return {
+      url: st.url,
+      dest: this.dest,
+      bytes: st.size,
+      seconds: (performance.now() - this.startedAt) / 1000,
+      resumedBytes,
+      retries: this.retries,
+      restarts: this.restarts,
+      ...(st.etag !== undefined ? { etag: st.etag } : {}),
+      verified,
+    };
+  }
+
+  /** The durable chunks of a matching partial download; deletes a partial that does not match. */
+  private async loadResumable(id: ResumeIdentity): Promise<ChunkSet> {
+    const n = chunkCount(id.size, id.chunkSize);
+    const state = await readResumeState(this.stateFile);
+    if (state && stateMatches(state, id)) {
+      const tempSize = await statPath(this.temp).then(
+        (s) => (s.isFile() ? s.size : -1),
+        () => -1,
+      );
+      if (tempSize === id.size) return state.completed.clone();
+    }
+    await removePartial(this.dest);
+    return new ChunkSet(n);
+  }
+
+  private async checkFreeSpace(needed: number): Promise<void> {
+    const fs = await statfs(this.dir);
+    const available = fs.bavail * fs.bsize;
+    if (available <= needed) {
+      throw new RoboflowError(
+        'ERR_NO_SPACE',
+        `not enough free space in ${this.dir} for ${this.source.url}: need ${needed} bytes, ${available} available — free space or choose another directory`,
+        { url: this.source.url },
+      );
+    }
+  }
+
+  private async writeEmpty(st: ObjectStat, expected: readonly Checksum[]): Promise<ChecksumAlgorithm[]> {
+    const fh = await open(this.temp, 'w');
+    try {
+      await fh.datasync();
+      const hasher = new InOrderHasher(fh, expected.map((c) => c.algorithm));
+      return compareChecksums(st.url, expected, await hasher.finish(0));
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Fills the temp file with every missing chunk, verifies it and leaves it closed. */
+  private async fill(
+    st: ObjectStat,
+    identity: ResumeIdentity,
+    completed: ChunkSet,
+    expected: readonly Checksum[],
+  ): Promise<ChecksumAlgorithm[]> {
+    const fresh = completed.size === 0;
+    let fh: FileHandle;
+    try {
+      fh = await open(this.temp, fresh ? 'w+' : 'r+');
+      if (fresh) await fh.truncate(st.size);
+    } catch (err) {
+      throw this.diskError(err);
+    }
+    const transfer = new Transfer(this, fh, st, identity, completed, expected);
+    let keep = this.opts.keepPartial ?? true;
+    try {
+      await transfer.run();
+      const digests = await transfer.hasher.finish(st.size);
+      const verified = compareChecksums(st.url, expected, digests);
+      const onDisk = (await fh.stat()).size;
+      if (onDisk !== st.size) {
+        throw new RoboflowError('ERR_SIZE_MISMATCH', `${this.temp} is ${onDisk} bytes after download, expected ${st.size}`, {
+          url: st.url,
+        });
+      }
+      if (st.etag === undefined) await this.checkUnchanged(st);
+      return verified;
+    } catch (err) {
+      const code = err instanceof RoboflowError ? err.code : undefined;
+      if (code === 'ERR_CHECKSUM_MISMATCH' || code === 'ERR_SIZE_MISMATCH' || code === 'ERR_SOURCE_CHANGED') keep = false;
+      throw err;
+    } finally {
+      await transfer.settle(keep);
+      await fh.close().catch(() => undefined);
+      if (!keep) await removePartial(this.dest);
+    }
+  }
+
+  /** Objects without an ETag were read without `If-Match`; a second stat is their only guard. */
+  private async checkUnchanged(before: ObjectStat): Promise<void> {
+    const after = await this.source.stat({ signal: this.signal });
+    if (after.size !== before.size || after.lastModified?.getTime() !== before.lastModified?.getTime()) {
+      throw new RoboflowError(
+        'ERR_SOURCE_CHANGED',
+        `${before.url} changed while it was downloaded (size ${before.size} → ${after.size}, last modified ${before.lastModified?.toISOString()} → ${after.lastModified?.toISOString()})`,
+        { url: before.url },
+      );
+    }
+  }
+
+  // Shared with Transfer --------------------------------------------------------------------
+
+  get displayUrl(): string {
+    return this.source.url;
+  }
+  get objectSource(): ObjectSource {
+    return this.source;
+  }
+  get settingsOf(): Settings {
+    return this.s;
+  }
+  get downloadSignal(): AbortSignal {
+    return this.signal;
+  }
+  get downloadId(): number {
+    return this.id;
+  }
+  get paths(): { temp: string; state: string } {
+    return { temp: this.temp, state: this.stateFile };
+  }
+
+  countRetry(code: RoboflowError['code'], attempt: number, delayMs: number): void {
+    this.retries++;
+    channels.rangeRetry.publish({ downloadId: this.id, url: this.source.url, code, attempt, delayMs });
+  }
+
+  countBytes(n: number): void {
+    this.progressBytes += n;
+    channels.downloadBytes.publish({ downloadId: this.id, bytes: n });
+  }
+
+  /** A failure of the local disk, named after the file (`file`, default the temp file). */
+  diskError(err: unknown, file: string = this.temp): RoboflowError {
+    const e = toRoboflowError(err, 'ERR_IO');
+    if (e.code === 'ERR_NO_SPACE') {
+      return new RoboflowError(
+        'ERR_NO_SPACE',
+        `no space left in ${this.dir} while writing ${file} for ${this.source.url} — free space or choose another directory`,
+        { url: this.source.url, cause: err },
+      );
+    }
+    if (e.code === 'ERR_IO') {
+      return new RoboflowError('ERR_IO', `cannot write ${file}: ${e.message}`, { url: this.source.url, cause: err });
+    }
+    return e;
+  }
+
+  // Progress --------------------------------------------------------------------------------
+
+  private startProgress(): void {
+    if (!this.opts.onProgress) return;
+    this.progressTimer = setInterval(() => this.reportProgress(), this.s.progressIntervalMs);
+    this.progressTimer.unref();
+  }
+
+  private reportProgress(): void {
+    const onProgress = this.opts.onProgress;
+    if (!onProgress) return;
+    const now = performance.now();
+    const samples = this.rateSamples;
+    samples.push([now, this.progressBytes]);
+    while (samples.length > 2 && now - (samples[0] as [number, number])[0] > RATE_WINDOW_MS) samples.shift();
+    const [t0, b0] = samples[0] as [number, number];
+    const rate = now > t0 ? ((this.progressBytes - b0) * 1000) / (now - t0) : 0;
+    const p: DownloadProgress = { bytesDone: this.progressBytes, total: this.totalBytes, rate };
+    try {
+      onProgress(p);
+    } catch {
+      // A failing progress callback must not break the download it reports on.
+    }
+  }
+}
+
+/**
+ * The lanes of one pass over the missing chunks, the batched state writes and the in-order
+ * hasher. Created per attempt, so a restart after a source change starts from nothing.
+ */
+class Transfer {
+  readonly hasher: OrderedHasher;
+  private readonly scheduler: RangeScheduler;
+  private readonly limiter: ConcurrencyLimiter;
+  /** Chunks fully written (in the page cache; not necessarily durable yet). */
+  private readonly written: ChunkSet;
+  /** Chunks durable and recorded in the state file. */
+  private readonly durable: ChunkSet;
+  private readonly unrecorded: number[] = [];
+  private readonly control = new AbortController();
+  private failure: RoboflowError | undefined;
+  private flushing: Promise<void> | undefined;
+  private flushTimer: NodeJS.Timeout | undefined;
+  private lastFlushAt = 0;
+  /** Times to response headers of the latest requests (a ring), for the look-ahead. */
+  private readonly latencies: number[] = [];
+  private latencyNext = 0;
+  private readonly rangesSupported: boolean;
+
+  constructor(
+    private readonly d: Download,
+    private readonly fh: FileHandle,
+    private readonly st: ObjectStat,
+    private readonly identity: ResumeIdentity,
+    completed: ChunkSet,
+    expected: readonly Checksum[],
+  ) {
+    this.rangesSupported = st.rangesSupported;
+    this.written = completed.clone();
+    this.durable = completed.clone();
+    this.scheduler = new RangeScheduler(missingRanges(st.size, identity.chunkSize, completed));
+    this.limiter = d.settingsOf.limiter ?? new ConcurrencyLimiter({ max: d.settingsOf.connections });
+    // Every lane and look-ahead request listens on this signal: up to ~3 listeners per lane.
+    setMaxListeners(Math.max(10, 4 * d.settingsOf.connections), this.control.signal);
+    this.hasher = createOrderedHasher({
+      fh,
+      path: d.paths.temp,
+      size: st.size,
+      algorithms: expected.map((c) => c.algorithm),
+    });
+    this.advanceHasher();
+  }
+
+  async run(): Promise<void> {
+    const signal = this.d.downloadSignal;
+    const onAbort = () => this.control.abort(signal.reason);
+    if (signal.aborted) onAbort();
+    signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      // The state file exists from the start, so even a run killed before its first chunk
+      // leaves a partial download a later run recognises.
+      if (this.durable.size === 0) await this.flush();
+      const lanes = Math.min(this.d.settingsOf.connections, this.scheduler.remaining);
+      await Promise.all(Array.from({ length: lanes }, () => this.lane()));
+      if (this.failure) throw this.failure;
+      if (this.control.signal.aborted) throw abortError(signal, `download of ${this.d.displayUrl}`);
+      await this.flush();
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  /**
+   * Ends the pass: stops the hasher and, when the partial download is kept, records every
+   * chunk that is complete (one last `fdatasync` + state write). Never throws.
+   */
+  async settle(keep: boolean): Promise<void> {
+    if (!this.control.signal.aborted) this.control.abort(new RoboflowError('ERR_ABORTED', 'download pass ended'));
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    await this.hasher.stop();
+    if (keep) await this.flush().catch(() => undefined);
+    else while (this.flushing) await this.flushing.catch(() => undefined);
+  }
+
+  private fail(err: RoboflowError): void {
+    if (this.control.signal.aborted) return;
+    this.failure = err;
+    this.control.abort(err);
+  }
+
+  // Lanes -----------------------------------------------------------------------------------
+
+  private async lane(): Promise<void> {
+    const signal = this.control.signal;
+    let release: Release | undefined;
+    let ahead: PendingRequest | undefined;
+    const meter = new LaneMeter();
+    try {
+      while (!signal.aborted) {
+        const range = ahead?.range ?? this.scheduler.take();
+        if (!range) break;
+        release ??= await this.limiter.acquire(signal);
+        const current = ahead;
+        ahead = undefined;
+        const holder = { release };
+        try {
+          ahead = await this.fetchChunk(range, current, holder, meter);
+        } finally {
+          release = holder.release;
+        }
+        this.limiter.onSuccess();
+        this.chunkDone(range.index);
+        if (this.limiter.shouldYield && release) {
+          // Give the turn to a waiter (another download) or obey a lowered limit.
+          release();
+          release = undefined;
+        }
+      }
+    } catch (err) {
+      if (!signal.aborted) this.fail(toRoboflowError(err, 'ERR_IO', this.d.displayUrl));
+    } finally {
+      release?.();
+      ahead?.abandon();
+    }
+  }
+
+  /**
+   * Fetches one chunk with retries; returns the look-ahead request it started for the lane's
+   * next chunk, if any. `holder.release` is the lane's permit, given back during backoff.
+   */
+  private async fetchChunk(
+    range: IndexedRange,
+    first: PendingRequest | undefined,
+    holder: { release: Release | undefined },
+    meter: LaneMeter,
+  ): Promise<PendingRequest | undefined> {
+    const { retry } = this.d.settingsOf;
+    const signal = this.control.signal;
+    const length = range.end - range.start;
+    let offset = range.start;
+    /** Highest offset already counted in progress, so a restart from byte 0 is not counted twice. */
+    let counted = range.start;
+    let attempts = 0;
+    let pending = first;
+    for (;;) {
+      attempts++;
+      const startedAt = offset;
+      const state = { offset, ahead: undefined as PendingRequest | undefined };
+      try {
+        await this.transferOnce(range, pending ?? this.request(range, offset), state, meter, (to) => {
+          if (to > counted) {
+            this.d.countBytes(to - counted);
+            counted = to;
+          }
+        });
+        return state.ahead;
+      } catch (err) {
+        state.ahead?.abandon();
+        if (state.ahead) this.scheduler.giveBack(state.ahead.range);
+        pending = undefined;
+        if (signal.aborted) throw err;
+        const e = toRoboflowError(err, 'ERR_CONNECTION', this.d.displayUrl);
+        if (!e.retryable) throw e;
+        offset = this.rangesSupported ? state.offset : range.start;
+        if (state.offset - startedAt >= length * PROGRESS_RESETS_ATTEMPTS_FRACTION) attempts = 0;
+        if (e.code === 'ERR_THROTTLED') this.limiter.onThrottle();
+        if (attempts >= retry.maxAttempts) {
+          throw new RoboflowError(
+            'ERR_RETRIES_EXHAUSTED',
+            `bytes ${range.start}-${range.end - 1} of ${this.d.displayUrl} failed ${attempts} times in a row; last error: ${e.message}`,
+            { url: this.d.displayUrl, cause: e, ...(e.status !== undefined ? { status: e.status } : {}) },
+          );
+        }
+        const delayMs = backoffDelay(Math.max(1, attempts), e, retry);
+        this.d.countRetry(e.code, attempts, delayMs);
+        // Waiting does not need a permit; giving it back lets a lowered limit take effect.
+        holder.release?.();
+        holder.release = undefined;
+        try {
+          await sleep(delayMs, undefined, { signal });
+        } catch {
+          throw abortError(signal, `download of ${this.d.displayUrl}`);
+        }
+        holder.release = await this.limiter.acquire(signal);
+      }
+    }
+  }
+
+  /**
+   * Sends a range request with its own abort controller: aborted with the download, and by a
+   * headers timeout that is disarmed once headers arrive (so it never cuts a long body).
+   */
+  private request(range: IndexedRange, from: number): PendingRequest {
+    const source = this.d.objectSource;
+    const { headersTimeoutMs } = this.d.settingsOf;
+    const ctl = new AbortController();
+    const downloadSignal = this.control.signal;
+    const onAbort = () => ctl.abort(downloadSignal.reason);
+    downloadSignal.addEventListener('abort', onAbort, { once: true });
+    const timer = setTimeout(() => {
+      ctl.abort(
+        new RoboflowError('ERR_TIMEOUT', `no response headers from ${this.d.displayUrl} within ${headersTimeoutMs} ms`, {
+          url: this.d.displayUrl,
+        }),
+      );
+    }, headersTimeoutMs);
+    const sentAt = performance.now();
+    let body: Readable | undefined;
+    let finished = false;
+    channels.rangeRequest.publish({ downloadId: this.d.downloadId, delta: 1 });
+    const done = () => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(timer);
+      downloadSignal.removeEventListener('abort', onAbort);
+      channels.rangeRequest.publish({ downloadId: this.d.downloadId, delta: -1 });
+    };
+    const wanted: ByteRange = { start: from, end: range.end };
+    const outcome = source
+      .read(wanted, {
+        signal: ctl.signal,
+        ...(this.st.etag !== undefined ? { ifMatch: this.st.etag } : {}),
+      })
+      .then(
+        (res) => {
+          clearTimeout(timer);
+          body = res.body;
+          ctl.signal.addEventListener('abort', () => res.body.destroy(abortReason(ctl.signal)), { once: true });
+          this.observeLatency(performance.now() - sentAt);
+          if (ctl.signal.aborted) res.body.destroy();
+          return { ok: true as const, body: res };
+        },
+        (err: unknown) => {
+          const reason: unknown = ctl.signal.reason;
+          // Our own timeout shows up as whatever abort error the source raises; name it.
+          const e = reason instanceof RoboflowError && reason.code === 'ERR_TIMEOUT' && !downloadSignal.aborted ? reason : err;
+          done();
+          return { ok: false as const, err: e };
+        },
+      );
+    return {
+      range,
+      from,
+      outcome,
+      abandon: () => {
+        ctl.abort(new RoboflowError('ERR_ABORTED', 'look-ahead request abandoned'));
+        body?.destroy();
+        void outcome.then((o) => {
+          if (o.ok) o.body.body.destroy();
+          done();
+        });
+      },
+      done,
+    };
+  }
+
+  private observeLatency(ms: number): void {
+    const keep = 2 * this.d.settingsOf.connections;
+    if (this.latencies.length < keep) this.latencies.push(ms);
+    else this.latencies[this.latencyNext] = ms;
+    this.latencyNext = (this.latencyNext + 1) % keep;
+  }
+
+  /**
+   * The first-byte latency the look-ahead plans with: the smallest of the latest requests. The
+   * mean would include this process's own event-loop delays and pool queueing, which make a
+   * look-ahead sent early stream beside the current body for long, not just overlap its end.
+   */
+  private get latencyMs(): number {
+    return this.latencies.length === 0 ? 0 : Math.min(...this.latencies);
+  }
+
+  /**
+   * Reads one response body into the temp file. `state.offset` follows the bytes written, so a
+   * retry continues from there; `state.ahead` is the look-ahead request, if one was sent.
+   */
+  private async transferOnce(
+    range: IndexedRange,
+    pending: PendingRequest,
+    state: { offset: number; ahead: PendingRequest | undefined },
+    meter: LaneMeter,
+    onWritten: (offset: number) => void,
+  ): Promise<void> {
+    const { stallTimeoutMs, lookahead } = this.d.settingsOf;
+    const url = this.d.displayUrl;
+    try {
+      const o = await pending.outcome;
+      if (!o.ok) throw o.err;
+      const { body } = o.body;
+      if (o.body.range.start !== pending.from || o.body.range.end !== range.end) {
+        body.destroy();
+        throw new RoboflowError(
+          'ERR_BAD_RESPONSE',
+          `${url}: asked for bytes ${pending.from}-${range.end - 1}, the source answered ${o.body.range.start}-${o.body.range.end - 1}`,
+          { url },
+        );
+      }
+      const stall = setTimeout(() => {
+        body.destroy(
+          new RoboflowError(
+            'ERR_STALLED',
+            `no data from ${url} for ${stallTimeoutMs} ms (bytes ${state.offset}-${range.end - 1}); retrying`,
+            { url },
+          ),
+        );
+      }, stallTimeoutMs);
+      // Received buffers wait here until WRITE_BATCH_BYTES are together, then go to the file in
+      // one writev; `state.offset` moves only once they are written.
+      const batch: Buffer[] = [];
+      let batchBytes = 0;
+      const writeBatch = async () => {
+        if (batchBytes === 0) return;
+        const bufs = batch.splice(0);
+        const n = batchBytes;
+        batchBytes = 0;
+        await this.writev(bufs, n, state.offset);
+        state.offset += n;
+        onWritten(state.offset);
+      };
+      try {
+        for await (const chunk of body as AsyncIterable<Buffer>) {
+          stall.refresh();
+          const received = state.offset + batchBytes + chunk.length;
+          if (received > range.end) {
+            throw new RoboflowError(
+              'ERR_BAD_RESPONSE',
+              `${url}: the response for bytes ${pending.from}-${range.end - 1} carried more bytes than asked for`,
+              { url },
+            );
+          }
+          batch.push(chunk);
+          batchBytes += chunk.length;
+          meter.add(chunk.length);
+          if (batchBytes >= WRITE_BATCH_BYTES || received === range.end) {
+            // Reading waits for the write: backpressure keeps memory at one batch per lane.
+            await writeBatch();
+            stall.refresh();
+          }
+          if (lookahead && state.ahead === undefined && this.scheduler.remaining > 0 && !this.limiter.shouldYield) {
+            if (shouldRequestAhead(range.end - received, meter.rate, this.latencyMs, LOOKAHEAD_LATENCIES)) {
+              const next = this.scheduler.take();
+              if (next) state.ahead = this.request(next, next.start);
+            }
+          }
+        }
+        await writeBatch();
+      } catch (err) {
+        // Bytes that arrived before the failure are good: writing them lets the retry start
+        // after them. (A failed write already emptied the batch, so it is not tried twice.)
+        if (!this.control.signal.aborted) await writeBatch().catch(() => undefined);
+        throw err;
+      } finally {
+        clearTimeout(stall);
+        if (!body.destroyed && state.offset < range.end) body.destroy();
+      }
+      if (state.offset < range.end) {
+        throw new RoboflowError(
+          'ERR_TRUNCATED_BODY',
+          `${url}: the response for bytes ${pending.from}-${range.end - 1} ended after ${state.offset - pending.from} bytes`,
+          { url },
+        );
+      }
+    } finally {
+      pending.done();
+    }
+  }
+
+  /** Writes `bufs` (`total` bytes together) at `position`, completing a short write. */
+  private async writev(bufs: Buffer[], total: number, position: number): Promise<void> {
+    try {
+      let done = (await this.fh.writev(bufs, position)).bytesWritten;
+      if (done === total) return;
+      const rest = Buffer.concat(bufs, total);
+      while (done < total) {
+        done += (await this.fh.write(rest, done, total - done, position + done)).bytesWritten;
+      }
+    } catch (err) {
+      throw this.d.diskError(err);
+    }
+  }
+
+  // Completion, durability, hashing ---------------------------------------------------------
+
+  private chunkDone(index: number): void {
+    this.written.add(index);
+    this.unrecorded.push(index);
+    this.advanceHasher();
+    this.scheduleFlush();
+  }
+
+  private advanceHasher(): void {
+    const firstMissing = this.written.firstMissing();
+    const prefix = firstMissing >= this.written.count ? this.st.size : chunkRange(firstMissing, this.st.size, this.identity.chunkSize).start;
+    this.hasher.advanceTo(prefix);
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushing || this.flushTimer) return;
+    const wait = this.lastFlushAt + STATE_FLUSH_INTERVAL_MS - performance.now();
+    if (wait <= 0 || this.unrecorded.length >= this.d.settingsOf.connections) {
+      this.startFlush();
+    } else {
+      this.flushTimer = setTimeout(() => {
+        this.flushTimer = undefined;
+        this.startFlush();
+      }, wait);
+    }
+  }
+
+  private startFlush(): void {
+    void this.flush().catch((err: unknown) => this.fail(this.d.diskError(err, this.d.paths.state)));
+  }
+
+  /**
+   * Makes every chunk written so far durable and records it: one `fdatasync`, then one atomic
+   * state write. Runs one at a time; a call while one runs waits for it and then runs again.
+   */
+  private async flush(): Promise<void> {
+    while (this.flushing) await this.flushing.catch(() => undefined);
+    if (this.flushTimer) {
+      clearTimeout(this.flushTimer);
+      this.flushTimer = undefined;
+    }
+    // Nothing new since the last write: the state file already says it all.
+    if (this.unrecorded.length === 0 && this.lastFlushAt > 0) return;
+    const run = async () => {
+      const batch = this.unrecorded.splice(0);
+      try {
+        await this.fh.datasync();
+        for (const i of batch) this.durable.add(i);
+        await writeResumeState(this.d.paths.state, { ...this.identity, version: 1, completed: this.durable });
+      } catch (err) {
+        this.unrecorded.unshift(...batch);
+        throw err;
+      }
+      this.lastFlushAt = performance.now();
+    };
+    this.flushing = run();
+    try {
+      await this.flushing;
+    } finally {
+      this.flushing = undefined;
+    }
+    if (this.unrecorded.length > 0 && !this.control.signal.aborted) this.scheduleFlush();
+  }
+}
+
+/**
+ * Aborts `target` when any of `sources` aborts, with that signal's reason; returns the function
+ * that removes the listeners. Not `AbortSignal.any()`: on Node 20 every dependent signal stays
+ * reachable from a long-lived source (about 1 KB per call, measured), and the downloader's own
+ * destroy signal lives as long as a worker.
+ */
+function linkSignals(target: AbortController, sources: readonly (AbortSignal | undefined)[]): () => void {
+  const links: [AbortSignal, () => void][] = [];
+  for (const source of sources) {
+    if (!source) continue;
+    if (source.aborted) {
+      target.abort(source.reason);
+      break;
+    }
+    const onAbort = () => target.abort(source.reason);
+    source.addEventListener('abort', onAbort, { once: true });
+    links.push([source, onAbort]);
+  }
+  return () => {
+    for (const [source, onAbort] of links.splice(0)) source.removeEventListener('abort', onAbort);
+  };
+}
+
+function abortReason(signal: AbortSignal): Error {
+  const reason: unknown = signal.reason;
+  return reason instanceof Error ? reason : new RoboflowError('ERR_ABORTED', 'request aborted', { cause: reason });
+}

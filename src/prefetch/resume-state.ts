@@ -1,0 +1,137 @@
+/**
+ * The state file of a partial download (`<dest>.roboflow-state.json`): which chunks of the temp
+ * file hold durable bytes of which version of which object. The downloader writes it only after
+ * an `fdatasync` of the temp file, so every chunk it lists survives a crash or a power loss.
+ *
+ * It is written atomically (write a sibling temp file, fsync it, rename over the old one), so a
+ * reader sees either the old or the new content, never a torn mix. Anything that does not parse,
+ * has another version, or describes another object is discarded: a partial download is never
+ * trusted on a guess.
+ */
+
+import { open, readFile, rename, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { ChunkSet, chunkCount } from './ranges.js';
+
+/** Bumped whenever the layout changes; a state file of another version is discarded. */
+export const STATE_VERSION = 1;
+
+const stateSchema = z.object({
+  version: z.literal(STATE_VERSION),
+  /** Display form of the URL (secrets removed): a state file may be read by anyone. */
+  url: z.string().min(1),
+  size: z.number().int().nonnegative(),
+  etag: z.string().optional(),
+  lastModified: z.string().optional(),
+  chunkSize: z.number().int().positive(),
+  /** Bitmap of completed chunk indexes, base64 (`ChunkSet.toBase64`). */
+  completed: z.string(),
+});
+
+export interface ResumeState {
+  readonly version: typeof STATE_VERSION;
+  readonly url: string;
+  readonly size: number;
+  readonly etag?: string;
+  /** ISO-8601; compared when the object has no ETag. */
+  readonly lastModified?: string;
+  readonly chunkSize: number;
+  readonly completed: ChunkSet;
+}
+
+/** What a state file must describe to be resumed. */
+export interface ResumeIdentity {
+  readonly url: string;
+  readonly size: number;
+  readonly etag?: string;
+  readonly lastModified?: string;
+  readonly chunkSize: number;
+}
+
+/**
+ * Reads a state file. Returns undefined when it is missing, unreadable, not JSON, of another
+ * version or inconsistent (a bitmap that does not fit the size and chunk size).
+ */
+export async function readResumeState(file: string): Promise<ResumeState | undefined> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const parsed = stateSchema.safeParse(json);
+  if (!parsed.success) return undefined;
+  const s = parsed.data;
+  const completed = ChunkSet.fromBase64(s.completed, chunkCount(s.size, s.chunkSize));
+  if (!completed) return undefined;
+  return {
+    version: STATE_VERSION,
+    url: s.url,
+    size: s.size,
+    chunkSize: s.chunkSize,
+    completed,
+    ...(s.etag !== undefined ? { etag: s.etag } : {}),
+    ...(s.lastModified !== undefined ? { lastModified: s.lastModified } : {}),
+  };
+}
+
+/** Whether `state` was written for exactly this object version and chunk plan. */
+export function stateMatches(state: ResumeState, id: ResumeIdentity): boolean {
+  return (
+    state.url === id.url &&
+    state.size === id.size &&
+    state.chunkSize === id.chunkSize &&
+    state.etag === id.etag &&
+    // Without an ETag the modification time is the only version marker there is.
+    (id.etag !== undefined || state.lastModified === id.lastModified)
+  );
+}
+
+/**
+ * Writes the state atomically and durably: a sibling `.tmp` file is written and fsynced, then
+ * renamed over `file`. The directory is not fsynced here: losing a rename in a power cut leaves
+ * the previous state file, which lists fewer chunks but only durable ones, so resuming from it is
+ * still correct (it re-fetches a little more).
+ */
+export async function writeResumeState(file: string, state: ResumeState): Promise<void> {
+  const body: z.infer<typeof stateSchema> = {
+    version: STATE_VERSION,
+    url: state.url,
+    size: state.size,
+    chunkSize: state.chunkSize,
+    completed: state.completed.toBase64(),
+    ...(state.etag !== undefined ? { etag: state.etag } : {}),
+    ...(state.lastModified !== undefined ? { lastModified: state.lastModified } : {}),
+  };
+  const tmp = `${file}.tmp`;
+  const fh = await open(tmp, 'w');
+  try {
+    await fh.writeFile(`${JSON.stringify(body)}\n`);
+    await fh.datasync();
+  } finally {
+    await fh.close();
+  }
+  await rename(tmp, file);
+}
+
+/** Removes a state file and any leftover `.tmp` sibling. */
+export async function removeResumeState(file: string): Promise<void> {
+  await Promise.all([rm(file, { force: true }), rm(`${file}.tmp`, { force: true })]);
+}
+
+/** fsyncs a directory so a rename or unlink in it is durable. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(path.resolve(dir), 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,399 @@
+/**
+ * Whole-object checksums of a download. MD5, SHA-1 and CRC32 can only be computed in byte order,
+ * while ranges complete out of order; `InOrderHasher` therefore follows the completed prefix of
+ * the temp file, reading it back from the page cache in blocks as it grows, so hashing overlaps
+ * the download and finishes shortly after the last byte instead of re-reading the whole file.
+ */
+
+import { createHash, type Hash } from 'node:crypto';
+import type { FileHandle } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
+import zlib from 'node:zlib';
+import { RoboflowError } from '../errors.js';
+import type { Checksum, ChecksumAlgorithm } from '../types.js';
+
+/** Block read back per step: large enough to amortise the read call, small enough to interleave. */
+const HASH_BLOCK_BYTES = 2 * 1024 * 1024;
+
+// CRC-32C (Castagnoli), reflected polynomial 0x82F63B78, slice-by-8 tables.
+let crc32cTables: Uint32Array[] | undefined;
+function tables(): Uint32Array[] {
+  if (crc32cTables) return crc32cTables;
+  const t: Uint32Array[] = Array.from({ length: 8 }, () => new Uint32Array(256));
+  const t0 = t[0] as Uint32Array;
+  for (let i = 0; i < 256; i++) {
+    let c = i;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
+    t0[i] = c >>> 0;
+  }
+  for (let i = 0; i < 256; i++) {
+    let c = t0[i] as number;
+    for (let s = 1; s < 8; s++) {
+      c = (t0[c & 0xff] as number) ^ (c >>> 8);
+      (t[s] as Uint32Array)[i] = c >>> 0;
+    }
+  }
+  crc32cTables = t;
+  return t;
+}
+
+/** Continues a CRC-32C over `buf` from the running value `crc` (0 to start). */
+export function crc32c(buf: Uint8Array, crc = 0): number {
+  const [t0, t1, t2, t3, t4, t5, t6, t7] = tables() as [
+    Uint32Array, Uint32Array, Uint32Array, Uint32Array,
+    Uint32Array, Uint32Array, Uint32Array, Uint32Array,
+  ];
+  let c = ~crc >>> 0;
+  let i = 0;
+  const n = buf.length;
+  for (; i + 8 <= n; i += 8) {
+    const a = (c ^ ((buf[i] as number) | ((buf[i + 1] as number) << 8) | ((buf[i + 2] as number) << 16) | ((buf[i + 3] as number) << 24))) >>> 0;
+    c =
+      (t7[a & 0xff] as number) ^
+      (t6[(a >>> 8) & 0xff] as number) ^
+      (t5[(a >>> 16) & 0xff] as number) ^
+      (t4[a >>> 24] as number) ^
+      (t3[buf[i + 4] as number] as number) ^
+      (t2[buf[i + 5] as number] as number) ^
+      (t1[buf[i + 6] as number] as number) ^
+      (t0[buf[i + 7] as number] as number);
+  }
+  for (; i < n; i++) c = (t0[(c ^ (buf[i] as number)) & 0xff] as number) ^ (c >>> 8);
+  return ~c >>> 0;
+}
+
+/** An incremental digest with one interface over the crypto hashes and the two CRCs. */
+interface Digest {
+  update(buf: Uint8Array): void;
+  hex(): string;
+}
+
+function crcDigest(step: (buf: Uint8Array, crc: number) => number): Digest {
+  let crc = 0;
+  return {
+    update(buf) {
+      crc = step(buf, crc);
+    },
+    hex: () => crc.toString(16).padStart(8, '0'),
+  };
+}
+
+function newDigest(algorithm: ChecksumAlgorithm): Digest {
+  switch (algorithm) {
+    case 'md5':
+    case 'sha1':
+    case 'sha256': {
+      const h: Hash = createHash(algorithm);
+      return { update: (buf) => void h.update(buf), hex: () => h.digest('hex') };
+    }
+    case 'crc32':
+      return crcDigest((buf, crc) => zlib.crc32(buf, crc));
+    case 'crc32c':
+      return crcDigest(crc32c);
+    default: {
+      const _exhaustive: never = algorithm;
+      throw new Error(`unknown checksum algorithm ${String(_exhaustive)}`);
+    }
+  }
+}
+
+/** Hashes a file in byte order while its completed prefix grows. */
+export interface OrderedHasher {
+  /** True when there is nothing to compute. */
+  readonly idle: boolean;
+  readonly bytesHashed: number;
+  /** The first `bytes` bytes of the file are written and may be hashed. */
+  advanceTo(bytes: number): void;
+  /** Hashes up to `size` bytes and returns the digests (lower-case hex) by algorithm. */
+  finish(size: number): Promise<Map<ChecksumAlgorithm, string>>;
+  /** Stops hashing and waits until the file is no longer read, so it can be closed. */
+  stop(): Promise<void>;
+}
+
+/**
+ * Hashing runs on a worker thread from this size on: MD5 costs about 2.4 CPU-s per GiB, which on
+ * the event loop would compete with the network for one core (measured over S3 with its ETag's
+ * MD5). Below it, a thread's start-up (tens of ms) is not worth it.
+ */
+export const HASH_WORKER_MIN_BYTES = 64 * 1024 * 1024;
+/** What Node computes natively in a worker; CRC-32C is ours and stays on the main thread. */
+const WORKER_ALGORITHMS: ReadonlySet<ChecksumAlgorithm> = new Set(['md5', 'sha1', 'sha256', 'crc32']);
+
+/**
+ * The hasher for a download: on a worker thread for large files when every algorithm is native,
+ * else on the event loop.
+ */
+export function createOrderedHasher(opts: {
+  readonly fh: FileHandle;
+  readonly path: string;
+  readonly size: number;
+  readonly algorithms: readonly ChecksumAlgorithm[];
+}): OrderedHasher {
+  const algorithms = [...new Set(opts.algorithms)];
+  if (opts.size >= HASH_WORKER_MIN_BYTES && algorithms.length > 0 && algorithms.every((a) => WORKER_ALGORITHMS.has(a))) {
+    return new WorkerHasher(opts.path, opts.size, algorithms);
+  }
+  return new InOrderHasher(opts.fh, algorithms);
+}
+
+/**
+ * Hashes a file in byte order as its completed prefix grows, on the event loop. `advanceTo(n)`
+ * says the first `n` bytes are written; a background loop reads and hashes up to there. One loop
+ * runs at a time and one block buffer is reused, so memory stays at one block whatever the size.
+ */
+export class InOrderHasher implements OrderedHasher {
+  private readonly digests: Map<ChecksumAlgorithm, Digest>;
+  private hashed = 0;
+  private target = 0;
+  private loop: Promise<void> | undefined;
+  private failure: unknown;
+  private stopped = false;
+  private buffer: Buffer | undefined;
+
+  constructor(
+    private readonly fh: FileHandle,
+    algorithms: Iterable<ChecksumAlgorithm>,
+  ) {
+    this.digests = new Map([...new Set(algorithms)].map((a) => [a, newDigest(a)]));
+  }
+
+  /** True when there is nothing to compute. */
+  get idle(): boolean {
+    return this.digests.size === 0;
+  }
+
+  get bytesHashed(): number {
+    return this.hashed;
+  }
+
+  /** The first `bytes` bytes of the file are written and may be hashed. */
+  advanceTo(bytes: number): void {
+    if (this.idle || bytes <= this.target) return;
+    this.target = bytes;
+    this.loop ??= this.run().finally(() => {
+      this.loop = undefined;
+    });
+  }
+
+  private async run(): Promise<void> {
+    try {
+      while (!this.stopped && this.hashed < this.target) {
+        const want = Math.min(HASH_BLOCK_BYTES, this.target - this.hashed);
+        this.buffer ??= Buffer.allocUnsafe(HASH_BLOCK_BYTES);
+        const { bytesRead } = await this.fh.read(this.buffer, 0, want, this.hashed);
+        if (bytesRead <= 0) throw new RoboflowError('ERR_IO', `temp file ended at ${this.hashed} bytes while hashing`);
+        const block = this.buffer.subarray(0, bytesRead);
+        for (const d of this.digests.values()) d.update(block);
+        this.hashed += bytesRead;
+      }
+    } catch (err) {
+      this.failure ??= err;
+      this.stopped = true;
+    }
+  }
+
+  /** Hashes up to `size` bytes and returns the digests (lower-case hex) by algorithm. */
+  async finish(size: number): Promise<Map<ChecksumAlgorithm, string>> {
+    this.advanceTo(size);
+    while (this.loop) await this.loop;
+    if (this.failure !== undefined) throw this.failure;
+    if (this.hashed !== size && !this.idle) {
+      throw new RoboflowError('ERR_IO', `hashed ${this.hashed} bytes, expected ${size}`);
+    }
+    return new Map([...this.digests].map(([a, d]) => [a, d.hex()]));
+  }
+
+  /** Stops the loop after its current block and waits for it, so the file can be closed. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    while (this.loop) await this.loop;
+  }
+}
+
+// Slots of the control array shared with the hashing thread.
+/** Bytes the thread may hash (written by us). */
+const CTL_TARGET = 0;
+/** 1 asks the thread to stop (written by us). */
+const CTL_STOP = 1;
+/** Bytes hashed so far (written by the thread). */
+const CTL_HASHED = 2;
+/**
+ * Bumped after every change of the target or the stop flag; the thread sleeps on it. Waiting on
+ * the counter read before its checks, not on the target, means a change between the checks and
+ * the wait wakes it at once instead of being lost.
+ */
+const CTL_SEQ = 3;
+
+/**
+ * The hashing thread's program. Plain CommonJS given as source (`eval`), so the same code runs
+ * from the compiled library and under a TypeScript test runner, with no file path to resolve. It
+ * waits on the shared target with `Atomics.wait` instead of receiving a message per chunk.
+ */
+const WORKER_SOURCE = `
+'use strict';
+const { workerData, parentPort } = require('node:worker_threads');
+const { createHash } = require('node:crypto');
+const { openSync, readSync, closeSync } = require('node:fs');
+const { crc32 } = require('node:zlib');
+const { path, size, algorithms, blockBytes } = workerData;
+const ctl = new BigInt64Array(workerData.control);
+const digests = algorithms.map((algorithm) => {
+  if (algorithm === 'crc32') {
+    let c = 0;
+    return { algorithm, update: (b) => { c = crc32(b, c); }, hex: () => c.toString(16).padStart(8, '0') };
+  }
+  const h = createHash(algorithm);
+  return { algorithm, update: (b) => h.update(b), hex: () => h.digest('hex') };
+});
+let fd;
+try {
+  fd = openSync(path, 'r');
+  const buf = Buffer.allocUnsafe(blockBytes);
+  let hashed = 0;
+  for (;;) {
+    const seq = Atomics.load(ctl, ${CTL_SEQ});
+    if (Atomics.load(ctl, ${CTL_STOP}) !== 0n) { parentPort.postMessage({ stopped: true }); break; }
+    const target = Atomics.load(ctl, ${CTL_TARGET});
+    if (hashed >= Number(target)) {
+      if (hashed >= size) {
+        parentPort.postMessage({ digests: digests.map((d) => [d.algorithm, d.hex()]) });
+        break;
+      }
+      Atomics.wait(ctl, ${CTL_SEQ}, seq);
+      continue;
+    }
+    const n = readSync(fd, buf, 0, Math.min(blockBytes, Number(target) - hashed), hashed);
+    if (n <= 0) throw new Error('the file ended at ' + hashed + ' bytes while hashing');
+    const block = buf.subarray(0, n);
+    for (const d of digests) d.update(block);
+    hashed += n;
+    Atomics.store(ctl, ${CTL_HASHED}, BigInt(hashed));
+  }
+} catch (err) {
+  parentPort.postMessage({ error: String((err && err.message) || err) });
+} finally {
+  if (fd !== undefined) closeSync(fd);
+}
+`;
+
+type WorkerOutcome =
+  | { readonly digests: [ChecksumAlgorithm, string][] }
+  | { readonly stopped: true }
+  | { readonly error: string };
+
+/**
+ * Hashes a file in byte order on a worker thread, which opens the file by path and reads the
+ * prefix we publish through shared memory. The thread is unreferenced except while `finish()`
+ * waits for it, so a forgotten hasher never keeps the process alive.
+ */
+export class WorkerHasher implements OrderedHasher {
+  readonly idle = false;
+  private readonly control = new BigInt64Array(new SharedArrayBuffer(4 * 8));
+  private readonly worker: Worker;
+  private readonly outcome: Promise<WorkerOutcome>;
+  private readonly exited: Promise<void>;
+  private target = 0;
+
+  constructor(
+    private readonly file: string,
+    private readonly size: number,
+    algorithms: readonly ChecksumAlgorithm[],
+  ) {
+    this.worker = new Worker(WORKER_SOURCE, {
+      eval: true,
+      workerData: { control: this.control.buffer, path: file, size, algorithms, blockBytes: HASH_BLOCK_BYTES },
+    });
+    this.worker.unref();
+    this.outcome = new Promise<WorkerOutcome>((resolve) => {
+      this.worker.once('message', (m: WorkerOutcome) => resolve(m));
+      this.worker.once('error', (err) => resolve({ error: err.message }));
+      this.worker.once('exit', (code) => resolve({ error: `hashing thread exited with code ${code}` }));
+    });
+    this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
+  }
+
+  get bytesHashed(): number {
+    return Number(Atomics.load(this.control, CTL_HASHED));
+  }
+
+  advanceTo(bytes: number): void {
+    if (bytes <= this.target) return;
+    this.target = Math.min(bytes, this.size);
+    Atomics.store(this.control, CTL_TARGET, BigInt(this.target));
+    this.wake();
+  }
+
+  private wake(): void {
+    Atomics.add(this.control, CTL_SEQ, 1n);
+    Atomics.notify(this.control, CTL_SEQ);
+  }
+
+  async finish(size: number): Promise<Map<ChecksumAlgorithm, string>> {
+    if (size !== this.size) throw new RoboflowError('ERR_IO', `hasher of ${this.file} was made for ${this.size} bytes, not ${size}`);
+    this.advanceTo(size);
+    this.worker.ref();
+    try {
+      const o = await this.outcome;
+      if ('digests' in o) return new Map(o.digests);
+      if ('error' in o) throw new RoboflowError('ERR_IO', `hashing ${this.file} failed: ${o.error}`);
+      throw new RoboflowError('ERR_IO', `hashing ${this.file} was stopped`);
+    } finally {
+      this.worker.unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    Atomics.store(this.control, CTL_STOP, 1n);
+    this.wake();
+    // Referenced while we wait: an unreferenced thread whose exit is the only thing left to
+    // happen lets the event loop empty first, and the caller's promise would never settle.
+    this.worker.ref();
+    try {
+      await this.exited;
+    } finally {
+      this.worker.unref();
+    }
+  }
+}
+
+/**
+ * Compares computed digests with the expected checksums. Returns the algorithms that matched;
+ * throws `ERR_CHECKSUM_MISMATCH` naming the URL, the algorithm and both values on the first
+ * difference.
+ */
+export function compareChecksums(
+  url: string,
+  expected: readonly Checksum[],
+  actual: ReadonlyMap<ChecksumAlgorithm, string>,
+): ChecksumAlgorithm[] {
+  const verified: ChecksumAlgorithm[] = [];
+  for (const want of expected) {
+    const got = actual.get(want.algorithm);
+    if (got === undefined) continue;
+    if (got !== want.hex.toLowerCase()) {
+      throw new RoboflowError(
+        'ERR_CHECKSUM_MISMATCH',
+        `checksum mismatch for ${url}: ${want.algorithm} expected ${want.hex.toLowerCase()}, got ${got} — the download was discarded`,
+        { url },
+      );
+    }
+    if (!verified.includes(want.algorithm)) verified.push(want.algorithm);
+  }
+  return verified;
+}
+
+/** Hashes a whole file with each algorithm (used by tests and by processors that checksum outputs). */
+export async function hashFile(
+  file: string,
+  algorithms: readonly ChecksumAlgorithm[],
+): Promise<Map<ChecksumAlgorithm, string>> {
+  const fh = await open(file, 'r');
+  try {
+    const { size } = await fh.stat();
+    const hasher = new InOrderHasher(fh, algorithms);
+    return await hasher.finish(size);
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,231 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync } from 'node:fs';
+import { mkdtemp, rm, stat, symlink } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { partialPaths } from '../src/prefetch/downloader.js';
+import { readResumeState } from '../src/prefetch/resume-state.js';
+import { ObjectServer } from '../src/testing/object-server.js';
+
+// Built by `npm test` (pretest) or `npx tsc -p tsconfig.build.json`.
+const MAIN = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
+const MiB = 1024 * 1024;
+const BUCKET = 'cli';
+
+let server: ObjectServer;
+let dir: string;
+const children = new Set<ChildProcess>();
+
+beforeAll(async () => {
+  if (!existsSync(MAIN)) throw new Error(`${MAIN} is missing: run \`npx tsc -p tsconfig.build.json\` first`);
+  server = await ObjectServer.start();
+});
+afterAll(async () => {
+  await server.close();
+});
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'roboflow-'));
+  server.clearRequests();
+  server.clearFaults();
+  server.setRateLimit(undefined);
+});
+afterEach(async () => {
+  for (const child of children) child.kill('SIGKILL');
+  children.clear();
+  await rm(dir, { recursive: true, force: true });
+});
+
+interface Run {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+function start(args: readonly string[], script = MAIN): { child: ChildProcess; done: Promise<Run> } {
+  const child = spawn(process.execPath, [script, ...args], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.add(child);
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (b: Buffer) => (stdout += b.toString()));
+  child.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  const done = new Promise<Run>((resolve) => {
+    child.once('close', (code, signal) => {
+      children.delete(child);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+  return { child, done };
+}
+
+function run(args: readonly string[], script?: string): Promise<Run> {
+  return start(args, script).done;
+}
+
+async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+function completedRanges(key: string, length: number): number {
+  return server.requests.filter((r) => r.method === 'GET' && r.key === key && r.bytesSent === length).length;
+}
+
+describe('roboflow download', () => {
+  it('prints one JSON object with the result and exits 0', async () => {
+    server.putObject(BUCKET, 'small.bin', { generated: { size: 3 * MiB + 5, seed: 4 } });
+    const url = server.httpUrl(BUCKET, 'small.bin');
+    const r = await run(['download', url, 'out/small.bin', '--json', '--connections', '3', '--chunk-size', '1MiB']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines).toHaveLength(1);
+    const out = JSON.parse(lines[0]!) as Record<string, unknown>;
+    expect(Object.keys(out).sort()).toEqual(
+      ['bytes', 'dest', 'etag', 'mbPerSec', 'restarts', 'resumedBytes', 'retries', 'seconds', 'url', 'verified'].sort(),
+    );
+    expect(out).toMatchObject({ bytes: 3 * MiB + 5, resumedBytes: 0, retries: 0, restarts: 0, url, dest: 'out/small.bin', verified: ['size'] });
+    expect(out.etag).toBe(await server.objectEtag(BUCKET, 'small.bin'));
+    expect(typeof out.mbPerSec).toBe('number');
+    expect(await sha256File(path.join(dir, 'out/small.bin'))).toBe(await server.objectSha256(BUCKET, 'small.bin'));
+    // --chunk-size 1MiB was used: four ranges.
+    expect(server.requests.filter((r) => r.method === 'GET').length).toBe(4);
+  });
+
+  it('names the file after the object when dest is a directory, and is quiet without a terminal', async () => {
+    server.putObject(BUCKET, 'deep/name.bin', { generated: { size: 1000, seed: 1 } });
+    const r = await run(['download', server.httpUrl(BUCKET, 'deep/name.bin'), './']);
+    expect(r).toMatchObject({ code: 0, stdout: '', stderr: '' });
+    expect((await stat(path.join(dir, 'name.bin'))).size).toBe(1000);
+  });
+
+  it('fails a 404 with exit 1 and one line on stderr', async () => {
+    const url = server.httpUrl(BUCKET, 'absent.bin');
+    const r = await run(['download', url, 'absent.bin', '--json']);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    const lines = r.stderr.split('\n').filter(Boolean);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^roboflow: .*404.* \[ERR_NOT_FOUND\]$/);
+    expect(lines[0]).toContain(url);
+    expect(existsSync(path.join(dir, 'absent.bin'))).toBe(false);
+  });
+
+  it.each([
+    [['--chunk-size', '8XB'], /^roboflow: --chunk-size: invalid size "8XB".* \[ERR_CONFIG\]$/],
+    [['--connections', 'many'], /^roboflow: --connections: invalid number "many".* \[ERR_CONFIG\]$/],
+    [['--stall-timeout', 'soon'], /^roboflow: --stall-timeout: invalid duration "soon".* \[ERR_CONFIG\]$/],
+    [['--no-such-flag'], /^roboflow: unknown option '--no-such-flag'.* \[ERR_CONFIG\]$/],
+  ])('rejects %j as a usage error: exit 2, one line naming the flag', async (flags, pattern) => {
+    const r = await run(['download', server.httpUrl(BUCKET, 'x.bin'), 'x.bin', ...flags]);
+    expect(r.code).toBe(2);
+    const lines = r.stderr.split('\n').filter(Boolean);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(pattern);
+    // Nothing was requested.
+    expect(server.requests).toHaveLength(0);
+  });
+
+  it('rejects a bad URL as a usage error', async () => {
+    const r = await run(['download', 'ftp://host/file', 'x.bin']);
+    expect(r.code).toBe(2);
+    expect(r.stderr.split('\n').filter(Boolean)).toHaveLength(1);
+    expect(r.stderr).toMatch(/^roboflow: .* \[ERR_(BAD_URL|UNSUPPORTED_SCHEME)\]\n$/);
+  });
+
+  it('runs through a symlink (as an npm bin) and does not run when imported', async () => {
+    const link = path.join(dir, 'roboflow');
+    await symlink(MAIN, link);
+    const version = await run(['--version'], link);
+    expect(version).toMatchObject({ code: 0, stderr: '' });
+    expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+    const imported = spawn(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(MAIN)}); console.log(typeof m.main);`], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    imported.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    const code = await new Promise<number | null>((resolve) => imported.once('close', resolve));
+    expect(code).toBe(0);
+    expect(out).toBe('function\n');
+  });
+
+  it.each([
+    ['SIGINT', 130],
+    ['SIGTERM', 143],
+  ] as const)('on %s stops resumably with exit %d, and the next run resumes', async (sig, exitCode) => {
+    const size = 12 * MiB;
+    const key = `sig-${sig}.bin`;
+    server.putObject(BUCKET, key, { generated: { size, seed: 11 } });
+    server.setRateLimit(2 * MiB);
+    const url = server.httpUrl(BUCKET, key);
+    const dest = path.join(dir, key);
+    const first = start(['download', url, key, '--connections', '2', '--chunk-size', '1MiB', '--json']);
+    await until('a recorded chunk', async () => ((await readResumeState(partialPaths(dest).state))?.completed.size ?? 0) >= 1);
+    first.child.kill(sig);
+    const r1 = await first.done;
+    expect(r1.code).toBe(exitCode);
+    expect(r1.stdout).toBe('');
+    expect(r1.stderr).toMatch(new RegExp(`^roboflow: interrupted by ${sig}; run the same command again to resume \\[ERR_ABORTED\\]\\n$`));
+    expect(existsSync(dest)).toBe(false);
+
+    server.setRateLimit(undefined);
+    const r2 = await run(['download', url, key, '--connections', '2', '--chunk-size', '1MiB', '--json', '--resume']);
+    expect(r2.code).toBe(0);
+    expect((JSON.parse(r2.stdout) as { resumedBytes: number }).resumedBytes).toBeGreaterThanOrEqual(MiB);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, key));
+  });
+
+  it('after SIGKILL, the rerun re-fetches at most what was in flight or not yet recorded', async () => {
+    const size = 24 * MiB;
+    const chunk = MiB;
+    const connections = 4;
+    server.putObject(BUCKET, 'crash.bin', { generated: { size, seed: 99 } });
+    // 4 connections at 2 MB/s: about 3 s for the whole object, so the kill lands mid-download.
+    server.setRateLimit(2_000_000);
+    const url = server.httpUrl(BUCKET, 'crash.bin');
+    const dest = path.join(dir, 'crash.bin');
+    const args = ['download', url, 'crash.bin', '--connections', String(connections), '--chunk-size', '1MiB', '--json'];
+    const first = start(args);
+    await until('completed ranges and a state file that records them', async () => {
+      if (completedRanges('crash.bin', chunk) < 3) return false;
+      return ((await readResumeState(partialPaths(dest).state))?.completed.size ?? 0) >= 2;
+    });
+    first.child.kill('SIGKILL');
+    const r1 = await first.done;
+    expect(r1.signal).toBe('SIGKILL');
+    expect(existsSync(dest)).toBe(false);
+    const servedFirst = server.bytesServed(BUCKET, 'crash.bin');
+    expect(servedFirst).toBeLessThan(size);
+
+    server.clearRequests();
+    server.setRateLimit(undefined);
+    const r2 = await run(args);
+    expect(r2.code).toBe(0);
+    const out = JSON.parse(r2.stdout) as { resumedBytes: number; bytes: number };
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'crash.bin'));
+    expect(out.resumedBytes).toBeGreaterThanOrEqual(2 * chunk);
+    const servedSecond = server.bytesServed(BUCKET, 'crash.bin');
+    // The rerun fetched exactly the chunks the state file did not list...
+    expect(servedSecond).toBe(size - out.resumedBytes);
+    // ...and what the crash wasted is bounded as documented in downloader.ts: the chunks in
+    // flight (< connections × chunk) plus those completed but not yet recorded (the state is
+    // written at least every 250 ms and whenever `connections` chunks wait: < connections × chunk).
+    const wasted = servedFirst - out.resumedBytes;
+    expect(wasted).toBeLessThanOrEqual(2 * connections * chunk);
+    expect(servedFirst + servedSecond).toBeLessThanOrEqual(size + 2 * connections * chunk);
+    expect(existsSync(partialPaths(dest).state)).toBe(false);
+    expect(existsSync(partialPaths(dest).temp)).toBe(false);
+  });
+});

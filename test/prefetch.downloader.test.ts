@@ -1,0 +1,604 @@
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { createReadStream } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { channels } from '../src/diagnostics.js';
+import { RoboflowError } from '../src/errors.js';
+import { ConcurrencyLimiter } from '../src/prefetch/concurrency.js';
+import {
+  ParallelDownloader,
+  type ParallelDownloaderOptions,
+  partialPaths,
+  removePartial,
+} from '../src/prefetch/downloader.js';
+import { readResumeState, writeResumeState } from '../src/prefetch/resume-state.js';
+import { ChunkSet } from '../src/prefetch/ranges.js';
+import { ObjectServer } from '../src/testing/object-server.js';
+import type { DownloadProgress } from '../src/types.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const CHUNK = 64 * KiB;
+const BUCKET = 'data';
+const S3_ENV = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test', AWS_REGION: 'us-east-1' };
+
+let server: ObjectServer;
+let dir: string;
+const downloaders: ParallelDownloader[] = [];
+
+beforeAll(async () => {
+  server = await ObjectServer.start();
+});
+afterAll(async () => {
+  await server.close();
+});
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'roboflow-'));
+  server.clearFaults();
+  server.clearRequests();
+  server.setRateLimit(undefined);
+  server.setFirstByteLatency(0);
+});
+afterEach(async () => {
+  await Promise.all(downloaders.splice(0).map((d) => d.destroy()));
+  await rm(dir, { recursive: true, force: true });
+});
+
+function downloader(extra: ParallelDownloaderOptions = {}): ParallelDownloader {
+  const d = new ParallelDownloader({
+    connections: 4,
+    chunkSize: CHUNK,
+    stallTimeoutMs: 5_000,
+    retry: { baseDelayMs: 5, maxDelayMs: 50 },
+    storage: { endpoint: server.endpoint, env: S3_ENV },
+    ...extra,
+  });
+  downloaders.push(d);
+  return d;
+}
+
+async function sha256File(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+function put(key: string, size: number, seed = size + 1): void {
+  server.putObject(BUCKET, key, { generated: { size, seed } });
+}
+
+function gets(key?: string) {
+  return server.requests.filter((r) => r.method === 'GET' && (key === undefined || r.key === key));
+}
+
+async function caught(p: Promise<unknown>): Promise<RoboflowError> {
+  try {
+    await p;
+  } catch (err) {
+    expect(err).toBeInstanceOf(RoboflowError);
+    return err as RoboflowError;
+  }
+  throw new Error('expected the promise to reject');
+}
+
+async function exists(file: string): Promise<boolean> {
+  return stat(file).then(
+    () => true,
+    () => false,
+  );
+}
+
+type Scheme = 'http' | 's3' | 'file';
+function urlFor(scheme: Scheme, key: string): string {
+  switch (scheme) {
+    case 'http':
+      return server.httpUrl(BUCKET, key);
+    case 's3':
+      return server.s3Url(BUCKET, key);
+    case 'file':
+      return `file://${path.join(dir, 'src', key)}`;
+  }
+}
+
+describe.each(['http', 's3', 'file'] as const)('download over %s', (scheme) => {
+  it.each([
+    ['empty', 0],
+    ['1 byte', 1],
+    ['chunk - 1', CHUNK - 1],
+    ['chunk', CHUNK],
+    ['chunk + 1', CHUNK + 1],
+    ['many chunks', 37 * CHUNK + 123],
+  ])('%s object (%d bytes) arrives byte-identical', async (_name, size) => {
+    const key = `obj-${size}.bin`;
+    put(key, size);
+    if (scheme === 'file') {
+      await rm(path.join(dir, 'src'), { recursive: true, force: true }).catch(() => undefined);
+      await import('node:fs/promises').then((fs) => fs.mkdir(path.join(dir, 'src'), { recursive: true }));
+      await writeFile(path.join(dir, 'src', key), server.objectBytes(BUCKET, key));
+    }
+    const dest = path.join(dir, 'out.bin');
+    const progress: DownloadProgress[] = [];
+    const result = await downloader().download(urlFor(scheme, key), dest, { onProgress: (p) => progress.push(p) });
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, key));
+    expect(result).toMatchObject({ bytes: size, resumedBytes: 0, retries: 0, restarts: 0, dest });
+    expect(result.verified).toContain('size');
+    // S3 vouches for the MD5 of a single-part object through its ETag.
+    if (scheme === 's3') expect(result.verified).toContain('md5');
+    expect(progress.at(-1)).toMatchObject({ bytesDone: size, total: size });
+    // Nothing but the result is left beside it.
+    expect((await readdir(dir)).filter((f) => f !== 'src')).toEqual(['out.bin']);
+    if (scheme !== 'file') {
+      const ranges = gets(key);
+      expect(ranges.length).toBe(Math.ceil(size / CHUNK));
+      // Every range request was guarded by the ETag of the version we stat'ed.
+      for (const r of ranges) expect(r.ifMatch).toBe(await server.objectEtag(BUCKET, key));
+    }
+  });
+});
+
+describe('faults', () => {
+  const size = 16 * CHUNK + 77;
+
+  it('honours 503 Retry-After and retries only the failed ranges', async () => {
+    put('slow.bin', size);
+    server.addFault({ fault: { kind: 'status', status: 503, retryAfterSeconds: 1 }, times: 2 });
+    const retried: number[] = [];
+    const off = channels.rangeRetry.subscribe((e) => retried.push(e.delayMs));
+    try {
+      const dest = path.join(dir, 'slow.bin');
+      const result = await downloader().download(server.httpUrl(BUCKET, 'slow.bin'), dest);
+      expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'slow.bin'));
+      expect(result.retries).toBe(2);
+      expect(gets('slow.bin').length).toBe(17 + 2);
+      // The server asked for a second; every retry waited at least that long.
+      expect(retried.length).toBe(2);
+      for (const d of retried) expect(d).toBeGreaterThanOrEqual(1000);
+      // Seen from the server: two ranges were asked for again only after the second had passed.
+      const log = gets('slow.bin');
+      const failedAt = Math.max(...log.filter((r) => r.status === 503).map((r) => r.startedAt));
+      expect(log.filter((r) => r.status === 206 && r.startedAt - failedAt >= 990).length).toBeGreaterThanOrEqual(2);
+      expect(log.filter((r) => r.status === 206).length).toBe(17);
+    } finally {
+      off();
+    }
+  });
+
+  it('after a reset, re-requests only the rest of the range', async () => {
+    put('reset.bin', size);
+    server.addFault({ fault: { kind: 'reset', afterBytes: 20_000 }, skip: 3, times: 1 });
+    const dest = path.join(dir, 'reset.bin');
+    const result = await downloader().download(server.httpUrl(BUCKET, 'reset.bin'), dest);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'reset.bin'));
+    expect(result.retries).toBe(1);
+    const log = gets('reset.bin');
+    const broken = log.find((r) => r.fault === 'reset')!;
+    const retry = log.find((r) => r !== broken && r.range?.end === broken.range!.end && r.range.start !== broken.range!.start);
+    expect(retry).toBeDefined();
+    // Resumed past the start of the range, and not past what the server had sent.
+    expect(retry!.range!.start).toBeGreaterThan(broken.range!.start);
+    expect(retry!.range!.start).toBeLessThanOrEqual(broken.range!.start + 20_000);
+    expect(retry!.ifMatch).toBe(broken.ifMatch);
+  });
+
+  it('retries a truncated body from where it ended', async () => {
+    put('trunc.bin', size);
+    server.addFault({ fault: { kind: 'truncate', afterBytes: 10_000 }, skip: 5, times: 2 });
+    const dest = path.join(dir, 'trunc.bin');
+    const result = await downloader().download(server.httpUrl(BUCKET, 'trunc.bin'), dest);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'trunc.bin'));
+    expect(result.retries).toBe(2);
+    const log = gets('trunc.bin');
+    for (const cut of log.filter((r) => r.fault === 'truncate')) {
+      expect(log.some((r) => r.range?.end === cut.range!.end && r.range.start > cut.range!.start)).toBe(true);
+    }
+  });
+
+  it('detects a stalled body and retries it', async () => {
+    put('stall.bin', size);
+    server.addFault({ fault: { kind: 'stall', afterBytes: 5_000 }, skip: 2, times: 1 });
+    const codes: string[] = [];
+    const off = channels.rangeRetry.subscribe((e) => codes.push(e.code));
+    try {
+      const dest = path.join(dir, 'stall.bin');
+      const result = await downloader({ stallTimeoutMs: 300 }).download(server.httpUrl(BUCKET, 'stall.bin'), dest);
+      expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'stall.bin'));
+      expect(result.retries).toBe(1);
+      expect(codes).toEqual(['ERR_STALLED']);
+    } finally {
+      off();
+    }
+  });
+
+  it('starts over once when the object is replaced mid-download', async () => {
+    put('moving.bin', size, 1);
+    server.addFault({ fault: { kind: 'replace', body: { generated: { size: size + 5, seed: 2 } } }, skip: 3, times: 1 });
+    const dest = path.join(dir, 'moving.bin');
+    const result = await downloader({ connections: 2 }).download(server.httpUrl(BUCKET, 'moving.bin'), dest);
+    expect(result.restarts).toBe(1);
+    expect(result.bytes).toBe(size + 5);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'moving.bin'));
+    expect(result.etag).toBe(await server.objectEtag(BUCKET, 'moving.bin'));
+  });
+
+  it('fails with ERR_SOURCE_CHANGED when the object changes twice, leaving nothing', async () => {
+    const big = 32 * CHUNK;
+    put('flux.bin', big, 1);
+    await writeFile(path.join(dir, 'flux.bin'), 'previous version');
+    server.addFault({ fault: { kind: 'replace', body: { generated: { size: big, seed: 2 } } }, skip: 2, times: 1 });
+    // Sees every GET the first rule does not take; its 13th falls in the second pass.
+    server.addFault({ fault: { kind: 'replace', body: { generated: { size: big, seed: 3 } } }, skip: 12, times: 1 });
+    const dest = path.join(dir, 'flux.bin');
+    const url = server.httpUrl(BUCKET, 'flux.bin');
+    const err = await caught(downloader({ connections: 2 }).download(url, dest));
+    expect(err.code).toBe('ERR_SOURCE_CHANGED');
+    expect(err.message).toContain(`source changed during download of ${url}`);
+    // dest is as it was; no partial files of a version that no longer exists.
+    expect(await readFile(dest, 'utf8')).toBe('previous version');
+    expect(await exists(partialPaths(dest).temp)).toBe(false);
+    expect(await exists(partialPaths(dest).state)).toBe(false);
+  });
+
+  it.each([
+    [403, 'ERR_ACCESS_DENIED'],
+    [404, 'ERR_NOT_FOUND'],
+  ])('fails at once on a %d for a range, without retries', async (status, code) => {
+    put('denied.bin', size);
+    server.addFault({ fault: { kind: 'status', status }, times: 1_000 });
+    const dest = path.join(dir, 'denied.bin');
+    const url = server.httpUrl(BUCKET, 'denied.bin');
+    let retries = 0;
+    const off = channels.rangeRetry.subscribe(() => retries++);
+    try {
+      const err = await caught(downloader().download(url, dest));
+      expect(err.code).toBe(code);
+      expect(err.message).toContain(url);
+      expect(err.message).toContain(String(status));
+    } finally {
+      off();
+    }
+    expect(retries).toBe(0);
+    const log = gets('denied.bin');
+    // At most the first request of each of the 4 lanes; none was repeated.
+    expect(log.length).toBeGreaterThanOrEqual(1);
+    expect(log.length).toBeLessThanOrEqual(4);
+    expect(await exists(dest)).toBe(false);
+  });
+
+  it('fails at once when the object does not exist (one HEAD, no range request)', async () => {
+    const dest = path.join(dir, 'missing.bin');
+    const err = await caught(downloader().download(server.httpUrl(BUCKET, 'missing.bin'), dest));
+    expect(err.code).toBe('ERR_NOT_FOUND');
+    expect(server.requests.filter((r) => r.key === 'missing.bin').length).toBe(1);
+    expect(await exists(dest)).toBe(false);
+    expect(await exists(partialPaths(dest).temp)).toBe(false);
+  });
+
+  it('gives up after maxAttempts on a range that keeps failing', async () => {
+    put('flaky.bin', size);
+    server.addFault({ fault: { kind: 'status', status: 500 }, match: { key: 'flaky.bin' }, times: 1_000 });
+    const dest = path.join(dir, 'flaky.bin');
+    const err = await caught(downloader({ retry: { maxAttempts: 3, baseDelayMs: 1, maxDelayMs: 5 } }).download(server.httpUrl(BUCKET, 'flaky.bin'), dest));
+    expect(err.code).toBe('ERR_RETRIES_EXHAUSTED');
+    expect(err.status).toBe(500);
+    expect(err.message).toMatch(/failed 3 times/);
+    expect(await exists(dest)).toBe(false);
+    // The partial download is kept for a later resume.
+    expect(await exists(partialPaths(dest).state)).toBe(true);
+  });
+});
+
+describe('integrity', () => {
+  it('rejects a wrong expected checksum and never promotes the file', async () => {
+    put('sum.bin', 5 * CHUNK);
+    const dest = path.join(dir, 'sum.bin');
+    const err = await caught(
+      downloader().download(server.httpUrl(BUCKET, 'sum.bin'), dest, {
+        expectedChecksum: { algorithm: 'sha256', hex: '00'.repeat(32) },
+      }),
+    );
+    expect(err.code).toBe('ERR_CHECKSUM_MISMATCH');
+    expect(err.message).toContain('sha256');
+    expect(await exists(dest)).toBe(false);
+    expect(await exists(partialPaths(dest).temp)).toBe(false);
+    expect(await exists(partialPaths(dest).state)).toBe(false);
+  });
+
+  it('verifies every algorithm it is given', async () => {
+    put('ok.bin', 5 * CHUNK + 3);
+    const bytes = server.objectBytes(BUCKET, 'ok.bin');
+    const { crc32 } = await import('node:zlib');
+    const { crc32c } = await import('../src/prefetch/verify.js');
+    for (const [algorithm, hex] of [
+      ['sha256', createHash('sha256').update(bytes).digest('hex')],
+      ['sha1', createHash('sha1').update(bytes).digest('hex')],
+      ['md5', createHash('md5').update(bytes).digest('hex')],
+      ['crc32', crc32(bytes).toString(16).padStart(8, '0')],
+      ['crc32c', crc32c(bytes).toString(16).padStart(8, '0')],
+    ] as const) {
+      const dest = path.join(dir, `ok-${algorithm}.bin`);
+      const result = await downloader().download(server.httpUrl(BUCKET, 'ok.bin'), dest, { expectedChecksum: { algorithm, hex } });
+      expect(result.verified).toEqual(['size', algorithm]);
+    }
+  });
+
+  it('fails with ERR_SIZE_MISMATCH when the caller expects another size', async () => {
+    put('sized.bin', 3 * CHUNK);
+    const dest = path.join(dir, 'sized.bin');
+    const err = await caught(downloader().download(server.httpUrl(BUCKET, 'sized.bin'), dest, { expectedSize: 3 * CHUNK + 1 }));
+    expect(err.code).toBe('ERR_SIZE_MISMATCH');
+    expect(gets('sized.bin').length).toBe(0);
+    expect(await exists(dest)).toBe(false);
+  });
+
+  it('downloads from a server without range support in one request', async () => {
+    const body = Buffer.alloc(3 * CHUNK + 10, 7);
+    body.write('hello', 1000);
+    const requests: string[] = [];
+    const plain = http.createServer((req, res) => {
+      requests.push(`${req.method} ${req.headers.range ?? ''}`);
+      res.writeHead(200, { 'content-length': body.length, 'last-modified': new Date(0).toUTCString() });
+      res.end(req.method === 'HEAD' ? undefined : body);
+    });
+    await new Promise<void>((resolve) => plain.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = plain.address() as AddressInfo;
+      const dest = path.join(dir, 'plain.bin');
+      const result = await downloader().download(`http://127.0.0.1:${port}/plain.bin`, dest);
+      expect(await readFile(dest)).toEqual(body);
+      expect(result.bytes).toBe(body.length);
+      expect(result.retries).toBe(0);
+      // Besides the stats (HEAD, and a one-byte probe that learns ranges are not served), the
+      // data came in exactly one request; a second stat guards an object without ETag.
+      const data = requests.filter((r) => r.startsWith('GET') && r !== 'GET bytes=0-0');
+      expect(data).toHaveLength(1);
+      expect(requests.filter((r) => r.startsWith('HEAD'))).toHaveLength(2);
+    } finally {
+      plain.closeAllConnections();
+      await new Promise<void>((resolve) => plain.close(() => resolve()));
+    }
+  });
+});
+
+describe('resume', () => {
+  it('aborts on the signal, keeps the partial, and resume() finishes it', async () => {
+    const size = 48 * CHUNK;
+    put('abort.bin', size);
+    server.setRateLimit(1 * MiB);
+    const dest = path.join(dir, 'abort.bin');
+    const url = server.httpUrl(BUCKET, 'abort.bin');
+    const ac = new AbortController();
+    const running = downloader().download(url, dest, { signal: ac.signal });
+    // Wait until a few chunks are recorded as durable.
+    for (;;) {
+      const st = await readResumeState(partialPaths(dest).state);
+      if (st && st.completed.size >= 3) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    ac.abort();
+    const err = await caught(running);
+    expect(err.code).toBe('ERR_ABORTED');
+    expect(await exists(dest)).toBe(false);
+    const state = await readResumeState(partialPaths(dest).state);
+    expect(state!.completed.size).toBeGreaterThanOrEqual(3);
+
+    server.setRateLimit(undefined);
+    server.clearRequests();
+    const result = await downloader().resume(url, dest);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'abort.bin'));
+    expect(result.resumedBytes).toBeGreaterThanOrEqual(state!.completed.size * CHUNK);
+    // The second run fetched exactly the chunks the first had not recorded.
+    expect(server.bytesServed(BUCKET, 'abort.bin')).toBe(size - result.resumedBytes);
+    expect(await exists(partialPaths(dest).state)).toBe(false);
+    expect(await exists(partialPaths(dest).temp)).toBe(false);
+  });
+
+  it('rejects with the RoboflowError the signal was aborted with', async () => {
+    put('reason.bin', 16 * CHUNK);
+    server.setRateLimit(256 * KiB);
+    const ac = new AbortController();
+    const running = downloader().download(server.httpUrl(BUCKET, 'reason.bin'), path.join(dir, 'reason.bin'), { signal: ac.signal });
+    setTimeout(() => ac.abort(new RoboflowError('ERR_ABORTED', 'shutting down for maintenance')), 100);
+    const err = await caught(running);
+    expect(err.message).toBe('shutting down for maintenance');
+  });
+
+  it('resume() without a partial downloads everything and reports resumedBytes 0', async () => {
+    put('fresh.bin', 3 * CHUNK);
+    const dest = path.join(dir, 'fresh.bin');
+    const result = await downloader().resume(server.httpUrl(BUCKET, 'fresh.bin'), dest);
+    expect(result.resumedBytes).toBe(0);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'fresh.bin'));
+  });
+
+  it('discards a corrupt state file and a state of another version', async () => {
+    const size = 6 * CHUNK;
+    put('stale.bin', size);
+    const url = server.httpUrl(BUCKET, 'stale.bin');
+    const dest = path.join(dir, 'stale.bin');
+    const { temp, state } = partialPaths(dest);
+    // Garbage in the temp file that a trusting resume would keep.
+    await writeFile(temp, Buffer.alloc(size, 0xee));
+    await writeFile(state, '{"version":1,"url":');
+    let result = await downloader().download(url, dest);
+    expect(result.resumedBytes).toBe(0);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'stale.bin'));
+
+    await rm(dest);
+    const all = new ChunkSet(6);
+    for (let i = 0; i < 6; i++) all.add(i);
+    await writeFile(temp, Buffer.alloc(size, 0xee));
+    await writeResumeState(state, { version: 1, url, size, chunkSize: CHUNK, etag: '"another-version"', completed: all });
+    result = await downloader().download(url, dest);
+    expect(result.resumedBytes).toBe(0);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'stale.bin'));
+  });
+
+  it('trusts a matching state file (and only the chunks it lists)', async () => {
+    const size = 6 * CHUNK;
+    put('trust.bin', size);
+    const url = server.httpUrl(BUCKET, 'trust.bin');
+    const dest = path.join(dir, 'trust.bin');
+    const { temp, state } = partialPaths(dest);
+    const bytes = server.objectBytes(BUCKET, 'trust.bin');
+    const partial = Buffer.alloc(size);
+    bytes.copy(partial, 0, 0, 2 * CHUNK);
+    await writeFile(temp, partial);
+    const done = new ChunkSet(6);
+    done.add(0);
+    done.add(1);
+    const etag = await server.objectEtag(BUCKET, 'trust.bin');
+    await writeResumeState(state, { version: 1, url, size, chunkSize: CHUNK, etag, completed: done });
+    const result = await downloader().download(url, dest);
+    expect(result.resumedBytes).toBe(2 * CHUNK);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'trust.bin'));
+    expect(gets('trust.bin').map((r) => r.range!.start).sort((a, b) => a - b)).toEqual([2, 3, 4, 5].map((i) => i * CHUNK));
+  });
+
+  it('removePartial deletes both files', async () => {
+    const dest = path.join(dir, 'x.bin');
+    await writeFile(partialPaths(dest).temp, 'a');
+    await writeFile(partialPaths(dest).state, 'b');
+    await removePartial(dest);
+    expect(await readdir(dir)).toEqual([]);
+  });
+});
+
+describe('life cycle and throughput machinery', () => {
+  it('destroy() aborts running downloads, keeps them resumable, and refuses new ones', async () => {
+    put('life.bin', 32 * CHUNK);
+    server.setRateLimit(512 * KiB);
+    const d = downloader();
+    const dest = path.join(dir, 'life.bin');
+    const running = d.download(server.httpUrl(BUCKET, 'life.bin'), dest);
+    await new Promise((r) => setTimeout(r, 150));
+    expect(d.activeDownloads).toBe(1);
+    await d.destroy();
+    const err = await caught(running);
+    expect(err.code).toBe('ERR_ABORTED');
+    expect(d.activeDownloads).toBe(0);
+    expect(await exists(partialPaths(dest).state)).toBe(true);
+    expect((await caught(d.download(server.httpUrl(BUCKET, 'life.bin'), dest))).code).toBe('ERR_CLOSED');
+    await d.destroy();
+    await d.close();
+  });
+
+  it('close() waits for running downloads to finish', async () => {
+    put('drain.bin', 8 * CHUNK);
+    server.setRateLimit(1 * MiB);
+    const d = downloader();
+    const dest = path.join(dir, 'drain.bin');
+    const running = d.download(server.httpUrl(BUCKET, 'drain.bin'), dest);
+    await d.close();
+    expect(d.activeDownloads).toBe(0);
+    await expect(running).resolves.toMatchObject({ bytes: 8 * CHUNK });
+    expect(await exists(dest)).toBe(true);
+  });
+
+  it('sends the next range request before the current body ends (look-ahead)', async () => {
+    put('ahead.bin', 12 * CHUNK);
+    server.setRateLimit(1 * MiB);
+    server.setFirstByteLatency(30);
+    let inFlight = 0;
+    let most = 0;
+    const off = channels.rangeRequest.subscribe((e) => {
+      inFlight += e.delta;
+      most = Math.max(most, inFlight);
+    });
+    try {
+      const dest = path.join(dir, 'ahead.bin');
+      await downloader({ connections: 1 }).download(server.httpUrl(BUCKET, 'ahead.bin'), dest);
+      expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'ahead.bin'));
+    } finally {
+      off();
+    }
+    // One lane, yet two requests overlapped: the next was sent while a body was still streaming.
+    expect(most).toBe(2);
+    expect(inFlight).toBe(0);
+    // And nothing was fetched twice.
+    expect(gets('ahead.bin').length).toBe(12);
+    expect(server.bytesServed(BUCKET, 'ahead.bin')).toBe(12 * CHUNK);
+  });
+
+  it('halves the shared concurrency limit when the store throttles, and still finishes', async () => {
+    const throttling = await ObjectServer.start({ maxConcurrentRequests: 2 });
+    try {
+      // Bodies long enough (256 KiB at 2 MiB/s) that 8 lanes overlap on the server.
+      throttling.putObject(BUCKET, 't.bin', { generated: { size: 6 * MiB, seed: 9 } });
+      throttling.setRateLimit(2 * MiB);
+      const limiter = new ConcurrencyLimiter({ max: 8, decreaseIntervalMs: 50 });
+      const limits: number[] = [];
+      const off = channels.concurrency.subscribe((e) => limits.push(e.limit));
+      const dest = path.join(dir, 't.bin');
+      try {
+        const d = downloader({ connections: 8, chunkSize: 256 * KiB, limiter, retry: { maxAttempts: 20, baseDelayMs: 5, maxDelayMs: 50 } });
+        const result = await d.download(throttling.httpUrl(BUCKET, 't.bin'), dest);
+        expect(result.retries).toBeGreaterThan(0);
+      } finally {
+        off();
+      }
+      expect(await sha256File(dest)).toBe(await throttling.objectSha256(BUCKET, 't.bin'));
+      expect(Math.min(...limits)).toBeLessThan(8);
+      expect(throttling.requests.some((r) => r.throttled)).toBe(true);
+    } finally {
+      await throttling.close();
+    }
+  });
+
+  it('publishes start, bytes, range and done events', async () => {
+    put('events.bin', 5 * CHUNK);
+    const seen: string[] = [];
+    let bytes = 0;
+    const offs = [
+      channels.downloadStart.subscribe(() => seen.push('start')),
+      channels.downloadBytes.subscribe((e) => (bytes += e.bytes)),
+      channels.downloadDone.subscribe(() => seen.push('done')),
+      channels.downloadError.subscribe(() => seen.push('error')),
+    ];
+    try {
+      await downloader().download(server.httpUrl(BUCKET, 'events.bin'), path.join(dir, 'events.bin'));
+      await caught(downloader().download(server.httpUrl(BUCKET, 'nope.bin'), path.join(dir, 'nope.bin')));
+    } finally {
+      for (const off of offs) off();
+    }
+    expect(seen).toEqual(['start', 'done', 'error']);
+    expect(bytes).toBe(5 * CHUNK);
+  });
+});
+
+describe('signals', () => {
+  it('leaves no listener on the caller’s signal, whether the download succeeds, fails or aborts', async () => {
+    const listeners = (signal: AbortSignal) => EventEmitter.getEventListeners(signal, 'abort');
+    put('quiet.bin', 6 * CHUNK);
+    const d = downloader();
+    const ac = new AbortController();
+    await d.download(server.httpUrl(BUCKET, 'quiet.bin'), path.join(dir, 'a.bin'), { signal: ac.signal });
+    expect(listeners(ac.signal)).toHaveLength(0);
+    await caught(d.download(server.httpUrl(BUCKET, 'absent.bin'), path.join(dir, 'b.bin'), { signal: ac.signal }));
+    expect(listeners(ac.signal)).toHaveLength(0);
+    server.setRateLimit(256 * KiB);
+    const running = d.download(server.httpUrl(BUCKET, 'quiet.bin'), path.join(dir, 'c.bin'), { signal: ac.signal });
+    await new Promise((r) => setTimeout(r, 50));
+    expect(listeners(ac.signal).length).toBeGreaterThan(0);
+    ac.abort();
+    expect((await caught(running)).code).toBe('ERR_ABORTED');
+    expect(listeners(ac.signal)).toHaveLength(0);
+  });
+});
+
+describe('options', () => {
+  it('rejects (never throws) on invalid options, naming the option', async () => {
+    const d = downloader();
+    const p = d.download(server.httpUrl(BUCKET, 'x.bin'), path.join(dir, 'x.bin'), { connections: 0 });
+    const err = await caught(p);
+    expect(err.code).toBe('ERR_CONFIG');
+    expect(err.message).toContain('connections');
+    const bad = await caught(d.download('ftp://example.com/x', path.join(dir, 'y.bin')));
+    expect(bad.code).toMatch(/^ERR_(BAD_URL|UNSUPPORTED_SCHEME)$/);
+    expect(server.requests).toHaveLength(0);
+  });
+});

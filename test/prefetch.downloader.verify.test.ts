@@ -1,0 +1,192 @@
+import { execFile } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import zlib from 'node:zlib';
+import fc from 'fast-check';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { RoboflowError } from '../src/errors.js';
+import { compareChecksums, crc32c, createOrderedHasher, hashFile, InOrderHasher, WorkerHasher } from '../src/prefetch/verify.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'roboflow-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+/** Bit-at-a-time CRC-32C, the definition the table-driven version must agree with. */
+function crc32cReference(buf: Uint8Array): number {
+  let c = 0xffffffff;
+  for (const byte of buf) {
+    c ^= byte;
+    for (let k = 0; k < 8; k++) c = c & 1 ? (c >>> 1) ^ 0x82f63b78 : c >>> 1;
+  }
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+describe('crc32c', () => {
+  it('matches the published check value and test vectors', () => {
+    expect(crc32c(Buffer.from('123456789'))).toBe(0xe3069283);
+    expect(crc32c(Buffer.alloc(0))).toBe(0);
+    // RFC 3720 B.4: 32 bytes of zeros, of 0xff.
+    expect(crc32c(Buffer.alloc(32, 0))).toBe(0x8a9136aa);
+    expect(crc32c(Buffer.alloc(32, 0xff))).toBe(0x62a8ab43);
+  });
+
+  it('agrees with the bitwise definition and continues across splits', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), fc.nat(), (bytes, cut) => {
+        const at = bytes.length === 0 ? 0 : cut % (bytes.length + 1);
+        expect(crc32c(bytes)).toBe(crc32cReference(bytes));
+        expect(crc32c(bytes.subarray(at), crc32c(bytes.subarray(0, at)))).toBe(crc32c(bytes));
+      }),
+    );
+  });
+});
+
+describe('InOrderHasher', () => {
+  it('hashes a file in order as its prefix grows, equal to hashing it at once', async () => {
+    const data = randomBytes(5 * 1024 * 1024 + 17);
+    const file = path.join(dir, 'f');
+    await writeFile(file, data);
+    const fh = await open(file, 'r');
+    try {
+      const hasher = new InOrderHasher(fh, ['md5', 'sha1', 'sha256', 'crc32', 'crc32c']);
+      for (const at of [10, 1_000_000, 999, 3_000_000, 3_000_001]) hasher.advanceTo(at);
+      const got = await hasher.finish(data.length);
+      expect(got.get('md5')).toBe(createHash('md5').update(data).digest('hex'));
+      expect(got.get('sha1')).toBe(createHash('sha1').update(data).digest('hex'));
+      expect(got.get('sha256')).toBe(createHash('sha256').update(data).digest('hex'));
+      expect(got.get('crc32')).toBe(zlib.crc32(data).toString(16).padStart(8, '0'));
+      expect(got.get('crc32c')).toBe(crc32c(data).toString(16).padStart(8, '0'));
+      expect(hasher.bytesHashed).toBe(data.length);
+    } finally {
+      await fh.close();
+    }
+  });
+
+  it('fails when the file is shorter than promised', async () => {
+    const file = path.join(dir, 'short');
+    await writeFile(file, 'abc');
+    const fh = await open(file, 'r');
+    try {
+      await expect(new InOrderHasher(fh, ['sha256']).finish(10)).rejects.toMatchObject({ code: 'ERR_IO' });
+    } finally {
+      await fh.close();
+    }
+  });
+
+  it('hashFile covers the empty file', async () => {
+    const file = path.join(dir, 'empty');
+    await writeFile(file, '');
+    expect((await hashFile(file, ['sha256'])).get('sha256')).toBe(createHash('sha256').digest('hex'));
+  });
+});
+
+describe('WorkerHasher', () => {
+  it('hashes on a worker thread as the prefix grows, equal to hashing at once', async () => {
+    const data = randomBytes(6 * 1024 * 1024 + 5);
+    const file = path.join(dir, 'w');
+    await writeFile(file, data);
+    const hasher = new WorkerHasher(file, data.length, ['md5', 'sha256', 'crc32']);
+    try {
+      for (const at of [1, 4_000_000, 10, 6_000_000]) {
+        hasher.advanceTo(at);
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      const got = await hasher.finish(data.length);
+      expect(got.get('md5')).toBe(createHash('md5').update(data).digest('hex'));
+      expect(got.get('sha256')).toBe(createHash('sha256').update(data).digest('hex'));
+      expect(got.get('crc32')).toBe(zlib.crc32(data).toString(16).padStart(8, '0'));
+      expect(hasher.bytesHashed).toBe(data.length);
+    } finally {
+      await hasher.stop();
+    }
+  });
+
+  it('stops while waiting for more of the file, and reports a file shorter than promised', async () => {
+    const file = path.join(dir, 'w');
+    await writeFile(file, Buffer.alloc(1000, 1));
+    const waiting = new WorkerHasher(file, 1000, ['sha1']);
+    waiting.advanceTo(500);
+    await waiting.stop(); // resolves only once the thread has exited
+    await expect(waiting.finish(1000)).rejects.toMatchObject({ code: 'ERR_IO' });
+
+    const short = new WorkerHasher(file, 5000, ['sha1']);
+    try {
+      await expect(short.finish(5000)).rejects.toThrow(/ended at 1000 bytes/);
+    } finally {
+      await short.stop();
+    }
+  });
+
+  it('is chosen for large files with native algorithms only', async () => {
+    const file = path.join(dir, 'c');
+    await writeFile(file, 'x');
+    const fh = await open(file, 'r');
+    try {
+      const big = 1024 * 1024 * 1024;
+      const a = createOrderedHasher({ fh, path: file, size: big, algorithms: ['md5'] });
+      const b = createOrderedHasher({ fh, path: file, size: big, algorithms: ['md5', 'crc32c'] });
+      const c = createOrderedHasher({ fh, path: file, size: 1, algorithms: ['md5'] });
+      expect(a).toBeInstanceOf(WorkerHasher);
+      expect(b).toBeInstanceOf(InOrderHasher);
+      expect(c).toBeInstanceOf(InOrderHasher);
+      await Promise.all([a.stop(), b.stop(), c.stop()]);
+    } finally {
+      await fh.close();
+    }
+  });
+});
+
+describe('compareChecksums', () => {
+  const actual = new Map([
+    ['md5', 'aa'],
+    ['sha256', 'bb'],
+  ] as const);
+
+  it('lists each matching algorithm once, case-insensitively', () => {
+    expect(
+      compareChecksums('s3://b/k', [
+        { algorithm: 'md5', hex: 'AA' },
+        { algorithm: 'sha256', hex: 'bb' },
+        { algorithm: 'md5', hex: 'aa' },
+      ], actual),
+    ).toEqual(['md5', 'sha256']);
+  });
+
+  it('throws ERR_CHECKSUM_MISMATCH naming the URL, algorithm and both values', () => {
+    let err: unknown;
+    try {
+      compareChecksums('s3://b/k', [{ algorithm: 'sha256', hex: 'cc' }], actual);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(RoboflowError);
+    expect((err as RoboflowError).code).toBe('ERR_CHECKSUM_MISMATCH');
+    expect((err as RoboflowError).message).toMatch(/s3:\/\/b\/k.*sha256.*cc.*bb/);
+  });
+});
+
+describe('WorkerHasher in a process with nothing else to wait for', () => {
+  it('settles finish() and stop() before the event loop empties', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'roboflow-hasher-'));
+    try {
+      const size = 8 * 1024 * 1024;
+      const fixture = new URL('./fixtures/hasher-exit.mjs', import.meta.url);
+      for (let i = 0; i < 3; i++) {
+        const out = await new Promise<string>((resolve, reject) => {
+          execFile(process.execPath, [fixture.pathname, path.join(dir, `f${i}`), String(size)], (err, stdout) =>
+            err ? reject(err) : resolve(stdout),
+          );
+        });
+        expect(out.trim()).toBe(createHash('md5').update(Buffer.alloc(size, 7)).digest('hex'));
+      }
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,105 @@
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ChunkSet } from '../src/prefetch/ranges.js';
+import {
+  readResumeState,
+  removeResumeState,
+  type ResumeState,
+  stateMatches,
+  STATE_VERSION,
+  writeResumeState,
+} from '../src/prefetch/resume-state.js';
+
+let dir: string;
+beforeEach(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), 'roboflow-'));
+});
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function sample(): ResumeState {
+  const completed = new ChunkSet(13);
+  for (const i of [0, 1, 2, 7, 12]) completed.add(i);
+  return {
+    version: STATE_VERSION,
+    url: 'https://example.com/bucket/rec.mcap',
+    size: 100,
+    chunkSize: 8,
+    etag: '"abc"',
+    lastModified: '2024-01-02T03:04:05.000Z',
+    completed,
+  };
+}
+
+describe('resume state', () => {
+  it('round-trips through the file', async () => {
+    const file = path.join(dir, 'x.roboflow-state.json');
+    await writeResumeState(file, sample());
+    const back = await readResumeState(file);
+    expect(back).toBeDefined();
+    expect({ ...back!, completed: [...back!.completed] }).toEqual({ ...sample(), completed: [0, 1, 2, 7, 12] });
+    // Atomic write leaves no temp sibling behind.
+    await expect(readFile(`${file}.tmp`)).rejects.toThrow();
+    expect(stateMatches(back!, { url: sample().url, size: 100, chunkSize: 8, etag: '"abc"' })).toBe(true);
+  });
+
+  it('overwrites an earlier state', async () => {
+    const file = path.join(dir, 's.json');
+    await writeResumeState(file, sample());
+    const more = sample();
+    more.completed.add(5);
+    await writeResumeState(file, more);
+    expect([...(await readResumeState(file))!.completed]).toEqual([0, 1, 2, 5, 7, 12]);
+  });
+
+  it('discards missing, corrupt, truncated, other-version and inconsistent files', async () => {
+    const file = path.join(dir, 's.json');
+    expect(await readResumeState(file)).toBeUndefined();
+    await writeResumeState(file, sample());
+    const good = await readFile(file, 'utf8');
+    const bad = [
+      '',
+      'not json',
+      good.slice(0, good.length / 2),
+      JSON.stringify({ ...JSON.parse(good), version: STATE_VERSION + 1 }),
+      JSON.stringify({ ...JSON.parse(good), size: -1 }),
+      JSON.stringify({ ...JSON.parse(good), chunkSize: 0 }),
+      JSON.stringify({ ...JSON.parse(good), completed: 42 }),
+      // A bitmap for 13 chunks does not fit 1000 bytes in chunks of 8.
+      JSON.stringify({ ...JSON.parse(good), size: 1000 }),
+      '[]',
+      'null',
+    ];
+    for (const text of bad) {
+      await writeFile(file, text);
+      expect(await readResumeState(file), text).toBeUndefined();
+    }
+  });
+
+  it('matches only the same url, size, chunk size and version', () => {
+    const s = sample();
+    const id = { url: s.url, size: 100, chunkSize: 8, etag: '"abc"' };
+    expect(stateMatches(s, id)).toBe(true);
+    expect(stateMatches(s, { ...id, url: 'https://example.com/bucket/other' })).toBe(false);
+    expect(stateMatches(s, { ...id, size: 101 })).toBe(false);
+    expect(stateMatches(s, { ...id, chunkSize: 16 })).toBe(false);
+    expect(stateMatches(s, { ...id, etag: '"def"' })).toBe(false);
+    const { etag: _etag, ...noEtag } = s;
+    // Without an ETag the last-modified time decides.
+    expect(stateMatches(noEtag, { url: s.url, size: 100, chunkSize: 8, lastModified: s.lastModified! })).toBe(true);
+    expect(stateMatches(noEtag, { url: s.url, size: 100, chunkSize: 8, lastModified: '2025-01-01T00:00:00.000Z' })).toBe(false);
+    expect(stateMatches(noEtag, id)).toBe(false);
+  });
+
+  it('removes the file and a leftover temp sibling', async () => {
+    const file = path.join(dir, 's.json');
+    await writeResumeState(file, sample());
+    await writeFile(`${file}.tmp`, 'half');
+    await removeResumeState(file);
+    expect(await readResumeState(file)).toBeUndefined();
+    await expect(readFile(`${file}.tmp`)).rejects.toThrow();
+  });
+});
