@@ -10,11 +10,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { pathToFileURL } from 'node:url';
 import { channels } from '../diagnostics.js';
 import { abortError, type ErrorCode, RoboflowError, toRoboflowError } from '../errors.js';
+import { openQueue } from '../jobs/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { CHECKSUM_FILE, runChecksum, type ChecksumResult } from '../processors/index.js';
-import type { ObjectServer } from '../testing/object-server.js';
+import { ObjectServer, type ObjectServerOptions } from '../testing/object-server.js';
 import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus, Processor } from '../types.js';
 import type { Worker, WorkerSettings, WorkerSummary } from '../worker.js';
 import { Checks, SkipScenario, type ScenarioOptions, type ScenarioReport } from './report.js';
@@ -231,6 +233,20 @@ export class ChannelObserver {
     );
   }
 
+  /** How often the workers reported job `jobId` done. */
+  doneReports(jobId: string): number {
+    return (this.outcomes.get(jobId) ?? []).filter((o) => o === 'done').length;
+  }
+
+  /** What `verifyJobs` needs from in-process workers that all lived to report their jobs. */
+  observations(): VerifyObservations {
+    return {
+      doneReports: (id) => this.doneReports(id),
+      allReportsSeen: true,
+      codes: (id) => this.prefetchErrors.get(id) ?? [],
+    };
+  }
+
   get retryCount(): number {
     let n = 0;
     for (const v of this.retries.values()) n += v;
@@ -240,6 +256,13 @@ export class ChannelObserver {
   stop(): void {
     for (const u of this.#unsubscribe.splice(0)) u();
   }
+}
+
+/** A channel observer that stops observing when the scenario ends. */
+export function observeChannels(ctx: ScenarioContext, what = 'stop observing'): ChannelObserver {
+  const observer = new ChannelObserver();
+  ctx.cleanup.defer(what, () => observer.stop());
+  return observer;
 }
 
 function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
@@ -336,6 +359,41 @@ export interface ChaosObject {
   readonly sha256: string;
 }
 
+/** Starts an object server on a free port, closed when the scenario ends. */
+export async function startObjectServer(ctx: ScenarioContext, opts: ObjectServerOptions = {}, what = 'the object server'): Promise<ObjectServer> {
+  const server = await ObjectServer.start(opts);
+  ctx.cleanup.defer(`close ${what}`, () => server.close());
+  return server;
+}
+
+/** The URL of the SQLite job queue a scenario keeps in `dir`. */
+export function localQueueUrl(dir: string): string {
+  return `sqlite://${path.join(dir, 'queue.db')}`;
+}
+
+/** Opens the SQLite job queue in `dir`, closed when the scenario ends. */
+export async function openLocalQueue(ctx: ScenarioContext, dir: string, what = 'the job queue'): Promise<JobQueue> {
+  const queue = await openQueue(localQueueUrl(dir));
+  ctx.cleanup.defer(`close ${what}`, () => queue.close());
+  return queue;
+}
+
+/**
+ * Puts `count` generated objects into the `recordings` bucket: object `i` is named `key(i)`, has
+ * `size(i)` bytes (asked in order, so seeded draws stay in order) and content seeded by `seedLabel(i)`.
+ */
+export async function putRecordings(
+  ctx: ScenarioContext,
+  server: ObjectServer,
+  spec: { count: number; key: (i: number) => string; size: (i: number) => number; seedLabel: (i: number) => string },
+): Promise<ChaosObject[]> {
+  const objects: ChaosObject[] = [];
+  for (let i = 0; i < spec.count; i++) {
+    objects.push(await putGenerated(server, 'recordings', spec.key(i), spec.size(i), deriveSeed(ctx.seed, spec.seedLabel(i))));
+  }
+  return objects;
+}
+
 /** Puts a generated object (content named by size and seed) and learns its SHA-256. */
 export async function putGenerated(server: ObjectServer, bucket: string, key: string, size: number, seed: number): Promise<ChaosObject> {
   server.putObject(bucket, key, { generated: { size, seed } });
@@ -397,6 +455,12 @@ export function bytesRefetched(server: ObjectServer, objects: readonly { bucket:
   return extra;
 }
 
+/** Checks that `dir` holds no file any more, listing at most `listAtMost` of those it still holds. */
+export async function checkNothingLeft(ctx: ScenarioContext, name: string, dir: string, listAtMost = Infinity): Promise<void> {
+  const leftovers = await listFiles(dir);
+  ctx.checks.check(name, leftovers.length === 0, leftovers.slice(0, listAtMost).join(', ') || 'empty');
+}
+
 /** Every regular file under `dir`, as paths relative to it. */
 export async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
@@ -428,6 +492,25 @@ export async function readLocalChecksums(outputDir: string): Promise<string | nu
   }
 }
 
+/** A local directory as a job's output prefix (a `file:` URL ending in `/`). */
+export function localOutputUrl(dir: string): string {
+  return `${pathToFileURL(dir).href}/`;
+}
+
+/** Where jobs write their outputs under `outRoot`: job `i` into `<outRoot>/job-<i>/`. */
+export interface LocalJobOutputs {
+  readonly dir: (index: number) => string;
+  /** The output prefix to submit job `index` with. */
+  readonly url: (index: number) => string;
+  /** The `checksums.sha256` job `index` wrote, or null when absent. */
+  readonly read: (index: number) => Promise<string | null>;
+}
+
+export function localJobOutputs(outRoot: string): LocalJobOutputs {
+  const dir = (i: number) => path.join(outRoot, `job-${i}`);
+  return { dir, url: (i) => localOutputUrl(dir(i)), read: (i) => readLocalChecksums(dir(i)) };
+}
+
 // ---------------------------------------------------------------------------------------------
 // The verdict on the queue
 // ---------------------------------------------------------------------------------------------
@@ -446,6 +529,25 @@ export interface ExpectedJob {
   readonly readOutput?: () => Promise<string | null>;
 }
 
+/**
+ * What to expect of one checksum job per object (`jobs[i]` read `objects[i]`): the bytes of that
+ * object, read back with `readOutput(i)`; each job must complete unless `ending(i)` says otherwise.
+ */
+export function expectWholeObjects(
+  jobs: readonly JobRecord[],
+  objects: readonly ChaosObject[],
+  readOutput: (index: number) => Promise<string | null>,
+  ending: (index: number) => Pick<ExpectedJob, 'may' | 'deadCodes'> = () => ({ may: 'done' }),
+): ExpectedJob[] {
+  return jobs.map((job, i) => ({
+    id: job.id,
+    label: objects[i]?.key ?? job.id,
+    versions: [objects[i]?.sha256 ?? ''],
+    ...ending(i),
+    readOutput: () => readOutput(i),
+  }));
+}
+
 export interface VerifyObservations {
   /** `done` outcomes reported per job by the workers (in-process events or child process lines). */
   readonly doneReports: (jobId: string) => number;
@@ -458,7 +560,8 @@ export interface VerifyObservations {
 /**
  * The invariants every scenario ends with. Each job is `done` with the SHA-256 of one whole
  * version of its object (never a mix), written to its output, and reported done once — or
- * `dead` with its error. Nothing is left pending, claimed or running.
+ * `dead` with its error. Nothing is left pending, claimed or running. The jobs completed and
+ * dead are added to the scenario's counts.
  */
 export async function verifyJobs(
   ctx: ScenarioContext,
@@ -535,6 +638,8 @@ export async function verifyJobs(
   c.check('no job completed twice', twice.length === 0, twice.join('; ') || 'each completed job was reported done once');
   c.check('every dead job carries its error', deadWithout.length === 0, deadWithout.join('; ') || `${dead} dead jobs, each with its error`);
   c.check('each job ended the way it may', wrongEnd.length === 0, wrongEnd.join('; ') || 'as expected');
+  ctx.counts.jobsCompleted += completed;
+  ctx.counts.jobsDead += dead;
   return { completed, dead, records };
 }
 

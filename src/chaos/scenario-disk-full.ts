@@ -13,27 +13,26 @@
 
 import { open, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { openQueue } from '../jobs/index.js';
-import { ObjectServer } from '../testing/object-server.js';
 import { Worker } from '../worker.js';
 import {
   bytesRefetched,
   capturedLogger,
-  ChannelObserver,
   chaosWorkerConfig,
+  checkNothingLeft,
+  expectWholeObjects,
   KiB,
-  listFiles,
+  localJobOutputs,
   MiB,
+  observeChannels,
+  openLocalQueue,
   putGenerated,
-  readLocalChecksums,
   runScenario,
   runWorkerBounded,
   serverFaults,
+  startObjectServer,
   submitChecksumJobs,
   verifyJobs,
   type ChaosObject,
-  type ExpectedJob,
   type ScenarioContext,
 } from './harness.js';
 import type { ScenarioOptions, ScenarioReport } from './report.js';
@@ -56,10 +55,8 @@ export function runDiskFullScenario(opts: ScenarioOptions): Promise<ScenarioRepo
     ctx.log(`buffer directory ${bufferDir} is a ${TMPFS_BYTES / MiB} MiB tmpfs`);
 
     // Capped per connection so the disk-filled download lasts long enough to be filled under.
-    const server = await ObjectServer.start({ rateLimitBytesPerSec: 8 * MiB });
-    ctx.cleanup.defer('close the object server', () => server.close());
-    const queue = await openQueue(`sqlite://${path.join(dir, 'queue.db')}`);
-    ctx.cleanup.defer('close the job queue', () => queue.close());
+    const server = await startObjectServer(ctx, { rateLimitBytesPerSec: 8 * MiB });
+    const queue = await openLocalQueue(ctx, dir);
 
     const objects: ChaosObject[] = [];
     for (const [i, role] of roles.entries()) {
@@ -67,14 +64,13 @@ export function runDiskFullScenario(opts: ScenarioOptions): Promise<ScenarioRepo
         role === 'too-big' ? TMPFS_BYTES + 16 * MiB : role === 'disk-filled' ? (ctx.short ? 12 : 16) * MiB + ctx.rng.int(0, 512 * KiB) : ctx.rng.int(3 * MiB, ctx.short ? 4 * MiB : 6 * MiB);
       objects.push(await putGenerated(server, 'recordings', `${role}-${i}.mcap`, size, deriveSeed(ctx.seed, `disk-full/${i}`)));
     }
-    const outputDir = (i: number) => path.join(dir, 'out', `job-${i}`);
-    const submitted = await submitChecksumJobs(queue, objects, (i) => `${pathToFileURL(outputDir(i)).href}/`);
+    const outputs = localJobOutputs(path.join(dir, 'out'));
+    const submitted = await submitChecksumJobs(queue, objects, outputs.url);
     const victimIndex = roles.indexOf('disk-filled');
     const victim = objects[victimIndex] as ChaosObject;
     const victimJob = submitted[victimIndex]?.id ?? '';
 
-    const observer = new ChannelObserver();
-    ctx.cleanup.defer('stop observing', () => observer.stop());
+    const observer = observeChannels(ctx);
     const { logger, lines } = capturedLogger('info');
     const worker = new Worker({
       queue,
@@ -106,21 +102,8 @@ export function runDiskFullScenario(opts: ScenarioOptions): Promise<ScenarioRepo
     const fill = await filler;
     observer.stop();
 
-    const expected: ExpectedJob[] = submitted.map((job, i) => ({
-      id: job.id,
-      label: objects[i]?.key ?? job.id,
-      versions: [objects[i]?.sha256 ?? ''],
-      may: roles[i] === 'too-big' ? 'dead' : 'done',
-      ...(roles[i] === 'too-big' ? { deadCodes: ['ERR_NO_SPACE' as const] } : {}),
-      readOutput: () => readLocalChecksums(outputDir(i)),
-    }));
-    const verdict = await verifyJobs(ctx, queue, expected, {
-      doneReports: (id) => (observer.outcomes.get(id) ?? []).filter((o) => o === 'done').length,
-      allReportsSeen: true,
-      codes: (id) => observer.prefetchErrors.get(id) ?? [],
-    });
-    ctx.counts.jobsCompleted = verdict.completed;
-    ctx.counts.jobsDead = verdict.dead;
+    const expected = expectWholeObjects(submitted, objects, outputs.read, (i) => (roles[i] === 'too-big' ? { may: 'dead', deadCodes: ['ERR_NO_SPACE'] } : { may: 'done' }));
+    const verdict = await verifyJobs(ctx, queue, expected, observer.observations());
     ctx.counts.faultsInjected = serverFaults(server) + (fill.filledBytes > 0 ? 1 : 0);
     ctx.counts.bytesRefetched = bytesRefetched(server, objects);
 
@@ -149,8 +132,7 @@ export function runDiskFullScenario(opts: ScenarioOptions): Promise<ScenarioRepo
       victimRecord?.status === 'done',
       `status ${victimRecord?.status}, attempts ${victimRecord?.attempts}/${victimRecord?.maxAttempts}, last error ${victimRecord?.lastError ?? 'none'}`,
     );
-    const leftovers = await listFiles(bufferDir);
-    ctx.checks.check('nothing is left in the buffer directory (no partial or corrupt file kept)', leftovers.length === 0, leftovers.join(', ') || 'empty');
+    await checkNothingLeft(ctx, 'nothing is left in the buffer directory (no partial or corrupt file kept)', bufferDir);
     ctx.details['summary'] = summary;
     ctx.details['filler'] = fill;
     ctx.details['warnings'] = lines.filter((l) => l.level === 'warn' || l.level === 'error').map((l) => `${l.msg}: ${String((l.fields['err'] as { message?: string } | undefined)?.message ?? '')}`).slice(0, 20);

@@ -8,26 +8,26 @@
  */
 
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { openQueue } from '../jobs/index.js';
-import { ObjectServer, type FaultRule } from '../testing/object-server.js';
+import type { FaultRule } from '../testing/object-server.js';
 import { Worker } from '../worker.js';
 import {
   bytesRefetched,
   capturedLogger,
-  ChannelObserver,
   chaosWorkerConfig,
+  checkNothingLeft,
+  expectWholeObjects,
   KiB,
-  listFiles,
+  localJobOutputs,
   MiB,
-  putGenerated,
-  readLocalChecksums,
+  observeChannels,
+  openLocalQueue,
+  putRecordings,
   runScenario,
   runWorkerBounded,
   serverFaults,
+  startObjectServer,
   submitChecksumJobs,
   verifyJobs,
-  type ChaosObject,
 } from './harness.js';
 import type { ScenarioOptions, ScenarioReport } from './report.js';
 import { deriveSeed } from './seed.js';
@@ -45,17 +45,15 @@ export function runFaultsScenario(opts: ScenarioOptions): Promise<ScenarioReport
 
     const dir = await ctx.tempDir('run');
     const bufferDir = path.join(dir, 'buffer');
-    const outRoot = path.join(dir, 'out');
-    const server = await ObjectServer.start();
-    ctx.cleanup.defer('close the object server', () => server.close());
-    const queue = await openQueue(`sqlite://${path.join(dir, 'queue.db')}`);
-    ctx.cleanup.defer('close the job queue', () => queue.close());
+    const server = await startObjectServer(ctx);
+    const queue = await openLocalQueue(ctx, dir);
 
-    const objects: ChaosObject[] = [];
-    for (let i = 0; i < jobsWanted; i++) {
-      const size = ctx.rng.int(minSize, maxSize);
-      objects.push(await putGenerated(server, 'recordings', `episode-${String(i).padStart(2, '0')}.mcap`, size, deriveSeed(ctx.seed, `faults/object/${i}`)));
-    }
+    const objects = await putRecordings(ctx, server, {
+      count: jobsWanted,
+      key: (i) => `episode-${String(i).padStart(2, '0')}.mcap`,
+      size: () => ctx.rng.int(minSize, maxSize),
+      seedLabel: (i) => `faults/object/${i}`,
+    });
 
     // Three rules share the 5 %: the first rule that takes a request applies, so each gets the
     // rate r with (1 - r)^3 = 0.95.
@@ -68,10 +66,9 @@ export function runFaultsScenario(opts: ScenarioOptions): Promise<ScenarioReport
     for (const r of rules) server.addFault(r);
     ctx.details['faultSchedule'] = rules;
 
-    const outputDir = (i: number) => path.join(outRoot, `job-${i}`);
-    const submitted = await submitChecksumJobs(queue, objects, (i) => `${pathToFileURL(outputDir(i)).href}/`);
-    const observer = new ChannelObserver();
-    ctx.cleanup.defer('stop observing', () => observer.stop());
+    const outputs = localJobOutputs(path.join(dir, 'out'));
+    const submitted = await submitChecksumJobs(queue, objects, outputs.url);
+    const observer = observeChannels(ctx);
     const { logger } = capturedLogger('info');
     const worker = new Worker({
       queue,
@@ -87,30 +84,12 @@ export function runFaultsScenario(opts: ScenarioOptions): Promise<ScenarioReport
     const faults = serverFaults(server);
     ctx.counts.faultsInjected = faults;
     ctx.counts.bytesRefetched = bytesRefetched(server, objects);
-    const verdict = await verifyJobs(
-      ctx,
-      queue,
-      submitted.map((job, i) => ({
-        id: job.id,
-        label: objects[i]?.key ?? job.id,
-        versions: [objects[i]?.sha256 ?? ''],
-        may: 'done' as const,
-        readOutput: () => readLocalChecksums(outputDir(i)),
-      })),
-      {
-        doneReports: (id) => (observer.outcomes.get(id) ?? []).filter((o) => o === 'done').length,
-        allReportsSeen: true,
-        codes: (id) => observer.prefetchErrors.get(id) ?? [],
-      },
-    );
-    ctx.counts.jobsCompleted = verdict.completed;
-    ctx.counts.jobsDead = verdict.dead;
+    await verifyJobs(ctx, queue, expectWholeObjects(submitted, objects, outputs.read), observer.observations());
 
     const rangeRequests = server.requests.filter((r) => r.method === 'GET' && r.range !== undefined).length;
     ctx.checks.check('faults were injected', faults > 0, `${faults} of ${rangeRequests} range requests met a fault`);
     ctx.checks.check('the downloader retried the faulted ranges', observer.retryCount >= 1, `${observer.retryCount} range retries (${[...observer.retries].map(([c, n]) => `${c} ${n}`).join(', ')})`);
-    const leftovers = await listFiles(bufferDir);
-    ctx.checks.check('the buffer directory is empty afterwards', leftovers.length === 0, leftovers.join(', ') || 'empty');
+    await checkNothingLeft(ctx, 'the buffer directory is empty afterwards', bufferDir);
     ctx.details['summary'] = summary;
     ctx.details['rangeRequests'] = rangeRequests;
     ctx.details['retriesByCode'] = Object.fromEntries(observer.retries);

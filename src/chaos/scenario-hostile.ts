@@ -19,25 +19,27 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { openQueue } from '../jobs/index.js';
-import { ObjectServer, type FaultRule } from '../testing/object-server.js';
+import type { FaultRule, ObjectServer } from '../testing/object-server.js';
 import type { JobQueue } from '../types.js';
 import { Worker } from '../worker.js';
 import {
   bytesRefetched,
   capturedLogger,
-  ChannelObserver,
   chaosWorkerConfig,
+  checkNothingLeft,
   KiB,
   listFiles,
+  localJobOutputs,
   MiB,
-  readLocalChecksums,
+  observeChannels,
+  openLocalQueue,
   runScenario,
   runWorkerBounded,
   serverFaults,
+  startObjectServer,
   verifyJobs,
   type ExpectedJob,
+  type LocalJobOutputs,
 } from './harness.js';
 import type { ScenarioOptions, ScenarioReport } from './report.js';
 import { deriveSeed } from './seed.js';
@@ -91,10 +93,8 @@ export function runHostileScenario(opts: ScenarioOptions): Promise<ScenarioRepor
       },
     ];
 
-    const server = await ObjectServer.start();
-    ctx.cleanup.defer('close the object server', () => server.close());
-    const queue = await openQueue(`sqlite://${path.join(dir, 'queue.db')}`);
-    ctx.cleanup.defer('close the job queue', () => queue.close());
+    const server = await startObjectServer(ctx);
+    const queue = await openLocalQueue(ctx, dir);
     const size = () => ctx.rng.int(ctx.short ? 256 * KiB : 1 * MiB, ctx.short ? 1 * MiB : 3 * MiB);
     const objects: { bucket: string; key: string; size: number; sha256: string }[] = [];
     for (const [i, input] of inputs.entries()) {
@@ -105,9 +105,9 @@ export function runHostileScenario(opts: ScenarioOptions): Promise<ScenarioRepor
         server.addFault({ ...f, match: { key: input.key, ...(input.everyMethod ? { method: '*' } : {}) } });
       }
     }
-    const submitted = await submitAll(queue, inputs, server, outRoot);
-    const observer = new ChannelObserver();
-    ctx.cleanup.defer('stop observing', () => observer.stop());
+    const outputs = localJobOutputs(outRoot);
+    const submitted = await submitAll(queue, inputs, server, outputs);
+    const observer = observeChannels(ctx);
     const processErrors = new Map<string, string>();
     const { logger } = capturedLogger('info');
     const worker = new Worker({
@@ -152,16 +152,10 @@ export function runHostileScenario(opts: ScenarioOptions): Promise<ScenarioRepor
         versions: [objects[i]?.sha256 ?? ''],
         may: inputs[i]?.may ?? 'either',
         ...(inputs[i]?.may === 'dead' ? { deadCodes: ['ERR_BAD_RESPONSE' as const] } : {}),
-        readOutput: () => readLocalChecksums(path.join(outRoot, `job-${i}`)),
+        readOutput: () => outputs.read(i),
       })),
-      {
-        doneReports: (id) => (observer.outcomes.get(id) ?? []).filter((o) => o === 'done').length,
-        allReportsSeen: true,
-        codes: (id) => observer.prefetchErrors.get(id) ?? [],
-      },
+      observer.observations(),
     );
-    ctx.counts.jobsCompleted = verdict.completed;
-    ctx.counts.jobsDead = verdict.dead;
     ctx.counts.faultsInjected = serverFaults(server);
     ctx.counts.bytesRefetched = bytesRefetched(server, objects);
 
@@ -188,8 +182,7 @@ export function runHostileScenario(opts: ScenarioOptions): Promise<ScenarioRepor
         ? `run directory sampled throughout; canary empty; ${landings.size} traversal targets absent`
         : `strays: ${[...strays].join(', ')}; landed: ${landed.join(', ')}; tagged: ${taggedNearby.join(', ')}; canary: ${canaryFiles.join(', ')}`,
     );
-    const leftovers = await listFiles(bufferDir);
-    ctx.checks.check('the buffer directory is empty afterwards', leftovers.length === 0, leftovers.join(', ') || 'empty');
+    await checkNothingLeft(ctx, 'the buffer directory is empty afterwards', bufferDir);
     ctx.details['summary'] = summary;
     ctx.details['endings'] = Object.fromEntries(
       inputs.map((input, i) => {
@@ -200,13 +193,13 @@ export function runHostileScenario(opts: ScenarioOptions): Promise<ScenarioRepor
   });
 }
 
-async function submitAll(queue: JobQueue, inputs: readonly HostileInput[], server: ObjectServer, outRoot: string): Promise<string[]> {
+async function submitAll(queue: JobQueue, inputs: readonly HostileInput[], server: ObjectServer, outputs: LocalJobOutputs): Promise<string[]> {
   const ids: string[] = [];
   for (const [i, input] of inputs.entries()) {
     const job = await queue.submit({
       inputs: [{ url: input.url(server) }],
       processor: 'checksum',
-      output: `${pathToFileURL(path.join(outRoot, `job-${i}`)).href}/`,
+      output: outputs.url(i),
       maxAttempts: 2,
     });
     ids.push(job.id);

@@ -12,27 +12,29 @@
  */
 
 import path from 'node:path';
-import { openQueue } from '../jobs/index.js';
 import { jobDirectory, safeLocalName } from '../paths.js';
 import { partialPaths } from '../prefetch/downloader.js';
 import { bytesIn } from '../prefetch/ranges.js';
 import { readResumeState } from '../prefetch/resume-state.js';
 import { CHECKSUM_FILE } from '../processors/index.js';
-import { ObjectServer } from '../testing/object-server.js';
+import type { ObjectServer } from '../testing/object-server.js';
 import {
   bytesRefetched,
-  listFiles,
+  checkNothingLeft,
+  expectWholeObjects,
+  localQueueUrl,
   MiB,
-  putGenerated,
+  openLocalQueue,
+  putRecordings,
   runScenario,
   serverFaults,
+  startObjectServer,
   submitChecksumJobs,
   verifyJobs,
   type ChaosObject,
   type ScenarioContext,
 } from './harness.js';
 import type { ScenarioOptions, ScenarioReport } from './report.js';
-import { deriveSeed } from './seed.js';
 import { checkBuilt, killWorker, spawnWorker, type FixtureSettings, type WorkerProcess } from './worker-process.js';
 
 type Phase = 'download' | 'processing' | 'upload';
@@ -64,16 +66,16 @@ export function runKillScenario(opts: ScenarioOptions): Promise<ScenarioReport> 
     const dir = await ctx.tempDir('run');
     const bufferDir = path.join(dir, 'buffer');
     // Capped so a download lasts about a second: long enough to be killed in, resumably.
-    const server = await ObjectServer.start({ rateLimitBytesPerSec: 2 * MiB });
-    ctx.cleanup.defer('close the object server', () => server.close());
-    const queueUrl = `sqlite://${path.join(dir, 'queue.db')}`;
-    const queue = await openQueue(queueUrl);
-    ctx.cleanup.defer('close the job queue', () => queue.close());
+    const server = await startObjectServer(ctx, { rateLimitBytesPerSec: 2 * MiB });
+    const queueUrl = localQueueUrl(dir);
+    const queue = await openLocalQueue(ctx, dir);
 
-    const objects: ChaosObject[] = [];
-    for (let i = 0; i < jobsWanted; i++) {
-      objects.push(await putGenerated(server, 'recordings', `killed-${String(i).padStart(2, '0')}.mcap`, ctx.rng.int(minSize, maxSize), deriveSeed(ctx.seed, `kill/object/${i}`)));
-    }
+    const objects = await putRecordings(ctx, server, {
+      count: jobsWanted,
+      key: (i) => `killed-${String(i).padStart(2, '0')}.mcap`,
+      size: () => ctx.rng.int(minSize, maxSize),
+      seedLabel: (i) => `kill/object/${i}`,
+    });
     server.createBucket('out');
     const outputKey = (i: number) => `job-${i}/${CHECKSUM_FILE}`;
     // Kills during processing spend attempts; the job must survive all of them.
@@ -131,20 +133,8 @@ export function runKillScenario(opts: ScenarioOptions): Promise<ScenarioReport> 
 
     const events = workers.flatMap((w) => w.events);
     const doneReports = (id: string) => events.filter((e) => e.kind === 'finished' && e.jobId === id && e.outcome === 'done').length;
-    const verdict = await verifyJobs(
-      ctx,
-      queue,
-      submitted.map((job, i) => ({
-        id: job.id,
-        label: objects[i]?.key ?? job.id,
-        versions: [objects[i]?.sha256 ?? ''],
-        may: 'done' as const,
-        readOutput: async () => (server.hasObject('out', outputKey(i)) ? server.objectBytes('out', outputKey(i)).toString('utf8') : null),
-      })),
-      { doneReports, allReportsSeen: false, codes: () => [] },
-    );
-    ctx.counts.jobsCompleted = verdict.completed;
-    ctx.counts.jobsDead = verdict.dead;
+    const readOutput = async (i: number) => (server.hasObject('out', outputKey(i)) ? server.objectBytes('out', outputKey(i)).toString('utf8') : null);
+    await verifyJobs(ctx, queue, expectWholeObjects(submitted, objects, readOutput), { doneReports, allReportsSeen: false, codes: () => [] });
 
     const total = objects.reduce((n, o) => n + o.size, 0);
     const served = server.bytesServed('recordings');
@@ -177,8 +167,7 @@ export function runKillScenario(opts: ScenarioOptions): Promise<ScenarioReport> 
       writes.every((w) => w >= 1) && extraWrites <= killed.length,
       `writes per job: ${writes.join(', ')}`,
     );
-    const leftovers = await listFiles(bufferDir);
-    ctx.checks.check('nothing is left in the buffer directory', leftovers.length === 0, leftovers.slice(0, 10).join(', ') || 'empty');
+    await checkNothingLeft(ctx, 'nothing is left in the buffer directory', bufferDir, 10);
     ctx.details['kills'] = killed;
     ctx.details['workers'] = workers.map((w) => ({
       owner: w.owner,

@@ -12,28 +12,30 @@
  */
 
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { type ErrorCode } from '../errors.js';
 import { openQueue } from '../jobs/index.js';
-import { ObjectServer } from '../testing/object-server.js';
+import type { ObjectServer } from '../testing/object-server.js';
 import type { JobQueue } from '../types.js';
 import { Worker } from '../worker.js';
 import {
   bytesRefetched,
   capturedLogger,
-  ChannelObserver,
   chaosWorkerConfig,
   CountingQueue,
+  expectWholeObjects,
+  localJobOutputs,
+  localOutputUrl,
   MiB,
+  observeChannels,
   putGenerated,
-  readLocalChecksums,
+  putRecordings,
   runScenario,
   runWorkerBounded,
   settle,
   slowChecksum,
+  startObjectServer,
   submitChecksumJobs,
   verifyJobs,
-  type ChaosObject,
   type LogLine,
   type ScenarioContext,
 } from './harness.js';
@@ -58,8 +60,7 @@ export function runPostgresScenario(opts: ScenarioOptions): Promise<ScenarioRepo
     const admin = await openQueue(url);
     ctx.cleanup.defer('close the admin queue', () => admin.close());
     const dir = await ctx.tempDir('run');
-    const server = await ObjectServer.start();
-    ctx.cleanup.defer('close the object server', () => server.close());
+    const server = await startObjectServer(ctx);
     await restarts(ctx, cluster, url, admin, server, dir);
     await outage(ctx, cluster, url, admin, server, dir);
   });
@@ -68,14 +69,15 @@ export function runPostgresScenario(opts: ScenarioOptions): Promise<ScenarioRepo
 async function restarts(ctx: ScenarioContext, cluster: PrivateCluster, url: string, admin: JobQueue, server: ObjectServer, dir: string): Promise<void> {
   const jobsWanted = ctx.short ? 6 : 12;
   const plan: StopMode[] = ctx.short ? ['fast'] : ['fast', 'immediate'];
-  const objects: ChaosObject[] = [];
-  for (let i = 0; i < jobsWanted; i++) {
-    objects.push(await putGenerated(server, 'recordings', `pg-${i}.mcap`, ctx.rng.int(1 * MiB, 3 * MiB), deriveSeed(ctx.seed, `postgres/${i}`)));
-  }
-  const outputDir = (i: number) => path.join(dir, 'out', `job-${i}`);
-  const submitted = await submitChecksumJobs(admin, objects, (i) => `${pathToFileURL(outputDir(i)).href}/`);
-  const observer = new ChannelObserver();
-  ctx.cleanup.defer('stop observing', () => observer.stop());
+  const objects = await putRecordings(ctx, server, {
+    count: jobsWanted,
+    key: (i) => `pg-${i}.mcap`,
+    size: () => ctx.rng.int(1 * MiB, 3 * MiB),
+    seedLabel: (i) => `postgres/${i}`,
+  });
+  const outputs = localJobOutputs(path.join(dir, 'out'));
+  const submitted = await submitChecksumJobs(admin, objects, outputs.url);
+  const observer = observeChannels(ctx);
   const processErrors = new Map<string, string[]>();
 
   const workers: Worker[] = [];
@@ -122,25 +124,12 @@ async function restarts(ctx: ScenarioContext, cluster: PrivateCluster, url: stri
   ctx.checks.check('restarts: PostgreSQL was restarted as planned', restartResult.ok && restarted.length === plan.length, restartResult.ok ? restarted.map((r) => `-m ${r.mode} after ${r.afterDone} done (${r.seconds} s)`).join('; ') : `${restartResult.error.message}\n${await cluster.logTail()}`);
   ctx.counts.faultsInjected += restarted.length;
 
-  const verdict = await verifyJobs(
-    ctx,
-    admin,
-    submitted.map((job, i) => ({
-      id: job.id,
-      label: objects[i]?.key ?? job.id,
-      versions: [objects[i]?.sha256 ?? ''],
-      may: 'done' as const,
-      readOutput: () => readLocalChecksums(outputDir(i)),
-    })),
-    {
-      doneReports: (id) => (observer.outcomes.get(id) ?? []).filter((o) => o === 'done').length,
-      // A completion whose reply was lost in a restart is recorded by the database, not reported.
-      allReportsSeen: false,
-      codes: (id) => [...(observer.prefetchErrors.get(id) ?? []), ...(processErrors.get(id) ?? [])] as ErrorCode[],
-    },
-  );
-  ctx.counts.jobsCompleted += verdict.completed;
-  ctx.counts.jobsDead += verdict.dead;
+  await verifyJobs(ctx, admin, expectWholeObjects(submitted, objects, outputs.read), {
+    doneReports: (id) => observer.doneReports(id),
+    // A completion whose reply was lost in a restart is recorded by the database, not reported.
+    allReportsSeen: false,
+    codes: (id) => [...(observer.prefetchErrors.get(id) ?? []), ...(processErrors.get(id) ?? [])] as ErrorCode[],
+  });
   ctx.counts.bytesRefetched += bytesRefetched(server, objects);
   const byWorker = runs.map((r) => (r.ok ? r.value.done : 0));
   // What the workers said while the database went away and came back.
@@ -192,7 +181,7 @@ async function outage(ctx: ScenarioContext, cluster: PrivateCluster, url: string
   // The admin pool lost its connections too; a submit may need a retry while it reconnects.
   let jobId: string | undefined;
   for (let attempt = 1; jobId === undefined; attempt++) {
-    const r = await settle(() => submitChecksumJobs(admin, [object], () => `${pathToFileURL(outputDir).href}/`));
+    const r = await settle(() => submitChecksumJobs(admin, [object], () => localOutputUrl(outputDir)));
     if (r.ok) jobId = r.value[0]?.id;
     else if (attempt >= 10) throw r.error;
     else await ctx.pause(200);

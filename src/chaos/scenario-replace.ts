@@ -12,23 +12,22 @@
  */
 
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
-import { openQueue } from '../jobs/index.js';
 import { generatedSha256 } from '../testing/content.js';
-import { ObjectServer } from '../testing/object-server.js';
 import { Worker } from '../worker.js';
 import {
   bytesRefetched,
   capturedLogger,
-  ChannelObserver,
   chaosWorkerConfig,
   KiB,
+  localJobOutputs,
   MiB,
+  observeChannels,
+  openLocalQueue,
   putGenerated,
-  readLocalChecksums,
   runScenario,
   runWorkerBounded,
   serverFaults,
+  startObjectServer,
   submitChecksumJobs,
   verifyJobs,
   type ChaosObject,
@@ -50,10 +49,8 @@ export function runReplaceScenario(opts: ScenarioOptions): Promise<ScenarioRepor
     const dir = await ctx.tempDir('run');
     // A per-connection cap stretches each download over a few hundred milliseconds, so the
     // second replacement lands inside the restarted download.
-    const server = await ObjectServer.start({ rateLimitBytesPerSec: 4 * MiB });
-    ctx.cleanup.defer('close the object server', () => server.close());
-    const queue = await openQueue(`sqlite://${path.join(dir, 'queue.db')}`);
-    ctx.cleanup.defer('close the job queue', () => queue.close());
+    const server = await startObjectServer(ctx, { rateLimitBytesPerSec: 4 * MiB });
+    const queue = await openLocalQueue(ctx, dir);
 
     const objects: ChaosObject[] = [];
     /** SHA-256 of every version each object had. */
@@ -80,10 +77,9 @@ export function runReplaceScenario(opts: ScenarioOptions): Promise<ScenarioRepor
     const v3 = { size: twice.size, seed: deriveSeed(ctx.seed, `replace/${twiceIndex}/v3`) };
     versions[twiceIndex]?.push(await generatedSha256(v3.size, v3.seed));
 
-    const outputDir = (i: number) => path.join(dir, 'out', `job-${i}`);
-    const submitted = await submitChecksumJobs(queue, objects, (i) => `${pathToFileURL(outputDir(i)).href}/`);
-    const observer = new ChannelObserver();
-    ctx.cleanup.defer('stop observing', () => observer.stop());
+    const outputs = localJobOutputs(path.join(dir, 'out'));
+    const submitted = await submitChecksumJobs(queue, objects, outputs.url);
+    const observer = observeChannels(ctx);
     const { logger } = capturedLogger('info');
     const worker = new Worker({
       queue,
@@ -119,15 +115,9 @@ export function runReplaceScenario(opts: ScenarioOptions): Promise<ScenarioRepor
       versions: versions[i] ?? [],
       may: fates[i] === 'replaced-twice' ? 'dead' : 'done',
       ...(fates[i] === 'replaced-twice' ? { deadCodes: ['ERR_SOURCE_CHANGED' as const] } : {}),
-      readOutput: () => readLocalChecksums(outputDir(i)),
+      readOutput: () => outputs.read(i),
     }));
-    const verdict = await verifyJobs(ctx, queue, expected, {
-      doneReports: (id) => (observer.outcomes.get(id) ?? []).filter((o) => o === 'done').length,
-      allReportsSeen: true,
-      codes: (id) => observer.prefetchErrors.get(id) ?? [],
-    });
-    ctx.counts.jobsCompleted = verdict.completed;
-    ctx.counts.jobsDead = verdict.dead;
+    const verdict = await verifyJobs(ctx, queue, expected, observer.observations());
     ctx.counts.faultsInjected = serverFaults(server) + (secondReplaced ? 1 : 0);
     ctx.counts.bytesRefetched = bytesRefetched(server, objects.map((o) => ({ ...o, size: server.objectSize(o.bucket, o.key) })));
 

@@ -17,34 +17,34 @@
 
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { channels } from '../diagnostics.js';
-import { openQueue } from '../jobs/index.js';
 import { ConcurrencyLimiter } from '../prefetch/concurrency.js';
 import { ParallelDownloader } from '../prefetch/downloader.js';
 import { sha256File } from '../processors/index.js';
-import { ObjectServer, type FaultRule } from '../testing/object-server.js';
+import type { FaultRule, ObjectServer } from '../testing/object-server.js';
 import { Worker } from '../worker.js';
 import {
   bytesRefetched,
   capturedLogger,
-  ChannelObserver,
   chaosWorkerConfig,
+  expectWholeObjects,
   KiB,
+  localJobOutputs,
   MiB,
-  putGenerated,
-  readLocalChecksums,
+  observeChannels,
+  openLocalQueue,
+  putRecordings,
   runScenario,
   runWorkerBounded,
   serverFaults,
   settle,
+  startObjectServer,
   submitChecksumJobs,
   verifyJobs,
   type ChaosObject,
   type ScenarioContext,
 } from './harness.js';
 import type { ScenarioOptions, ScenarioReport } from './report.js';
-import { deriveSeed } from './seed.js';
 
 /** GETs the throttling server serves at once. */
 const K = 4;
@@ -109,14 +109,14 @@ async function storms(ctx: ScenarioContext): Promise<void> {
   const [minSize, maxSize] = ctx.short ? [2 * MiB, 3 * MiB] : [6 * MiB, 10 * MiB];
   const chunkSize = ctx.short ? 512 * KiB : 1 * MiB;
   const dir = await ctx.tempDir('storms');
-  const server = await ObjectServer.start();
-  ctx.cleanup.defer('close the storm server', () => server.close());
-  const queue = await openQueue(`sqlite://${path.join(dir, 'queue.db')}`);
-  ctx.cleanup.defer('close the storm queue', () => queue.close());
-  const objects: ChaosObject[] = [];
-  for (let i = 0; i < jobsWanted; i++) {
-    objects.push(await putGenerated(server, 'recordings', `storm-${i}.mcap`, ctx.rng.int(minSize, maxSize), deriveSeed(ctx.seed, `throttle/storm/${i}`)));
-  }
+  const server = await startObjectServer(ctx, {}, 'the storm server');
+  const queue = await openLocalQueue(ctx, dir, 'the storm queue');
+  const objects = await putRecordings(ctx, server, {
+    count: jobsWanted,
+    key: (i) => `storm-${i}.mcap`,
+    size: () => ctx.rng.int(minSize, maxSize),
+    seedLabel: (i) => `throttle/storm/${i}`,
+  });
   // Rule counts: each rule sees only the requests the rules before it let through.
   const first = ctx.short ? 12 : 30;
   const rules: FaultRule[] = [
@@ -128,10 +128,9 @@ async function storms(ctx: ScenarioContext): Promise<void> {
   }
   for (const r of rules) server.addFault(r);
 
-  const outputDir = (i: number) => path.join(dir, 'out', `job-${i}`);
-  const submitted = await submitChecksumJobs(queue, objects, (i) => `${pathToFileURL(outputDir(i)).href}/`);
-  const observer = new ChannelObserver();
-  ctx.cleanup.defer('stop observing the storms', () => observer.stop());
+  const outputs = localJobOutputs(path.join(dir, 'out'));
+  const submitted = await submitChecksumJobs(queue, objects, outputs.url);
+  const observer = observeChannels(ctx, 'stop observing the storms');
   const { logger } = capturedLogger('info');
   const worker = new Worker({
     queue,
@@ -146,26 +145,9 @@ async function storms(ctx: ScenarioContext): Promise<void> {
   const seconds = (performance.now() - started) / 1000;
   observer.stop();
 
-  const verdict = await verifyJobs(
-    ctx,
-    queue,
-    submitted.map((job, i) => ({
-      id: job.id,
-      label: objects[i]?.key ?? job.id,
-      versions: [objects[i]?.sha256 ?? ''],
-      may: 'done' as const,
-      readOutput: () => readLocalChecksums(outputDir(i)),
-    })),
-    {
-      doneReports: (id) => (observer.outcomes.get(id) ?? []).filter((o) => o === 'done').length,
-      allReportsSeen: true,
-      codes: (id) => observer.prefetchErrors.get(id) ?? [],
-    },
-  );
+  await verifyJobs(ctx, queue, expectWholeObjects(submitted, objects, outputs.read), observer.observations());
   const injected = serverFaults(server);
   ctx.counts.faultsInjected += injected;
-  ctx.counts.jobsCompleted += verdict.completed;
-  ctx.counts.jobsDead += verdict.dead;
   ctx.counts.bytesRefetched += bytesRefetched(server, objects);
   const throttledRetries = observer.retries.get('ERR_THROTTLED') ?? 0;
   ctx.checks.check('storms: the 503s were injected and retried', injected > 0 && throttledRetries > 0, `${injected} 503 answers, ${throttledRetries} throttled range retries`);
@@ -182,12 +164,8 @@ async function throttle(ctx: ScenarioContext): Promise<void> {
   // A per-connection cap makes K connections the store's real capacity, as on S3.
   const perConnection = 4 * MiB;
   const dir = await ctx.tempDir('throttle');
-  const server = await ObjectServer.start({ maxConcurrentRequests: K, rateLimitBytesPerSec: perConnection, firstByteLatencyMs: 5 });
-  ctx.cleanup.defer('close the throttling server', () => server.close());
-  const objects: ChaosObject[] = [];
-  for (let i = 0; i < count; i++) {
-    objects.push(await putGenerated(server, 'recordings', `throttled-${i}.mcap`, size, deriveSeed(ctx.seed, `throttle/object/${i}`)));
-  }
+  const server = await startObjectServer(ctx, { maxConcurrentRequests: K, rateLimitBytesPerSec: perConnection, firstByteLatencyMs: 5 }, 'the throttling server');
+  const objects = await putRecordings(ctx, server, { count, key: (i) => `throttled-${i}.mcap`, size: () => size, seedLabel: (i) => `throttle/object/${i}` });
   ctx.log(`throttle: ${count} objects of ${size / MiB} MiB at once, server serves ${K} GETs at a time`);
   const runs: ThrottleRun[] = [];
   for (const mode of ['adaptive', 'fixed'] as const) {

@@ -13,20 +13,21 @@
  */
 
 import path from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { channels } from '../diagnostics.js';
 import { openQueue } from '../jobs/index.js';
 import { ObjectServer } from '../testing/object-server.js';
 import { Worker } from '../worker.js';
 import {
   capturedLogger,
-  ChannelObserver,
   chaosWorkerConfig,
   CountingQueue,
+  expectWholeObjects,
   KiB,
+  localJobOutputs,
   MiB,
+  observeChannels,
+  openLocalQueue,
   putGenerated,
-  readLocalChecksums,
   runScenario,
   runWorkerBounded,
   settle,
@@ -71,13 +72,11 @@ async function storeDown(ctx: ScenarioContext): Promise<void> {
   const objects: ChaosObject[] = [];
   for (const s of specs) objects.push(await putGenerated(server, 'recordings', s.key, s.size, s.seed));
 
-  const queue = new CountingQueue(await openQueue(`sqlite://${path.join(dir, 'queue.db')}`));
-  ctx.cleanup.defer('close the job queue', () => queue.close());
-  const outputDir = (i: number) => path.join(dir, 'out', `job-${i}`);
+  const queue = new CountingQueue(await openLocalQueue(ctx, dir));
+  const outputs = localJobOutputs(path.join(dir, 'out'));
   // Enough attempts to outlive the outage: each failed download spends one.
-  const submitted = await submitChecksumJobs(queue, objects, (i) => `${pathToFileURL(outputDir(i)).href}/`, 12);
-  const observer = new ChannelObserver();
-  ctx.cleanup.defer('stop observing', () => observer.stop());
+  const submitted = await submitChecksumJobs(queue, objects, outputs.url, 12);
+  const observer = observeChannels(ctx);
   const retriesAt: number[] = [];
   const passesAt: number[] = [];
   const unsubscribe = [channels.rangeRetry.subscribe(() => retriesAt.push(Date.now())), channels.downloadStart.subscribe(() => passesAt.push(Date.now()))];
@@ -140,24 +139,7 @@ async function storeDown(ctx: ScenarioContext): Promise<void> {
   const result = await run;
   observer.stop();
   ctx.checks.check('store down: the worker ran to the end once the store was back', result.ok, result.ok ? `done ${result.value.done}, download failures ${result.value.downloadFailures}` : `${result.error.code}: ${result.error.message}`);
-  const verdict = await verifyJobs(
-    ctx,
-    queue,
-    submitted.map((job, i) => ({
-      id: job.id,
-      label: objects[i]?.key ?? job.id,
-      versions: [objects[i]?.sha256 ?? ''],
-      may: 'done' as const,
-      readOutput: () => readLocalChecksums(outputDir(i)),
-    })),
-    {
-      doneReports: (id) => (observer.outcomes.get(id) ?? []).filter((o) => o === 'done').length,
-      allReportsSeen: true,
-      codes: (id) => observer.prefetchErrors.get(id) ?? [],
-    },
-  );
-  ctx.counts.jobsCompleted += verdict.completed;
-  ctx.counts.jobsDead += verdict.dead;
+  await verifyJobs(ctx, queue, expectWholeObjects(submitted, objects, outputs.read), observer.observations());
   const after = server;
   ctx.counts.bytesRefetched += objects.reduce((n, o) => n + Math.max(0, before.bytesServed(o.bucket, o.key) + after.bytesServed(o.bucket, o.key) - o.size), 0);
   ctx.details['storeDown'] = { outageMs: end - down, rangeRetries: retries, jobsClaimed: claims, emptyPolls: polls, downloadPasses: passes, warnings: says, failuresByJob: Object.fromEntries(observer.prefetchErrors) };
