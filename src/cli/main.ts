@@ -14,11 +14,21 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Command, CommanderError } from 'commander';
 import { toRoboflowError } from '../errors.js';
 import { redactText } from '../redact.js';
-import { registerConfigCommand } from './config.js';
-import { registerDemoCommand } from './demo.js';
-import { registerDownloadCommand } from './download.js';
-import { registerJobsCommand } from './jobs.js';
-import { registerWorkerCommand } from './worker.js';
+
+type Register = (program: Command) => unknown;
+
+/**
+ * Each command's module, loaded only when needed: the modules behind them (the AWS SDK, the
+ * database drivers, prom-client) cost about a second of CPU to load, which every short command
+ * would pay otherwise. In the order `--help` lists them.
+ */
+const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
+  download: async () => (await import('./download.js')).registerDownloadCommand,
+  worker: async () => (await import('./worker.js')).registerWorkerCommand,
+  jobs: async () => (await import('./jobs.js')).registerJobsCommand,
+  config: async () => (await import('./config.js')).registerConfigCommand,
+  demo: async () => (await import('./demo.js')).registerDemoCommand,
+};
 
 function packageVersion(): string {
   // dist/cli/main.js and src/cli/main.ts both sit two levels below package.json.
@@ -26,8 +36,11 @@ function packageVersion(): string {
   return pkg.version ?? '0.0.0';
 }
 
-/** The program with every command registered; parsing errors throw instead of exiting. */
-export function createProgram(): Command {
+/**
+ * The program with the command named by `argv` registered (every command when `argv` names none
+ * of them, for `--help` and suggestions); parsing errors throw instead of exiting.
+ */
+export async function createProgram(argv: readonly string[] = []): Promise<Command> {
   const program = new Command()
     .name('roboflow')
     .description('workers for a distributed robotics-data pipeline: parallel range downloads, prefetch, job queue')
@@ -37,18 +50,19 @@ export function createProgram(): Command {
     .exitOverride()
     .configureOutput({ outputError: () => undefined })
     .showSuggestionAfterError(true);
-  registerDownloadCommand(program);
-  registerWorkerCommand(program);
-  registerJobsCommand(program);
-  registerConfigCommand(program);
-  registerDemoCommand(program);
+  const named = argv.find((a) => !a.startsWith('-'));
+  const wanted = named !== undefined && named in COMMANDS ? [named] : Object.keys(COMMANDS);
+  for (const name of wanted) {
+    const load = COMMANDS[name];
+    if (load) (await load())(program);
+  }
   return program;
 }
 
 /** Runs the CLI on `argv` (the arguments after the script) and resolves with the exit code. */
 export async function main(argv: readonly string[] = process.argv.slice(2)): Promise<number> {
   process.exitCode = undefined;
-  const program = createProgram();
+  const program = await createProgram(argv);
   try {
     await program.parseAsync([...argv], { from: 'user' });
     return Number(process.exitCode ?? 0);
