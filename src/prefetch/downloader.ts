@@ -68,8 +68,9 @@
  *
  * Crash bound: after SIGKILL or a power cut, a resumed download re-fetches at most the chunks that
  * were in flight (fewer than `connections` × `chunkSize` bytes) plus the chunks completed since
- * the last state write (those of at most the last 250 ms, and never more than `connections`
- * chunks plus the ones that finish while a state write is running).
+ * the last state write (those of at most the last 250 ms; a lane starts no new chunk while
+ * `connections` finished chunks wait for a state write, so fewer than 2 × `connections` ×
+ * `chunkSize` bytes in all).
  */
 
 import { type FileHandle, open, rename, rm, stat as statPath, statfs } from 'node:fs/promises';
@@ -760,6 +761,7 @@ class Transfer {
     const meter = new LaneMeter();
     try {
       while (!signal.aborted) {
+        if (!ahead) await this.drainDurabilityBacklog();
         const range = ahead?.range ?? this.scheduler.take();
         if (!range) break;
         release ??= await this.limiter.acquire(signal);
@@ -999,7 +1001,13 @@ class Transfer {
             await writeBatch();
             stall.refresh();
           }
-          if (lookahead && state.ahead === undefined && this.scheduler.remaining > 0 && !this.limiter.shouldYield) {
+          if (
+            lookahead &&
+            state.ahead === undefined &&
+            this.scheduler.remaining > 0 &&
+            !this.limiter.shouldYield &&
+            !this.durabilityBacklogFull()
+          ) {
             if (shouldRequestAhead(range.end - received, meter.rate, this.latencyMs, LOOKAHEAD_LATENCIES)) {
               const next = this.scheduler.take();
               if (next) state.ahead = this.request(next, next.start);
@@ -1055,6 +1063,24 @@ class Transfer {
     const firstMissing = this.written.firstMissing();
     const prefix = firstMissing >= this.written.count ? this.st.size : chunkRange(firstMissing, this.st.size, this.identity.chunkSize).start;
     this.hasher.advanceTo(prefix);
+  }
+
+  /**
+   * True when `connections` written chunks still wait for an `fdatasync` and a state write.
+   * Their bytes would be fetched again after a crash, so no new chunk starts until a flush has
+   * recorded them: at full speed a flush of hundreds of dirty megabytes takes long enough for
+   * many more chunks to finish, and the crash bound would grow with the throughput.
+   */
+  private durabilityBacklogFull(): boolean {
+    return this.unrecorded.length >= this.d.settingsOf.connections;
+  }
+
+  /** Waits until the durability backlog is below `connections` chunks (see above). */
+  private async drainDurabilityBacklog(): Promise<void> {
+    while (this.durabilityBacklogFull() && !this.control.signal.aborted) {
+      if (!this.flushing) this.startFlush();
+      await (this.flushing ?? Promise.resolve()).catch(() => undefined);
+    }
   }
 
   private scheduleFlush(): void {
