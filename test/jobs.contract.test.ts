@@ -6,6 +6,7 @@ import { PostgresJobQueue } from '../src/jobs/postgres.js';
 import type { JobQueue, JobRecord, JobSpec } from '../src/types.js';
 import { TEST_POSTGRES_URL, postgresBackend, sqliteBackend, waitFor, type QueueBackend } from './fixtures/jobs-backends.js';
 import pg from 'pg';
+import { rejection } from './helpers.js';
 
 const backends: QueueBackend[] = [sqliteBackend(), postgresBackend()];
 
@@ -19,14 +20,6 @@ const spec = (name: string, extra: Partial<JobSpec> = {}): JobSpec => ({
   ...extra,
 });
 
-async function rejection(promise: Promise<unknown>): Promise<RoboflowError> {
-  const err = await promise.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof RoboflowError)) throw new Error(`expected a RoboflowError, got ${String(err)}`);
-  return err;
-}
 
 async function expectCode(promise: Promise<unknown>, code: ErrorCode): Promise<RoboflowError> {
   const err = await rejection(promise);

@@ -17,6 +17,7 @@ import {
   type AddressClass,
   type Resolver,
 } from '../src/security/address.js';
+import { anyRejection, rejection } from './helpers.js';
 
 function thrown(fn: () => unknown): RoboflowError {
   try {
@@ -27,14 +28,6 @@ function thrown(fn: () => unknown): RoboflowError {
   throw new Error('expected an error');
 }
 
-async function rejection(p: Promise<unknown>): Promise<RoboflowError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as RoboflowError;
-  }
-  throw new Error('expected a rejection');
-}
 
 function v4(n: number): string {
   return [24, 16, 8, 0].map((s) => (n >>> s) & 0xff).join('.');
@@ -321,7 +314,7 @@ describe('policyLookup with an injected resolver (hostile answers are never conn
   it('passes resolver errors through', async () => {
     const { resolve } = fixedResolver({});
     const lookup = policyLookup(new AddressPolicy(), { resolve });
-    expect((await rejection(lookupOne(lookup, 'nowhere.example'))).code).toBe('ENOTFOUND');
+    expect((await anyRejection(lookupOne(lookup, 'nowhere.example'))).code).toBe('ENOTFOUND');
   });
 });
 

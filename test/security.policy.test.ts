@@ -7,6 +7,7 @@ import { checkJob, compileAllowlist, compilePolicy, normalisedForMatching, type 
 import { redactUrl } from '../src/redact.js';
 import { StorageClients } from '../src/storage/index.js';
 import type { JobInput } from '../src/types.js';
+import { rejection } from './helpers.js';
 
 function thrown(fn: () => unknown): RoboflowError {
   try {
@@ -17,14 +18,6 @@ function thrown(fn: () => unknown): RoboflowError {
   throw new Error('expected an error');
 }
 
-async function rejection(p: Promise<unknown>): Promise<RoboflowError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as RoboflowError;
-  }
-  throw new Error('expected a rejection');
-}
 
 function job(inputs: string[], output: string | null = null) {
   return { id: 'job-7', inputs: inputs.map((url): JobInput => ({ url })), output };

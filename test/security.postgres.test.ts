@@ -8,11 +8,11 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RoboflowError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
 import type { JobQueue } from '../src/types.js';
 import { Worker } from '../src/worker.js';
 import { TEST_POSTGRES_URL, postgresBackend } from './fixtures/jobs-backends.js';
+import { rejection } from './helpers.js';
 
 const ROLE = `roboflow_worker_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
 const WORKER_COLUMNS = 'status, attempts, lease_owner, lease_expires_at, last_error, result, run_at, updated_at';
@@ -31,14 +31,6 @@ function asRole(url: string): string {
   return u.toString();
 }
 
-async function rejection(p: Promise<unknown>): Promise<RoboflowError> {
-  const err = await p.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  if (!(err instanceof RoboflowError)) throw new Error(`expected a RoboflowError, got ${String(err)}`);
-  return err;
-}
 
 describe('a worker role without CREATE or INSERT', () => {
   const backend = postgresBackend();

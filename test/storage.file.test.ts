@@ -2,26 +2,12 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { RoboflowError } from '../src/errors.js';
 import { openSource } from '../src/storage/index.js';
+import { readAll, rejection } from './helpers.js';
 
-async function readAll(body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
-async function rejection(p: Promise<unknown>): Promise<RoboflowError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as RoboflowError;
-  }
-  throw new Error('expected a rejection');
-}
 
 describe('FileSource', () => {
   let dir: string;

@@ -1,26 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import type { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { RoboflowError } from '../src/errors.js';
 import { StorageClients } from '../src/storage/index.js';
 import { ObjectServer } from '../src/testing/object-server.js';
+import { anyRejection, readAll, rejection } from './helpers.js';
 
-async function readAll(body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
-async function rejection(p: Promise<unknown>): Promise<RoboflowError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as RoboflowError;
-  }
-  throw new Error('expected a rejection');
-}
 
 /** A plain HTTP server for behaviours the object server does not have (no ranges, redirects). */
 async function plainServer(handler: http.RequestListener): Promise<{ url: string; close: () => Promise<void>; requests: http.IncomingHttpHeaders[] }> {
@@ -200,7 +186,7 @@ describe('HttpSource against the object server', () => {
     const src = clients.open(server.httpUrl('b', 'obj.bin'));
     const ac = new AbortController();
     const { body } = await src.read({ start: 0, end: 1000 }, { signal: ac.signal });
-    const reading = rejection(readAll(body));
+    const reading = anyRejection(readAll(body));
     ac.abort();
     expect((await reading).name).toMatch(/Abort/);
     const pre = new AbortController();

@@ -4,28 +4,15 @@ import type { AddressInfo } from 'node:net';
 import { createRequire } from 'node:module';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { RoboflowError } from '../src/errors.js';
 import { StorageClients } from '../src/storage/index.js';
 import { resolveS3Settings } from '../src/storage/s3.js';
 import { ObjectServer } from '../src/testing/object-server.js';
+import { readAll, rejection } from './helpers.js';
 
-async function readAll(body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
-async function rejection(p: Promise<unknown>): Promise<RoboflowError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as RoboflowError;
-  }
-  throw new Error('expected a rejection');
-}
 
 function thrown(fn: () => unknown): RoboflowError {
   try {

@@ -4,33 +4,19 @@ import { createRequire } from 'node:module';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import type { Readable } from 'node:stream';
 import { pathToFileURL } from 'node:url';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { channels, type UploadDoneEvent } from '../src/diagnostics.js';
-import type { RoboflowError } from '../src/errors.js';
 import { StorageClients } from '../src/storage/index.js';
 import { uploadDirectory, uploadFile } from '../src/storage/upload.js';
 import { ObjectServer } from '../src/testing/object-server.js';
+import { readAll, rejection } from './helpers.js';
 
 const MiB = 1024 * 1024;
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-async function readAll(body: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of body) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
-async function rejection(p: Promise<unknown>): Promise<RoboflowError> {
-  try {
-    await p;
-  } catch (err) {
-    return err as RoboflowError;
-  }
-  throw new Error('expected a rejection');
-}
 
 /** Reads a whole object back through a source, in 4 MiB ranges. */
 async function readBack(clients: StorageClients, url: string): Promise<Buffer> {
