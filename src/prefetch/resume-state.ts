@@ -11,23 +11,32 @@
 
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import type { z } from 'zod';
 import { ChunkSet, chunkCount } from './ranges.js';
 
 /** Bumped whenever the layout changes; a state file of another version is discarded. */
 export const STATE_VERSION = 1;
 
-const stateSchema = z.object({
-  version: z.literal(STATE_VERSION),
-  /** Display form of the URL (secrets removed): a state file may be read by anyone. */
-  url: z.string().min(1),
-  size: z.number().int().nonnegative(),
-  etag: z.string().optional(),
-  lastModified: z.string().optional(),
-  chunkSize: z.number().int().positive(),
-  /** Bitmap of completed chunk indexes, base64 (`ChunkSet.toBase64`). */
-  completed: z.string(),
-});
+/**
+ * The file's schema, built when a state file is first read: zod costs ~0.1 s of start-up, which
+ * a download that finds no state file (most of them) should not pay.
+ */
+async function buildSchema() {
+  const { z } = await import('zod');
+  return z.object({
+    version: z.literal(STATE_VERSION),
+    /** Display form of the URL (secrets removed): a state file may be read by anyone. */
+    url: z.string().min(1),
+    size: z.number().int().nonnegative(),
+    etag: z.string().optional(),
+    lastModified: z.string().optional(),
+    chunkSize: z.number().int().positive(),
+    /** Bitmap of completed chunk indexes, base64 (`ChunkSet.toBase64`). */
+    completed: z.string(),
+  });
+}
+type StateSchema = Awaited<ReturnType<typeof buildSchema>>;
+let stateSchema: Promise<StateSchema> | undefined;
 
 export interface ResumeState {
   readonly version: typeof STATE_VERSION;
@@ -66,7 +75,8 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
   } catch {
     return undefined;
   }
-  const parsed = stateSchema.safeParse(json);
+  stateSchema ??= buildSchema();
+  const parsed = (await stateSchema).safeParse(json);
   if (!parsed.success) return undefined;
   const s = parsed.data;
   const completed = ChunkSet.fromBase64(s.completed, chunkCount(s.size, s.chunkSize));
@@ -101,7 +111,7 @@ export function stateMatches(state: ResumeState, id: ResumeIdentity): boolean {
  * still correct (it re-fetches a little more).
  */
 export async function writeResumeState(file: string, state: ResumeState): Promise<void> {
-  const body: z.infer<typeof stateSchema> = {
+  const body: z.infer<StateSchema> = {
     version: STATE_VERSION,
     url: state.url,
     size: state.size,

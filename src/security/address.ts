@@ -12,9 +12,9 @@
  * address for the check and a private one for the connection (DNS rebinding). So the check runs
  * where the connection is made: `policyLookup()` is a `dns.lookup` replacement that resolves the
  * name and fails the lookup unless every address it got is allowed; the socket then connects to
- * exactly the addresses that were checked. It plugs into undici (`connect: { lookup }`), into
- * `net.connect`/`tls.connect`, and into `http.Agent`/`https.Agent` (what the AWS SDK's
- * `NodeHttpHandler` uses). Node does not call `lookup` for a literal IP host, so those are checked
+ * exactly the addresses that were checked. It plugs into undici (`connect: { lookup }`: HTTP sources and
+ * S3/OSS reads), into `net.connect`/`tls.connect`, and into `http.Agent`/`https.Agent` (what the
+ * AWS SDK's `NodeHttpHandler` uses for uploads). Node does not call `lookup` for a literal IP host, so those are checked
  * with `checkLiteralHost()` before a request is made.
  *
  * Addresses that embed an IPv4 address (IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d`,

@@ -54,9 +54,6 @@ export interface StorageClientsOptions extends StorageOptions {
 /** What an S3 client is for: reads leave retries to the downloader, uploads let the SDK retry parts. */
 export type S3Purpose = 'read' | 'upload';
 
-/** SDK attempts per upload request: parts are idempotent, and a failed part costs a whole upload. */
-const UPLOAD_MAX_ATTEMPTS = 4;
-
 interface Shared<T> {
   readonly value: T;
   refs: number;
@@ -115,7 +112,7 @@ export class StorageClients {
       case 'oss': {
         const lease = this.s3Client(parsed.kind, parsed.display, 'read');
         return new S3Source(parsed.kind, parsed.bucket, parsed.key, parsed.display, {
-          client: lease.value.client,
+          client: () => lease.value.client(),
           headersTimeoutMs: this.opts.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
           onClose: () => lease.release(),
         });
@@ -147,7 +144,7 @@ export class StorageClients {
       const handle = createS3Client(settings, {
         ...(this.opts.maxConnections !== undefined ? { maxConnections: this.opts.maxConnections } : {}),
         ...(this.opts.headersTimeoutMs !== undefined ? { headersTimeoutMs: this.opts.headersTimeoutMs } : {}),
-        maxAttempts: purpose === 'read' ? 1 : UPLOAD_MAX_ATTEMPTS,
+        purpose,
         ...(this.opts.lookup !== undefined ? { lookup: this.opts.lookup } : {}),
       });
       return {

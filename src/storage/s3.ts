@@ -16,25 +16,27 @@
  */
 
 import fs from 'node:fs';
-import http from 'node:http';
-import https from 'node:https';
 import type { LookupFunction } from 'node:net';
 import type { Readable } from 'node:stream';
 import tls from 'node:tls';
-import {
-  GetObjectCommand,
-  HeadObjectCommand,
-  S3Client,
-  type HeadObjectCommandOutput,
-  type S3ClientConfig,
-} from '@aws-sdk/client-s3';
-import { NodeHttpHandler } from '@smithy/node-http-handler';
+import type { HeadObjectCommandOutput, S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { DEFAULTS } from '../defaults.js';
 import { abortError, codeForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError, type ErrorCode } from '../errors.js';
 import { redactUrlsInText } from '../redact.js';
 import type { ByteRange, Checksum, ChecksumAlgorithm, ObjectSource, ObjectStat, RangeBody, ReadOptions, StorageOptions } from '../types.js';
 import { checkRange, expectContentRange, isStrongEtag, rangeHeader } from './range.js';
+import { UndiciHttpHandler } from './undici-handler.js';
 import { isPathStyleEndpoint } from './url.js';
+
+/**
+ * The SDK, loaded on first use: it costs ~0.3 s of start-up, which an `http://` or `file://`
+ * download should not pay.
+ */
+let sdk: Promise<typeof import('@aws-sdk/client-s3')> | undefined;
+function loadSdk(): Promise<typeof import('@aws-sdk/client-s3')> {
+  sdk ??= import('@aws-sdk/client-s3');
+  return sdk;
+}
 
 type Credentials = NonNullable<S3ClientConfig['credentials']>;
 
@@ -189,26 +191,39 @@ export interface S3ClientOptions {
   readonly maxConnections?: number;
   readonly headersTimeoutMs?: number;
   /**
-   * Name resolution for the client's agents: the security policy's `lookup`, which refuses
+   * Name resolution for the client's connections: the security policy's `lookup`, which refuses
    * non-public addresses at connect time. A literal IP endpoint is connected to without a lookup:
    * it is the operator's. (Default: `dns.lookup`)
    */
   readonly lookup?: LookupFunction;
-  /** SDK attempts per call: 1 for reads (the downloader retries), more for uploads. */
-  readonly maxAttempts: number;
+  /**
+   * What the client is for. `read`: one SDK attempt per call (the downloader retries ranges with
+   * its own table) over undici, whose body stream costs less CPU per byte. `upload`: the SDK
+   * retries parts itself, over its own `node:http` handler, which knows request bodies.
+   */
+  readonly purpose: 'read' | 'upload';
 }
+
+/** SDK attempts per upload request: parts are idempotent, and a failed part costs a whole upload. */
+const UPLOAD_MAX_ATTEMPTS = 4;
 
 /** Response headers of each SDK output, for the few headers the SDK does not parse. */
 const rawHeaders = new WeakMap<object, Record<string, string>>();
 
 export interface S3ClientHandle {
-  readonly client: S3Client;
   readonly settings: S3Settings;
+  /** The client, built on first call (loading the SDK then); the same one every time. */
+  client(): Promise<S3Client>;
   destroy(): void;
 }
 
+/**
+ * A handle on an S3 client for `settings`. Configuration problems (an unreadable
+ * `AWS_CA_BUNDLE`) throw now; the SDK itself is loaded when the client is first asked for.
+ */
 export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3ClientHandle {
   const maxSockets = opts.maxConnections ?? DEFAULTS.downloadConnections;
+  const headersTimeoutMs = opts.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs;
   let ca: string[] | undefined;
   if (settings.caBundle !== undefined) {
     try {
@@ -219,44 +234,87 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
       });
     }
   }
-  const lookup = opts.lookup !== undefined ? { lookup: opts.lookup } : {};
-  const httpAgent = new http.Agent({ keepAlive: true, maxSockets, ...lookup });
-  const httpsAgent = new https.Agent({ keepAlive: true, maxSockets, ...(ca ? { ca } : {}), ...lookup });
-  const client = new S3Client({
-    region: settings.region,
-    ...(settings.endpoint !== undefined ? { endpoint: settings.endpoint } : {}),
-    forcePathStyle: settings.forcePathStyle,
-    ...(settings.credentials !== undefined ? { credentials: settings.credentials } : {}),
-    requestChecksumCalculation: 'WHEN_REQUIRED',
-    responseChecksumValidation: 'WHEN_REQUIRED',
-    maxAttempts: opts.maxAttempts,
-    // On AWS a wrong region answers 301 with the right one; follow it rather than fail.
-    followRegionRedirects: settings.endpoint === undefined,
-    requestHandler: new NodeHttpHandler({
-      httpAgent,
-      httpsAgent,
-      connectionTimeout: opts.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
-    }),
-  });
-  client.middlewareStack.add(
-    (next) => async (args) => {
-      const result = await next(args);
-      const headers = (result.response as { headers?: Record<string, string> } | undefined)?.headers;
-      if (headers && result.output && typeof result.output === 'object') rawHeaders.set(result.output, headers);
-      return result;
-    },
-    { step: 'build', name: 'roboflowRawResponseHeaders' },
-  );
+  const { lookup } = opts;
   let destroyed = false;
+  let destroyTransport: (() => void) | undefined;
+  let built: Promise<S3Client> | undefined;
+  const build = async (): Promise<S3Client> => {
+    const { S3Client } = await loadSdk();
+    let requestHandler: S3ClientConfig['requestHandler'];
+    if (opts.purpose === 'read') {
+      const handler = new UndiciHttpHandler({
+        connections: maxSockets,
+        headersTimeoutMs,
+        ...(lookup !== undefined ? { lookup } : {}),
+        ...(ca !== undefined ? { ca } : {}),
+      });
+      destroyTransport = () => handler.destroy();
+      requestHandler = handler;
+    } else {
+      const [{ NodeHttpHandler }, http, https] = await Promise.all([
+        import('@smithy/node-http-handler'),
+        import('node:http'),
+        import('node:https'),
+      ]);
+      const httpAgent = new http.Agent({ keepAlive: true, maxSockets, ...(lookup !== undefined ? { lookup } : {}) });
+      const httpsAgent = new https.Agent({
+        keepAlive: true,
+        maxSockets,
+        ...(ca ? { ca } : {}),
+        ...(lookup !== undefined ? { lookup } : {}),
+      });
+      destroyTransport = () => {
+        httpAgent.destroy();
+        httpsAgent.destroy();
+      };
+      requestHandler = new NodeHttpHandler({ httpAgent, httpsAgent, connectionTimeout: headersTimeoutMs });
+    }
+    const client = new S3Client({
+      region: settings.region,
+      ...(settings.endpoint !== undefined ? { endpoint: settings.endpoint } : {}),
+      forcePathStyle: settings.forcePathStyle,
+      ...(settings.credentials !== undefined ? { credentials: settings.credentials } : {}),
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      maxAttempts: opts.purpose === 'read' ? 1 : UPLOAD_MAX_ATTEMPTS,
+      // On AWS a wrong region answers 301 with the right one; follow it rather than fail.
+      followRegionRedirects: settings.endpoint === undefined,
+      requestHandler,
+    });
+    client.middlewareStack.add(
+      (next) => async (args) => {
+        const result = await next(args);
+        const headers = (result.response as { headers?: Record<string, string> } | undefined)?.headers;
+        if (headers && result.output && typeof result.output === 'object') rawHeaders.set(result.output, headers);
+        return result;
+      },
+      { step: 'build', name: 'roboflowRawResponseHeaders' },
+    );
+    if (destroyed) {
+      // Destroyed while the SDK was loading: nothing may be left open.
+      client.destroy();
+      destroyTransport();
+      throw new RoboflowError('ERR_CLOSED', `the S3 client for ${settings.endpoint ?? settings.region} is closed`);
+    }
+    return client;
+  };
   return {
-    client,
     settings,
+    client() {
+      if (destroyed) return Promise.reject(new RoboflowError('ERR_CLOSED', `the S3 client for ${settings.endpoint ?? settings.region} is closed`));
+      built ??= build();
+      return built;
+    },
     destroy() {
       if (destroyed) return;
       destroyed = true;
-      client.destroy();
-      httpAgent.destroy();
-      httpsAgent.destroy();
+      void built?.then(
+        (client) => {
+          client.destroy();
+          destroyTransport?.();
+        },
+        () => undefined,
+      );
     },
   };
 }
@@ -373,7 +431,7 @@ export function checksumsFromHead(out: HeadObjectCommandOutput, kind: 's3' | 'os
 }
 
 export interface S3SourceDeps {
-  readonly client: S3Client;
+  readonly client: () => Promise<S3Client>;
   readonly headersTimeoutMs?: number;
   /** Called once, by the first `close()`. */
   readonly onClose?: () => Promise<void>;
@@ -401,8 +459,9 @@ export class S3Source implements ObjectSource {
   }
 
   async stat(opts: { signal?: AbortSignal } = {}): Promise<ObjectStat> {
-    const out = await this.call('HEAD', opts.signal, (abortSignal) =>
-      this.deps.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key, ChecksumMode: 'ENABLED' }), {
+    const { HeadObjectCommand } = await loadSdk();
+    const out = await this.call('HEAD', opts.signal, async (abortSignal) =>
+      (await this.deps.client()).send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key, ChecksumMode: 'ENABLED' }), {
         abortSignal,
       }),
     );
@@ -422,8 +481,9 @@ export class S3Source implements ObjectSource {
 
   async read(range: ByteRange, opts: ReadOptions = {}): Promise<RangeBody> {
     checkRange(range, this.url);
-    const out = await this.call('GET', opts.signal, (abortSignal) =>
-      this.deps.client.send(
+    const { GetObjectCommand } = await loadSdk();
+    const out = await this.call('GET', opts.signal, async (abortSignal) =>
+      (await this.deps.client()).send(
         new GetObjectCommand({
           Bucket: this.bucket,
           Key: this.key,

@@ -147,7 +147,7 @@ async function uploadToBucket(
   const body = readAll(file);
   try {
     const upload = new Upload({
-      client: lease.value.client,
+      client: await lease.value.client(),
       params: {
         Bucket: bucket,
         Key: key,

@@ -1,0 +1,110 @@
+/**
+ * An AWS SDK v3 request handler that sends over undici instead of `node:http`.
+ *
+ * The SDK still does everything S3-specific — endpoints, virtual-hosted or path-style addressing,
+ * SigV4, region redirects, error parsing — and hands this handler a signed request. Only the
+ * transport changes: a pool per origin, like the HTTP source's, so a ranged GET's body arrives
+ * through undici's stream, which costs less CPU per byte than `NodeHttpHandler`'s
+ * (measured in BENCHMARKS.md). Reads only: request bodies are refused, uploads keep the SDK's
+ * own handler with its `Expect: 100-continue` and checksum handling.
+ */
+
+import type { LookupFunction } from 'node:net';
+import { buildQueryString, HttpResponse, type HttpHandler, type HttpRequest } from '@smithy/core/protocols';
+import type { HttpHandlerOptions } from '@smithy/types';
+import { Pool } from 'undici';
+import { RoboflowError } from '../errors.js';
+
+export interface UndiciHandlerOptions {
+  /** Connections per origin. */
+  readonly connections: number;
+  /** Time allowed for the response headers; the body is watched by the downloader's stall timer. */
+  readonly headersTimeoutMs: number;
+  /** The security policy's resolver, so a connection reaches only an address it allowed. */
+  readonly lookup?: LookupFunction;
+  /** Certificates to trust (Node's roots plus `AWS_CA_BUNDLE`); undefined = Node's roots. */
+  readonly ca?: readonly string[];
+}
+
+type HandlerState = 'open' | 'destroyed';
+
+export class UndiciHttpHandler implements HttpHandler<Record<string, never>> {
+  readonly metadata = { handlerProtocol: 'http/1.1' };
+  private readonly opts: UndiciHandlerOptions;
+  private readonly pools = new Map<string, Pool>();
+  private state: HandlerState = 'open';
+
+  constructor(opts: UndiciHandlerOptions) {
+    this.opts = opts;
+  }
+
+  async handle(request: HttpRequest, options: HttpHandlerOptions = {}): Promise<{ response: HttpResponse }> {
+    if (this.state === 'destroyed') throw new RoboflowError('ERR_CLOSED', 'the S3 client is closed');
+    if (request.body !== undefined && request.body !== null && request.body !== '') {
+      // A programming error, not a user's: this handler is only given to clients that read.
+      throw new RoboflowError('ERR_CONFIG', `${request.method} with a body is not sent by the reading S3 client`);
+    }
+    const port = request.port !== undefined ? `:${request.port}` : '';
+    const origin = `${request.protocol}//${request.hostname}${port}`;
+    const query = request.query ? buildQueryString(request.query) : '';
+    const signal = options.abortSignal as AbortSignal | undefined;
+    const res = await this.pool(origin).request({
+      method: request.method as 'GET' | 'HEAD',
+      path: query === '' ? request.path : `${request.path}?${query}`,
+      headers: request.headers,
+      ...(signal !== undefined ? { signal } : {}),
+    });
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(res.headers)) {
+      if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(', ') : value;
+    }
+    return { response: new HttpResponse({ statusCode: res.statusCode, headers, body: res.body }) };
+  }
+
+  updateHttpClientConfig(): void {
+    // Nothing is configurable after construction; the SDK calls this only when asked to.
+  }
+
+  httpHandlerConfigs(): Record<string, never> {
+    return {};
+  }
+
+  /** Drops every connection at once (the SDK's `destroy()` is synchronous). Idempotent. */
+  destroy(): void {
+    switch (this.state) {
+      case 'open': {
+        this.state = 'destroyed';
+        for (const pool of this.pools.values()) {
+          pool.destroy().catch(() => undefined);
+        }
+        this.pools.clear();
+        return;
+      }
+      case 'destroyed':
+        return;
+      default: {
+        const _exhaustive: never = this.state;
+        return _exhaustive;
+      }
+    }
+  }
+
+  private pool(origin: string): Pool {
+    let pool = this.pools.get(origin);
+    if (pool === undefined) {
+      const { lookup, ca } = this.opts;
+      pool = new Pool(origin, {
+        connections: this.opts.connections,
+        headersTimeout: this.opts.headersTimeoutMs,
+        // The downloader aborts a range that stops receiving bytes and retries it; an undici body
+        // timeout would race that with a different error.
+        bodyTimeout: 0,
+        ...(lookup !== undefined || ca !== undefined
+          ? { connect: { ...(lookup !== undefined ? { lookup } : {}), ...(ca !== undefined ? { ca: [...ca] } : {}) } }
+          : {}),
+      });
+      this.pools.set(origin, pool);
+    }
+    return pool;
+  }
+}
