@@ -104,6 +104,18 @@ describe('goals', () => {
     const r = bench({ download: { conditions: [condition('capped', [run('roboflow', 370, 2, 80), run('curl', 24, 1, 10)])] } });
     expect(evaluateGoals(picked(r))[0]!.met).toBe(false);
   });
+  it('capped: holds --no-checksum against a peer that verifies nothing, and the verifying default against 90 % of 16 × cap', () => {
+    const r = bench({
+      download: { conditions: [condition('capped', [run('roboflow', 300, 5, 80), run('roboflow-no-checksum', 385, 3, 80), run('curl', 24, 1, 10)])] },
+    });
+    const [likeForLike, ninety] = evaluateGoals(picked(r));
+    expect(likeForLike!.description).toContain('roboflow-no-checksum');
+    expect(likeForLike!.measured).toBe('385 MB/s');
+    expect(likeForLike!.met).toBe(true);
+    expect(ninety!.target).toBe('≥ 360 MB/s');
+    expect(ninety!.measured).toBe('300 MB/s');
+    expect(ninety!.met).toBe(false);
+  });
   it('uncapped: needs the best peer’s throughput at no more of its CPU per GB', () => {
     const faster = bench({ download: { conditions: [condition('uncapped', [run('roboflow', 800, 1.2, 80), run('curl', 640, 1.0, 10)])] } });
     const g = evaluateGoals(picked(faster))[1]!;

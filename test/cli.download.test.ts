@@ -45,8 +45,8 @@ interface Run {
   readonly stderr: string;
 }
 
-function start(args: readonly string[], script = MAIN): { child: ChildProcess; done: Promise<Run> } {
-  const child = spawn(process.execPath, [script, ...args], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+function start(args: readonly string[], script = MAIN, env?: NodeJS.ProcessEnv): { child: ChildProcess; done: Promise<Run> } {
+  const child = spawn(process.execPath, [script, ...args], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env: { ...process.env, ...env } } : {}) });
   children.add(child);
   let stdout = '';
   let stderr = '';
@@ -61,8 +61,8 @@ function start(args: readonly string[], script = MAIN): { child: ChildProcess; d
   return { child, done };
 }
 
-function run(args: readonly string[], script?: string): Promise<Run> {
-  return start(args, script).done;
+function run(args: readonly string[], script?: string, env?: NodeJS.ProcessEnv): Promise<Run> {
+  return start(args, script, env).done;
 }
 
 async function sha256File(file: string): Promise<string> {
@@ -102,6 +102,22 @@ describe('roboflow download', () => {
     expect(await sha256File(path.join(dir, 'out/small.bin'))).toBe(await server.objectSha256(BUCKET, 'small.bin'));
     // --chunk-size 1MiB was used: four ranges.
     expect(server.requests.filter((r) => r.method === 'GET').length).toBe(4);
+  });
+
+  it('verifies the MD5 ETag of an s3:// object, and only its size with --no-checksum', async () => {
+    server.putObject(BUCKET, 'md5.bin', { generated: { size: 2 * MiB + 3, seed: 5 } });
+    const env = { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'test-secret', AWS_REGION: 'us-east-1' };
+    const s3 = `s3://${BUCKET}/md5.bin`;
+    const common = ['--endpoint', server.endpoint, '--json', '--chunk-size', '1MiB'];
+    const verified = await run(['download', s3, 'a.bin', ...common], undefined, env);
+    expect(verified.stderr).toBe('');
+    expect(JSON.parse(verified.stdout)).toMatchObject({ verified: ['size', 'md5'] });
+    const sizeOnly = await run(['download', s3, 'b.bin', ...common, '--no-checksum'], undefined, env);
+    expect(sizeOnly.stderr).toBe('');
+    expect(JSON.parse(sizeOnly.stdout)).toMatchObject({ verified: ['size'] });
+    const want = await server.objectSha256(BUCKET, 'md5.bin');
+    expect(await sha256File(path.join(dir, 'a.bin'))).toBe(want);
+    expect(await sha256File(path.join(dir, 'b.bin'))).toBe(want);
   });
 
   it('names the file after the object when dest is a directory, and is quiet without a terminal', async () => {

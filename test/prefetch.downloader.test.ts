@@ -326,6 +326,21 @@ describe('integrity', () => {
     }
   });
 
+  it('skips the store\'s MD5 when told to, but still checks a checksum the caller gives', async () => {
+    put('etag.bin', 3 * CHUNK + 1);
+    const url = server.s3Url(BUCKET, 'etag.bin');
+    const plain = await downloader().download(url, path.join(dir, 'plain.bin'), { verifySourceChecksums: false });
+    expect(plain.verified).toEqual(['size']);
+    const wrong = await caught(
+      downloader().download(url, path.join(dir, 'wrong.bin'), {
+        verifySourceChecksums: false,
+        expectedChecksum: { algorithm: 'sha256', hex: '11'.repeat(32) },
+      }),
+    );
+    expect(wrong.code).toBe('ERR_CHECKSUM_MISMATCH');
+    expect(await exists(path.join(dir, 'wrong.bin'))).toBe(false);
+  });
+
   it('fails with ERR_SIZE_MISMATCH when the caller expects another size', async () => {
     put('sized.bin', 3 * CHUNK);
     const dest = path.join(dir, 'sized.bin');

@@ -200,6 +200,30 @@ describe('generatedContent', () => {
   });
 });
 
+describe('ObjectServer generated-content cache', () => {
+  it('serves the same bytes from a cache smaller than the object, ranges across blocks included', async () => {
+    const MiB = 2 ** 20;
+    const size = 5 * MiB + 123;
+    const server = await ObjectServer.start({ generatedCacheBytes: 2 * MiB });
+    try {
+      server.putObject('b', 'g.bin', { generated: { size, seed: 9 } });
+      await server.preloadGenerated('b', 'g.bin');
+      const whole = generatedContent(9, 0, size);
+      // Inside one block, across a block boundary, the unaligned tail, and a block read again
+      // after the cache had to drop it.
+      for (const [start, end] of [[10, 1000], [MiB - 5, MiB + 5], [5 * MiB, size], [0, 3 * MiB], [100, 200_000], [4 * MiB + 7, 5 * MiB]] as const) {
+        const r = await raw(server.httpUrl('b', 'g.bin'), { headers: { range: `bytes=${start}-${end - 1}` } });
+        expect(r.status).toBe(206);
+        expect(r.body.equals(whole.subarray(start, end)), `bytes ${start}-${end - 1}`).toBe(true);
+      }
+      const all = await raw(server.httpUrl('b', 'g.bin'));
+      expect(createHash('sha256').update(all.body).digest('hex')).toBe(await generatedSha256(size, 9));
+    } finally {
+      await server.close();
+    }
+  });
+});
+
 describe('ObjectServer', () => {
   let server: ObjectServer;
   let tmp: string | undefined;

@@ -4,11 +4,12 @@
  * budget (event loop) with the client they measure:
  *
  *   node dist/testing/object-server-main.js [--host H] [--port P] [--rate BYTES] [--latency MS]
- *     [--max-concurrent N] [--access-key ID --secret-key SECRET]
+ *     [--max-concurrent N] [--cache BYTES] [--access-key ID --secret-key SECRET]
  *     [--object bucket/key=generated:SIZE:SEED] [--object bucket/key=file:PATH] ...
  *
  * Prints one JSON line `{"endpoint": "...", "objects": [...]}` on stdout once listening, then
- * serves until SIGTERM or SIGINT. Sizes accept the suffixes k, M, G (powers of 1024).
+ * serves until SIGTERM or SIGINT. Sizes accept the suffixes k, M, G (powers of 1024). `--cache`
+ * keeps that much generated content in memory, so serving it again costs no computation.
  */
 
 import { RoboflowError } from '../errors.js';
@@ -78,6 +79,9 @@ function parseArgs(argv: readonly string[]): { opts: ObjectServerOptions; object
       case '--max-concurrent':
         opts.maxConcurrentRequests = num();
         break;
+      case '--cache':
+        opts.generatedCacheBytes = parseSize(flag, value());
+        break;
       case '--access-key':
         accessKeyId = value();
         break;
@@ -90,7 +94,7 @@ function parseArgs(argv: readonly string[]): { opts: ObjectServerOptions; object
       case '--help':
       case '-h':
         process.stdout.write(
-          'usage: object-server-main [--host H] [--port P] [--rate BYTES] [--latency MS] [--max-concurrent N]\n' +
+          'usage: object-server-main [--host H] [--port P] [--rate BYTES] [--latency MS] [--max-concurrent N] [--cache BYTES]\n' +
             '                          [--access-key ID --secret-key SECRET] [--object bucket/key=generated:SIZE:SEED | bucket/key=file:PATH]...\n',
         );
         process.exit(0);
@@ -115,6 +119,7 @@ async function main(): Promise<void> {
     // The ETag (MD5) of a big generated object takes seconds; pay it before announcing the
     // endpoint so a benchmark's first request does not.
     const etag = await server.objectEtag(o.bucket, o.key);
+    await server.preloadGenerated(o.bucket, o.key);
     listed.push({ bucket: o.bucket, key: o.key, size, etag, url: server.httpUrl(o.bucket, o.key), s3Url: server.s3Url(o.bucket, o.key) });
   }
   process.stdout.write(`${JSON.stringify({ endpoint: server.endpoint, objects: listed })}\n`);
