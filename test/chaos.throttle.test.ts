@@ -26,6 +26,7 @@ describe('chaos: throttle (short form)', () => {
   // store allows before it may be lowered again.
   it('does not raise the limit again while it still ignores throttles after a decrease', () => {
     const limiter = new ConcurrencyLimiter({ max: 16, decreaseIntervalMs: 60_000 });
+    for (let i = 0; i < 8; i++) limiter.noteServing(1);
     limiter.onThrottle();
     expect(limiter.limit).toBe(8);
     for (let i = 0; i < 40; i++) limiter.onSuccess();

@@ -25,20 +25,50 @@ describe('ConcurrencyLimiter', () => {
     expect(l.active).toBe(0);
   });
 
-  it('halves on throttling, at most once per interval, never below min', () => {
+  it('lowers on throttling, at most once per interval, never below min', () => {
     const l = new ConcurrencyLimiter({ max: 16, min: 3, decreaseIntervalMs: 60_000 });
     l.onThrottle();
-    expect(l.limit).toBe(8);
+    expect(l.limit).toBe(4);
     l.onThrottle(); // the same burst of 503s
-    expect(l.limit).toBe(8);
+    expect(l.limit).toBe(4);
     const fast = new ConcurrencyLimiter({ max: 16, min: 3, decreaseIntervalMs: 0 });
     for (let i = 0; i < 10; i++) fast.onThrottle();
     expect(fast.limit).toBe(3);
   });
 
+  it('lowers the limit to the most requests the store served at once, by a tenth to three quarters', () => {
+    const l = new ConcurrencyLimiter({ max: 16, decreaseIntervalMs: 0 });
+    expect(l.throttled).toBe(false);
+    // A store that serves K = 4 at once: four bodies streamed, then one ended (a range boundary)
+    // just before the 503 came.
+    for (let i = 0; i < 4; i++) l.noteServing(1);
+    l.noteServing(-1);
+    l.onThrottle();
+    expect(l.limit).toBe(4); // found K, though 3 were streaming at that instant
+    expect(l.throttled).toBe(true);
+    for (let i = 0; i < 5; i++) l.onSuccess(); // about one round of K successes
+    expect(l.limit).toBe(5); // probes K + 1...
+    l.noteServing(1);
+    l.onThrottle();
+    expect(l.limit).toBe(4); // ...and goes back to K, not to K / 2
+    // A store that served all we sent and still throttles (a request-rate limit): down a tenth.
+    const r = new ConcurrencyLimiter({ max: 20, decreaseIntervalMs: 0 });
+    for (let i = 0; i < 20; i++) r.noteServing(1);
+    r.onThrottle();
+    expect(r.limit).toBe(18);
+    expect(r.serving).toBe(20);
+    for (let i = 0; i < 25; i++) r.noteServing(-1);
+    expect(r.serving).toBe(0); // never negative
+    // A storm that lets nothing through: a quarter at a time.
+    const storm = new ConcurrencyLimiter({ max: 16, decreaseIntervalMs: 0 });
+    storm.onThrottle();
+    expect(storm.limit).toBe(4);
+    storm.onThrottle();
+    expect(storm.limit).toBe(1);
+  });
+
   it('grows back by about one per round of successes, up to max', () => {
     const l = new ConcurrencyLimiter({ max: 8, decreaseIntervalMs: 0 });
-    l.onThrottle();
     l.onThrottle();
     expect(l.limit).toBe(2);
     const limits: number[] = [];
@@ -60,7 +90,9 @@ describe('ConcurrencyLimiter', () => {
   it('a lowered limit holds back new permits until enough are released', async () => {
     const l = new ConcurrencyLimiter({ max: 4, decreaseIntervalMs: 0 });
     const held: Release[] = await Promise.all([l.acquire(), l.acquire(), l.acquire(), l.acquire()]);
-    l.onThrottle(); // limit 2 with 4 held
+    l.noteServing(1);
+    l.noteServing(1);
+    l.onThrottle(); // the store served 2: limit 2 with 4 held
     expect(l.shouldYield).toBe(true);
     let granted = false;
     const next = l.acquire().then((r) => ((granted = true), r));

@@ -474,6 +474,47 @@ describe('resume', () => {
     expect(gets('trust.bin').map((r) => r.range!.start).sort((a, b) => a - b)).toEqual([2, 3, 4, 5].map((i) => i * CHUNK));
   });
 
+  it('continues a chunk after its durable prefix, and only after it', async () => {
+    const size = 6 * CHUNK;
+    put('prefix.bin', size);
+    const url = server.httpUrl(BUCKET, 'prefix.bin');
+    const dest = path.join(dir, 'prefix.bin');
+    const { temp, state } = partialPaths(dest);
+    const bytes = server.objectBytes(BUCKET, 'prefix.bin');
+    // Chunk 0 whole, 1000 bytes of chunk 2, 1 byte of chunk 5; garbage after each prefix.
+    const file = Buffer.alloc(size, 0xee);
+    bytes.copy(file, 0, 0, CHUNK);
+    bytes.copy(file, 2 * CHUNK, 2 * CHUNK, 2 * CHUNK + 1000);
+    bytes.copy(file, 5 * CHUNK, 5 * CHUNK, 5 * CHUNK + 1);
+    await writeFile(temp, file);
+    const done = new ChunkSet(6);
+    done.add(0);
+    const etag = await server.objectEtag(BUCKET, 'prefix.bin');
+    await writeResumeState(state, {
+      version: 1,
+      url,
+      size,
+      chunkSize: CHUNK,
+      etag,
+      completed: done,
+      partial: new Map([
+        [2, 1000],
+        [5, 1],
+      ]),
+    });
+    const result = await downloader().download(url, dest);
+    expect(result.resumedBytes).toBe(CHUNK + 1001);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'prefix.bin'));
+    expect(gets('prefix.bin').map((r) => r.range!.start).sort((a, b) => a - b)).toEqual([
+      CHUNK,
+      2 * CHUNK + 1000,
+      3 * CHUNK,
+      4 * CHUNK,
+      5 * CHUNK + 1,
+    ]);
+    expect(server.bytesServed(BUCKET, 'prefix.bin')).toBe(size - CHUNK - 1001);
+  });
+
   it('removePartial deletes both files', async () => {
     const dest = path.join(dir, 'x.bin');
     await writeFile(partialPaths(dest).temp, 'a');

@@ -31,6 +31,11 @@ function sample(): ResumeState {
     etag: '"abc"',
     lastModified: '2024-01-02T03:04:05.000Z',
     completed,
+    // Chunk 12 is the 4-byte tail (100 = 12 × 8 + 4); 3 and 5 were being fetched.
+    partial: new Map([
+      [3, 5],
+      [5, 1],
+    ]),
   };
 }
 
@@ -40,16 +45,31 @@ describe('resume state', () => {
     await writeResumeState(file, sample());
     const back = await readResumeState(file);
     expect(back).toBeDefined();
-    expect({ ...back!, completed: [...back!.completed] }).toEqual({ ...sample(), completed: [0, 1, 2, 7, 12] });
+    expect({ ...back!, completed: [...back!.completed], partial: [...back!.partial!] }).toEqual({
+      ...sample(),
+      completed: [0, 1, 2, 7, 12],
+      partial: [
+        [3, 5],
+        [5, 1],
+      ],
+    });
     // Atomic write leaves no temp sibling behind.
     await expect(readFile(`${file}.tmp`)).rejects.toThrow();
     expect(stateMatches(back!, { url: sample().url, size: 100, chunkSize: 8, etag: '"abc"' })).toBe(true);
   });
 
+  it('reads a file without durable prefixes (as older versions wrote it) as having none', async () => {
+    const file = path.join(dir, 'old.json');
+    await writeResumeState(file, { ...sample(), partial: new Map() });
+    expect(await readFile(file, 'utf8')).not.toContain('partial');
+    expect((await readResumeState(file))!.partial!.size).toBe(0);
+  });
+
   it('overwrites an earlier state', async () => {
     const file = path.join(dir, 's.json');
     await writeResumeState(file, sample());
-    const more = sample();
+    // Chunk 5, in progress before, is complete now.
+    const more = { ...sample(), partial: new Map([[3, 6]]) };
     more.completed.add(5);
     await writeResumeState(file, more);
     expect([...(await readResumeState(file))!.completed]).toEqual([0, 1, 2, 5, 7, 12]);
@@ -70,6 +90,14 @@ describe('resume state', () => {
       JSON.stringify({ ...JSON.parse(good), completed: 42 }),
       // A bitmap for 13 chunks does not fit 1000 bytes in chunks of 8.
       JSON.stringify({ ...JSON.parse(good), size: 1000 }),
+      // Durable prefixes that cannot be: of a completed chunk, a whole chunk or more, past the
+      // last chunk, beyond the 4-byte tail chunk, listed twice, empty.
+      JSON.stringify({ ...JSON.parse(good), partial: [[7, 3]] }),
+      JSON.stringify({ ...JSON.parse(good), partial: [[3, 8]] }),
+      JSON.stringify({ ...JSON.parse(good), partial: [[13, 1]] }),
+      JSON.stringify({ ...JSON.parse(good), completed: new ChunkSet(13).toBase64(), partial: [[12, 4]] }),
+      JSON.stringify({ ...JSON.parse(good), partial: [[3, 1], [3, 2]] }),
+      JSON.stringify({ ...JSON.parse(good), partial: [[3, 0]] }),
       '[]',
       'null',
     ];

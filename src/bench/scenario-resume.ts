@@ -132,7 +132,7 @@ async function runTrial(
     }
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     const state = await readResumeState(stateFile);
-    const durableAfter = state ? bytesIn(state.completed, state.size, state.chunkSize) : 0;
+    const durableAfter = state ? bytesIn(state.completed, state.size, state.chunkSize) + [...(state.partial?.values() ?? [])].reduce((a, b) => a + b, 0) : 0;
     attempts.push({ sentBytes: served() - before, durableBefore: durable, durableAfter });
     durable = durableAfter;
   }

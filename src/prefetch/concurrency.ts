@@ -1,9 +1,16 @@
 /**
  * Adaptive limit on range transfers in flight, AIMD as in TCP congestion control: a store that
- * answers "slow down" (`ERR_THROTTLED`: 429, 503 SlowDown) halves the limit, each range that
+ * answers "slow down" (`ERR_THROTTLED`: 429, 503 SlowDown) lowers the limit, each range that
  * completes raises it by `1 / limit`, so the limit grows by about one per round of ranges back
  * to `max`. One limiter may be shared by every download of a worker, so the store sees one
  * well-behaved client rather than several that each back off on their own.
+ *
+ * How far a throttle lowers the limit: to the most of our requests the store served at once since
+ * the last decrease (bodies streaming), which is what it showed it can take — but by at least a
+ * tenth and at most three quarters. A store that caps concurrent requests at K is thus found in one or two
+ * steps and then probed at K + 1 and set back to K, instead of being halved to K / 2 each time,
+ * which would leave a quarter of its capacity unused on average; a store that throttles for
+ * another reason (request rate, a partition splitting) still sees the limit fall geometrically.
  *
  * A permit is one range transfer (a lane holds it while its body streams). Waiters are served
  * first come, first served.
@@ -25,6 +32,11 @@ export interface ConcurrencyLimiterOptions {
   readonly decreaseIntervalMs?: number;
 }
 
+/** A throttle lowers the limit by at least a tenth... */
+const MAX_DECREASE_FACTOR = 0.9;
+/** ...and by at most three quarters (a storm that lets nothing through: 16 → 4 → 1). */
+const MIN_DECREASE_FACTOR = 0.25;
+
 /** Gives the permit back. Calling it more than once has no effect. */
 export type Release = () => void;
 
@@ -41,6 +53,9 @@ export class ConcurrencyLimiter {
   private readonly decreaseIntervalMs: number;
   private current: number;
   private inFlight = 0;
+  private bodies = 0;
+  /** Most bodies streaming at once since the last decrease: what the store showed it serves. */
+  private peakBodies = 0;
   private lastDecrease = -Infinity;
   private readonly waiters: Waiter[] = [];
 
@@ -63,6 +78,30 @@ export class ConcurrencyLimiter {
   /** Permits held now. */
   get active(): number {
     return this.inFlight;
+  }
+
+  /** Permit holders whose response body is streaming (the store accepted their request). */
+  get serving(): number {
+    return this.bodies;
+  }
+
+  /** Whether the limit can move at all (`min` < `max`); a fixed limit is just a semaphore. */
+  get adaptive(): boolean {
+    return this.min < this.max;
+  }
+
+  /** The limit is below `max`: the store throttled and the limit has not grown back yet. */
+  get throttled(): boolean {
+    return this.current < this.max;
+  }
+
+  /**
+   * A permit holder's response came (`+1`) or its body ended (`-1`): the count tells a throttle
+   * how many requests the store was serving. Returns nothing; callers pair the two.
+   */
+  noteServing(delta: 1 | -1): void {
+    this.bodies = Math.max(0, this.bodies + delta);
+    this.peakBodies = Math.max(this.peakBodies, this.bodies);
   }
 
   /** Callers waiting for a permit. */
@@ -96,12 +135,20 @@ export class ConcurrencyLimiter {
     });
   }
 
-  /** The store asked us to slow down: halve the limit (once per `decreaseIntervalMs`). */
+  /**
+   * The store asked us to slow down: lower the limit to the requests it was serving, between a
+   * tenth and a half lower (see above); once per `decreaseIntervalMs`.
+   */
   onThrottle(): void {
     const now = performance.now();
     if (now - this.lastDecrease < this.decreaseIntervalMs) return;
     this.lastDecrease = now;
-    this.setLimit(Math.max(this.min, this.current / 2));
+    // The peak since the last decrease, not the count right now: at a range boundary the store
+    // may still count a response whose last byte we have read, so the instant count is often
+    // one or two short of what the store serves.
+    const target = Math.min(this.current * MAX_DECREASE_FACTOR, Math.max(this.peakBodies, this.current * MIN_DECREASE_FACTOR));
+    this.peakBodies = this.bodies;
+    this.setLimit(Math.max(this.min, target));
   }
 
   /** A range completed: additive increase, about +1 per `limit` completions. */

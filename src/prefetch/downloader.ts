@@ -33,10 +33,13 @@
  *    the next look-ahead earlier each round). Only `connections` bodies are read at a time; a
  *    response that arrives early waits in its socket. Each lane may thus hold two sockets, so
  *    the connection pool needs 2 × `connections`.
- * 5. **durability.** A chunk counts as done in the state file only after an `fdatasync` of the
- *    temp file that covers it. Completed chunks are batched: one `fdatasync` plus one atomic state
- *    write covers every chunk completed since the previous one, at most every 250 ms, earlier when
- *    `connections` chunks are waiting, and always at the end and on failure or abort.
+ * 5. **durability.** Bytes count as fetched in the state file only after an `fdatasync` of the
+ *    temp file that covers them: whole chunks, and for chunks being fetched the prefix written so
+ *    far, so a resumed run continues a chunk where the durable bytes end. One `fdatasync` plus one
+ *    atomic state write covers everything written since the previous one; it runs at most every
+ *    250 ms, at once when `connections` × `chunkSize` / 8 bytes wait for it, and always at the end
+ *    and on failure or abort. At `connections` × `chunkSize` / 4 waiting bytes, lanes stop writing
+ *    until it is done.
  * 6. **verification.** MD5, SHA-1, SHA-256, CRC32 and CRC32C (from the stat and from
  *    `expectedChecksum`) are computed in byte order by an `InOrderHasher` (`verify.ts`) that reads
  *    the contiguous completed prefix back from the page cache while the download continues, so it
@@ -67,11 +70,12 @@
  * - After a failure the temp and state files are kept for resuming (`keepPartial`, default true),
  *   except after a checksum or size mismatch or a repeated source change, whose bytes are worthless.
  *
- * Crash bound: after SIGKILL or a power cut, a resumed download re-fetches at most the chunks that
- * were in flight (fewer than `connections` × `chunkSize` bytes) plus the chunks completed since
- * the last state write (those of at most the last 250 ms; a lane starts no new chunk while
- * `connections` finished chunks wait for a state write, so fewer than 2 × `connections` ×
- * `chunkSize` bytes in all).
+ * Crash bound: after SIGKILL or a power cut, a resumed download fetches again only what was not
+ * recorded: fewer than `connections` × `chunkSize` / 4 written bytes (see durability), plus what
+ * lanes held in memory (an eighth of a chunk each, at most 1 MiB) and what the sockets had
+ * received but not yet handed over (on loopback at full speed a few MiB per connection, which
+ * the kernel buffers and Node does not let us bound). Asserted from the server's request log in the CLI tests;
+ * measured per kill in BENCHMARKS.md.
  */
 
 import { type FileHandle, open, rename, rm, stat as statPath, statfs } from 'node:fs/promises';
@@ -168,6 +172,14 @@ export async function removePartial(dest: string): Promise<void> {
 const STATE_FLUSH_INTERVAL_MS = 250;
 /** An attempt that wrote this fraction of its chunk restores the chunk's attempt count. */
 const PROGRESS_RESETS_ATTEMPTS_FRACTION = 1 / 8;
+/**
+ * Pause of a lane whose request a throttling store turned away while the adaptive limit can still
+ * go down (plus up to `retry.baseDelayMs` of jitter). Long enough that lanes do not bounce off a
+ * store that is full for a moment (a range just ended, its slot not yet free), short enough that
+ * the store does not sit idle while lanes sleep. Measured on the chaos throttle (K = 4): 100 ms
+ * gave 813 503s, 250 ms 418, 500 ms 241 but took 16 % longer.
+ */
+const PACED_THROTTLE_PAUSE_MS = 250;
 /** Look-ahead sends the next request this many first-byte latencies before the body ends. */
 const LOOKAHEAD_LATENCIES = 2;
 /**
@@ -176,6 +188,8 @@ const LOOKAHEAD_LATENCIES = 2;
  * (0.5 vs 1.0 CPU-s per 256 MiB measured), and bounds memory at this much per lane.
  */
 const WRITE_BATCH_BYTES = 1024 * 1024;
+/** Smallest write batch, for small chunks (the batch is at most an eighth of a chunk). */
+const MIN_WRITE_BATCH_BYTES = 64 * 1024;
 /** Window over which a lane measures its rate for the look-ahead decision. */
 const RATE_WINDOW_LANE_MS = 100;
 /** Window of the rate reported in progress. */
@@ -473,8 +487,9 @@ class Download {
       ...(st.etag !== undefined ? { etag: st.etag } : {}),
       ...(st.lastModified !== undefined ? { lastModified: st.lastModified.toISOString() } : {}),
     };
-    const completed = await this.loadResumable(identity);
-    const resumedBytes = bytesIn(completed, st.size, chunkSize);
+    const { completed, partial } = await this.loadResumable(identity);
+    let resumedBytes = bytesIn(completed, st.size, chunkSize);
+    for (const bytes of partial.values()) resumedBytes += bytes;
     this.totalBytes = st.size;
     this.progressBytes = resumedBytes;
     this.rateSamples.length = 0;
@@ -488,7 +503,7 @@ class Download {
       verifiedChecksums = await this.writeEmpty(st, expected);
     } else {
       await this.checkFreeSpace(st.size - resumedBytes);
-      verifiedChecksums = await this.fill(st, identity, completed, expected);
+      verifiedChecksums = await this.fill(st, identity, completed, partial, expected);
     }
     await rename(this.temp, this.dest);
     await fsyncDir(this.dir);
@@ -507,8 +522,11 @@ class Download {
     };
   }
 
-  /** The durable chunks of a matching partial download; deletes a partial that does not match. */
-  private async loadResumable(id: ResumeIdentity): Promise<ChunkSet> {
+  /**
+   * The durable chunks (and durable prefixes of chunks) of a matching partial download; deletes a
+   * partial download that does not match.
+   */
+  private async loadResumable(id: ResumeIdentity): Promise<{ completed: ChunkSet; partial: ReadonlyMap<number, number> }> {
     const n = chunkCount(id.size, id.chunkSize);
     const state = await readResumeState(this.stateFile);
     if (state && stateMatches(state, id)) {
@@ -516,10 +534,10 @@ class Download {
         (s) => (s.isFile() ? s.size : -1),
         () => -1,
       );
-      if (tempSize === id.size) return state.completed.clone();
+      if (tempSize === id.size) return { completed: state.completed.clone(), partial: state.partial ?? new Map() };
     }
     await removePartial(this.dest);
-    return new ChunkSet(n);
+    return { completed: new ChunkSet(n), partial: new Map() };
   }
 
   private async checkFreeSpace(needed: number): Promise<void> {
@@ -550,9 +568,10 @@ class Download {
     st: ObjectStat,
     identity: ResumeIdentity,
     completed: ChunkSet,
+    partial: ReadonlyMap<number, number>,
     expected: readonly Checksum[],
   ): Promise<ChecksumAlgorithm[]> {
-    const fresh = completed.size === 0;
+    const fresh = completed.size === 0 && partial.size === 0;
     let fh: FileHandle;
     try {
       fh = await open(this.temp, fresh ? 'w+' : 'r+');
@@ -560,7 +579,7 @@ class Download {
     } catch (err) {
       throw this.diskError(err);
     }
-    const transfer = new Transfer(this, fh, st, identity, completed, expected);
+    const transfer = new Transfer(this, fh, st, identity, completed, partial, expected);
     let keep = this.opts.keepPartial ?? true;
     try {
       await transfer.run();
@@ -682,7 +701,18 @@ class Transfer {
   private readonly written: ChunkSet;
   /** Chunks durable and recorded in the state file. */
   private readonly durable: ChunkSet;
+  /** Chunks written completely since the last state write. */
   private readonly unrecorded: number[] = [];
+  /** Chunk index → file offset written up to, for chunks being fetched. */
+  private readonly writtenTo = new Map<number, number>();
+  /** Chunk index → file offset durable and recorded up to, for chunks not complete. */
+  private readonly durableTo = new Map<number, number>();
+  /** Bytes per `writev`; small next to a chunk, so the crash bound holds at small chunk sizes. */
+  private readonly batchLimit: number;
+  /** Written-but-unrecorded bytes that start a state write at once. */
+  private readonly flushAtBytes: number;
+  /** Written-but-unrecorded bytes at which lanes stop writing until a state write ends. */
+  private readonly backlogLimitBytes: number;
   private readonly control = new AbortController();
   private failure: RoboflowError | undefined;
   private flushing: Promise<void> | undefined;
@@ -699,11 +729,20 @@ class Transfer {
     private readonly st: ObjectStat,
     private readonly identity: ResumeIdentity,
     completed: ChunkSet,
+    partial: ReadonlyMap<number, number>,
     expected: readonly Checksum[],
   ) {
     this.rangesSupported = st.rangesSupported;
     this.written = completed.clone();
     this.durable = completed.clone();
+    for (const [index, bytes] of partial) this.durableTo.set(index, this.chunk(index).start + bytes);
+    // The crash bound is `connections` × `chunkSize` bytes fetched again. A quarter of it may
+    // wait for a state write and an eighth starts one; the lanes' batches in memory are an eighth
+    // of a chunk each; the rest is left for what sockets hold (on loopback a few MiB each).
+    const bound = d.settingsOf.connections * identity.chunkSize;
+    this.batchLimit = Math.min(WRITE_BATCH_BYTES, Math.max(MIN_WRITE_BATCH_BYTES, Math.floor(identity.chunkSize / 8)));
+    this.flushAtBytes = Math.max(this.batchLimit, Math.floor(bound / 8));
+    this.backlogLimitBytes = Math.max(2 * this.batchLimit, Math.floor(bound / 4));
     this.scheduler = new RangeScheduler(missingRanges(st.size, identity.chunkSize, completed));
     this.limiter = d.settingsOf.limiter ?? new ConcurrencyLimiter({ max: d.settingsOf.connections });
     // Every lane and look-ahead request listens on this signal: up to ~3 listeners per lane.
@@ -725,7 +764,7 @@ class Transfer {
     try {
       // The state file exists from the start, so even a run killed before its first chunk
       // leaves a partial download a later run recognises.
-      if (this.durable.size === 0) await this.flush();
+      if (this.durable.size === 0 && this.durableTo.size === 0) await this.flush();
       const lanes = Math.min(this.d.settingsOf.connections, this.scheduler.remaining);
       await Promise.all(Array.from({ length: lanes }, () => this.lane()));
       if (this.failure) throw this.failure;
@@ -804,9 +843,9 @@ class Transfer {
     const { retry } = this.d.settingsOf;
     const signal = this.control.signal;
     const length = range.end - range.start;
-    let offset = range.start;
+    let offset = first?.from ?? this.resumeFrom(range);
     /** Highest offset already counted in progress, so a restart from byte 0 is not counted twice. */
-    let counted = range.start;
+    let counted = offset;
     let attempts = 0;
     let pending = first;
     for (;;) {
@@ -819,6 +858,8 @@ class Transfer {
             this.d.countBytes(to - counted);
             counted = to;
           }
+          this.writtenTo.set(range.index, Math.max(to, this.writtenTo.get(range.index) ?? 0));
+          this.afterWrite();
         });
         return state.ahead;
       } catch (err) {
@@ -830,7 +871,16 @@ class Transfer {
         if (!e.retryable) throw e;
         offset = this.rangesSupported ? state.offset : range.start;
         if (state.offset - startedAt >= length * PROGRESS_RESETS_ATTEMPTS_FRACTION) attempts = 0;
-        if (e.code === 'ERR_THROTTLED') this.limiter.onThrottle();
+        let paced = false;
+        if (e.code === 'ERR_THROTTLED') {
+          this.limiter.onThrottle();
+          // An adaptive limit paces a throttling store: the lane waits for a permit under the
+          // lowered limit instead of sleeping longer at each 503 (exponential sleeps leave the
+          // store idle while every lane waits out its own), and the 503 uses no attempt until
+          // the limit is at its floor, where the usual backoff and attempt count take over.
+          paced = this.limiter.adaptive && this.limiter.limit > this.limiter.min;
+          if (paced) attempts--;
+        }
         if (attempts >= retry.maxAttempts) {
           throw new RoboflowError(
             'ERR_RETRIES_EXHAUSTED',
@@ -838,7 +888,9 @@ class Transfer {
             { url: this.d.displayUrl, cause: e, ...(e.status !== undefined ? { status: e.status } : {}) },
           );
         }
-        const delayMs = backoffDelay(Math.max(1, attempts), e, retry);
+        // Paced: the store's own hint if it gave one, else a short pause (the permit queue does
+        // the rest); otherwise exponential backoff with the table's floors.
+        const delayMs = paced ? (e.retryAfterMs ?? PACED_THROTTLE_PAUSE_MS + Math.random() * retry.baseDelayMs) : backoffDelay(Math.max(1, attempts), e, retry);
         this.d.countRetry(e.code, attempts, delayMs);
         // Waiting does not need a permit; giving it back lets a lowered limit take effect.
         holder.release?.();
@@ -950,10 +1002,14 @@ class Transfer {
   ): Promise<void> {
     const { stallTimeoutMs, lookahead } = this.d.settingsOf;
     const url = this.d.displayUrl;
+    let serving = false;
     try {
       const o = await pending.outcome;
       if (!o.ok) throw o.err;
       const { body } = o.body;
+      // The store accepted this request: a throttle meanwhile learns how many it was serving.
+      this.limiter.noteServing(1);
+      serving = true;
       if (o.body.range.start !== pending.from || o.body.range.end !== range.end) {
         body.destroy();
         throw new RoboflowError(
@@ -971,7 +1027,7 @@ class Transfer {
           ),
         );
       }, stallTimeoutMs);
-      // Received buffers wait here until WRITE_BATCH_BYTES are together, then go to the file in
+      // Received buffers wait here until `batchLimit` bytes are together, then go to the file in
       // one writev; `state.offset` moves only once they are written.
       const batch: Buffer[] = [];
       let batchBytes = 0;
@@ -998,7 +1054,12 @@ class Transfer {
           batch.push(chunk);
           batchBytes += chunk.length;
           meter.add(chunk.length);
-          if (batchBytes >= WRITE_BATCH_BYTES || received === range.end) {
+          if (batchBytes >= this.batchLimit || received === range.end) {
+            if (this.durabilityBacklogFull()) {
+              // Too much written and not yet recorded: a crash now would fetch it all again.
+              await this.drainDurabilityBacklog();
+              stall.refresh();
+            }
             // Reading waits for the write: backpressure keeps memory at one batch per lane.
             await writeBatch();
             stall.refresh();
@@ -1008,11 +1069,14 @@ class Transfer {
             state.ahead === undefined &&
             this.scheduler.remaining > 0 &&
             !this.limiter.shouldYield &&
+            // A throttling store counts a look-ahead request as one more in flight: none until
+            // the limit has grown back.
+            !this.limiter.throttled &&
             !this.durabilityBacklogFull()
           ) {
             if (shouldRequestAhead(range.end - received, meter.rate, this.latencyMs, LOOKAHEAD_LATENCIES)) {
               const next = this.scheduler.take();
-              if (next) state.ahead = this.request(next, next.start);
+              if (next) state.ahead = this.request(next, this.resumeFrom(next));
             }
           }
         }
@@ -1034,6 +1098,7 @@ class Transfer {
         );
       }
     } finally {
+      if (serving) this.limiter.noteServing(-1);
       pending.done();
     }
   }
@@ -1054,8 +1119,18 @@ class Transfer {
 
   // Completion, durability, hashing ---------------------------------------------------------
 
+  private chunk(index: number): IndexedRange {
+    return chunkRange(index, this.st.size, this.identity.chunkSize);
+  }
+
+  /** Where fetching a chunk starts: after its durable prefix from an earlier run, if any. */
+  private resumeFrom(range: IndexedRange): number {
+    return this.durableTo.get(range.index) ?? range.start;
+  }
+
   private chunkDone(index: number): void {
     this.written.add(index);
+    this.writtenTo.delete(index);
     this.unrecorded.push(index);
     this.advanceHasher();
     this.scheduleFlush();
@@ -1067,17 +1142,37 @@ class Transfer {
     this.hasher.advanceTo(prefix);
   }
 
-  /**
-   * True when `connections` written chunks still wait for an `fdatasync` and a state write.
-   * Their bytes would be fetched again after a crash, so no new chunk starts until a flush has
-   * recorded them: at full speed a flush of hundreds of dirty megabytes takes long enough for
-   * many more chunks to finish, and the crash bound would grow with the throughput.
-   */
-  private durabilityBacklogFull(): boolean {
-    return this.unrecorded.length >= this.d.settingsOf.connections;
+  /** Bytes written to the temp file that no state write records yet: what a crash would cost. */
+  private unrecordedBytes(): number {
+    let n = 0;
+    for (const index of this.unrecorded) {
+      const r = this.chunk(index);
+      n += r.end - (this.durableTo.get(index) ?? r.start);
+    }
+    for (const [index, to] of this.writtenTo) {
+      const from = this.durableTo.get(index) ?? this.chunk(index).start;
+      if (to > from) n += to - from;
+    }
+    return n;
   }
 
-  /** Waits until the durability backlog is below `connections` chunks (see above). */
+  /**
+   * True when `backlogLimitBytes` written bytes still wait for an `fdatasync` and a state write.
+   * They would be fetched again after a crash, so no lane writes more (or starts a chunk) until a
+   * flush has recorded them: at full speed a flush of hundreds of dirty megabytes takes long
+   * enough for much more to arrive, and the crash bound would grow with the throughput.
+   */
+  private durabilityBacklogFull(): boolean {
+    return this.unrecordedBytes() >= this.backlogLimitBytes;
+  }
+
+  /** After each write: a state write at once past `flushAtBytes`, else within the interval. */
+  private afterWrite(): void {
+    if (!this.flushing && this.unrecordedBytes() >= this.flushAtBytes) this.startFlush();
+    else this.scheduleFlush();
+  }
+
+  /** Waits until the durability backlog is below `backlogLimitBytes` (see above). */
   private async drainDurabilityBacklog(): Promise<void> {
     while (this.durabilityBacklogFull() && !this.control.signal.aborted) {
       if (!this.flushing) this.startFlush();
@@ -1088,7 +1183,7 @@ class Transfer {
   private scheduleFlush(): void {
     if (this.flushing || this.flushTimer) return;
     const wait = this.lastFlushAt + STATE_FLUSH_INTERVAL_MS - performance.now();
-    if (wait <= 0 || this.unrecorded.length >= this.d.settingsOf.connections) {
+    if (wait <= 0 || this.unrecordedBytes() >= this.flushAtBytes) {
       this.startFlush();
     } else {
       this.flushTimer = setTimeout(() => {
@@ -1113,13 +1208,24 @@ class Transfer {
       this.flushTimer = undefined;
     }
     // Nothing new since the last write: the state file already says it all.
-    if (this.unrecorded.length === 0 && this.lastFlushAt > 0) return;
+    if (this.unrecordedBytes() === 0 && this.lastFlushAt > 0) return;
     const run = async () => {
       const batch = this.unrecorded.splice(0);
+      // Offsets written so far: the fdatasync below makes them durable.
+      const progress = [...this.writtenTo];
       try {
         await this.fh.datasync();
-        for (const i of batch) this.durable.add(i);
-        await writeResumeState(this.d.paths.state, { ...this.identity, version: 1, completed: this.durable });
+        for (const i of batch) {
+          this.durable.add(i);
+          this.durableTo.delete(i);
+        }
+        for (const [i, to] of progress) {
+          // A chunk written to its end is recorded whole once its lane reports it done.
+          if (this.durable.has(i) || to >= this.chunk(i).end) continue;
+          if (to > (this.durableTo.get(i) ?? this.chunk(i).start)) this.durableTo.set(i, to);
+        }
+        const partial = new Map([...this.durableTo].map(([i, to]) => [i, to - this.chunk(i).start] as const));
+        await writeResumeState(this.d.paths.state, { ...this.identity, version: 1, completed: this.durable, partial });
       } catch (err) {
         this.unrecorded.unshift(...batch);
         throw err;
@@ -1132,7 +1238,7 @@ class Transfer {
     } finally {
       this.flushing = undefined;
     }
-    if (this.unrecorded.length > 0 && !this.control.signal.aborted) this.scheduleFlush();
+    if (this.unrecordedBytes() > 0 && !this.control.signal.aborted) this.scheduleFlush();
   }
 }
 

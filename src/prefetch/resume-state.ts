@@ -1,7 +1,8 @@
 /**
  * The state file of a partial download (`<dest>.roboflow-state.json`): which chunks of the temp
- * file hold durable bytes of which version of which object. The downloader writes it only after
- * an `fdatasync` of the temp file, so every chunk it lists survives a crash or a power loss.
+ * file hold durable bytes of which version of which object, and, for chunks that were being
+ * fetched, how many of their first bytes are durable. The downloader writes it only after an
+ * `fdatasync` of the temp file, so every byte it lists survives a crash or a power loss.
  *
  * It is written atomically (write a sibling temp file, fsync it, rename over the old one), so a
  * reader sees either the old or the new content, never a torn mix. Anything that does not parse,
@@ -33,6 +34,9 @@ async function buildSchema() {
     chunkSize: z.number().int().positive(),
     /** Bitmap of completed chunk indexes, base64 (`ChunkSet.toBase64`). */
     completed: z.string(),
+    /** `[chunk index, durable bytes from the chunk's start]` of chunks not completed. Optional:
+     * a reader that predates it ignores it and re-fetches those chunks whole, which is safe. */
+    partial: z.array(z.tuple([z.number().int().nonnegative(), z.number().int().positive()])).optional(),
   });
 }
 type StateSchema = Awaited<ReturnType<typeof buildSchema>>;
@@ -47,6 +51,9 @@ export interface ResumeState {
   readonly lastModified?: string;
   readonly chunkSize: number;
   readonly completed: ChunkSet;
+  /** Chunk index → bytes from the chunk's start that are durable, for chunks not in `completed`
+   * (each strictly between 0 and the chunk's length). Always present on what is read. */
+  readonly partial?: ReadonlyMap<number, number>;
 }
 
 /** What a state file must describe to be resumed. */
@@ -79,14 +86,23 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
   const parsed = (await stateSchema).safeParse(json);
   if (!parsed.success) return undefined;
   const s = parsed.data;
-  const completed = ChunkSet.fromBase64(s.completed, chunkCount(s.size, s.chunkSize));
+  const count = chunkCount(s.size, s.chunkSize);
+  const completed = ChunkSet.fromBase64(s.completed, count);
   if (!completed) return undefined;
+  const partial = new Map<number, number>();
+  for (const [index, bytes] of s.partial ?? []) {
+    // A prefix of a chunk that is complete, beyond the chunk, or listed twice: not ours.
+    const length = Math.min(s.chunkSize, s.size - index * s.chunkSize);
+    if (index >= count || completed.has(index) || bytes >= length || partial.has(index)) return undefined;
+    partial.set(index, bytes);
+  }
   return {
     version: STATE_VERSION,
     url: s.url,
     size: s.size,
     chunkSize: s.chunkSize,
     completed,
+    partial,
     ...(s.etag !== undefined ? { etag: s.etag } : {}),
     ...(s.lastModified !== undefined ? { lastModified: s.lastModified } : {}),
   };
@@ -117,6 +133,7 @@ export async function writeResumeState(file: string, state: ResumeState): Promis
     size: state.size,
     chunkSize: state.chunkSize,
     completed: state.completed.toBase64(),
+    ...(state.partial !== undefined && state.partial.size > 0 ? { partial: [...state.partial].sort((a, b) => a[0] - b[0]) } : {}),
     ...(state.etag !== undefined ? { etag: state.etag } : {}),
     ...(state.lastModified !== undefined ? { lastModified: state.lastModified } : {}),
   };
