@@ -14,6 +14,9 @@ describe('parseBenchArgs', () => {
     expect(o.conditions).toEqual(['capped', 'uncapped']);
     expect(o.repeat).toBe(3);
     expect(o.reportOnly).toBe(false);
+    // Warm starts unless asked: a pipeline runs its tools again and again.
+    expect(o.dropCaches).toBe(false);
+    expect(parseBenchArgs(['--drop-caches']).dropCaches).toBe(true);
   });
   it('accepts lists, repeated flags and sizes with units', () => {
     const o = parseBenchArgs(['--scenario', 'download,sweep', '--scenario', 'resume', '--size', '512MiB', '--memory-sizes', '1GiB,2GiB', '--repeat', '5']);

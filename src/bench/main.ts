@@ -112,7 +112,7 @@ async function measure(opts: BenchOptions): Promise<void> {
   process.once('SIGTERM', onSignal);
   const notes: string[] = [];
   const loadAtStart = os.loadavg();
-  const dropCaches = await canDropCaches();
+  const dropCaches = opts.dropCaches && (await canDropCaches());
   const ctx: BenchContext = {
     root: ROOT,
     scratch,
@@ -127,7 +127,7 @@ async function measure(opts: BenchOptions): Promise<void> {
       log(`note: ${m}`);
     },
   };
-  if (!dropCaches) ctx.note('The page cache could not be dropped between runs (no write access to /proc/sys/vm/drop_caches); runs were separated by `sync` only.');
+  if (opts.dropCaches && !dropCaches) ctx.note('The page cache could not be dropped between runs (no write access to /proc/sys/vm/drop_caches); runs were separated by `sync` only.');
   if (opts.quick) ctx.note('Quick run: smaller objects and one repetition; for a look while developing, not for conclusions.');
   const scenarios: { -readonly [K in ScenarioName]?: BenchResults['scenarios'][K] } = {};
   let tools: ToolInfo[] = [];

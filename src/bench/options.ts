@@ -30,6 +30,9 @@ and bench/*.svg. Peers are installed only by \`bash bench/setup\`; missing ones 
   --no-profile       skip the extra roboflow download per condition under node --cpu-prof
                      whose summary (where its CPU time went) goes into the report
   --tmp DIR          where downloads are written (default: the OS temp directory)
+  --drop-caches      drop the page cache after every run (root only), so every program
+                     starts cold, read from disk; by default only the output goes (deleting
+                     it drops its pages) and programs start warm, as in a pipeline
   --seed N           seed of the random kill points of the resume scenario (default 1)
   --report-only      measure nothing; regenerate BENCHMARKS.md and plots from bench/results
   -h, --help         this text
@@ -47,6 +50,7 @@ export interface BenchOptions {
   readonly tmp: string;
   readonly seed: number;
   readonly reportOnly: boolean;
+  readonly dropCaches: boolean;
   readonly help: boolean;
 }
 
@@ -70,6 +74,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
       tmp: { type: 'string' },
       seed: { type: 'string' },
       'report-only': { type: 'boolean', default: false },
+      'drop-caches': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -105,6 +110,7 @@ export function parseBenchArgs(argv: readonly string[]): BenchOptions {
     tmp: values.tmp ?? tmpdir(),
     seed,
     reportOnly: values['report-only'] ?? false,
+    dropCaches: values['drop-caches'] ?? false,
     help: values.help ?? false,
   };
 }

@@ -395,7 +395,7 @@ function machineSection(r: BenchResults): string {
         ...(r.revision ? [['Code measured', `commit ${r.revision.commit}${r.revision.dirtyFiles > 0 ? ` plus ${r.revision.dirtyFiles} changed or new files in the working tree` : ''}`]] : []),
         ['Download directory', m.downloadDir],
         ...(r.load ? [['Load average (1, 5, 15 min)', `${r.load.atStart.map((l) => l.toFixed(2)).join(', ')} at the start, ${r.load.atEnd.map((l) => l.toFixed(2)).join(', ')} at the end`]] : []),
-        ['Page cache between runs', m.dropCaches ? '`sync`, then dropped (`echo 1 > /proc/sys/vm/drop_caches`)' : '`sync` only: dropping the cache is not permitted here'],
+        ['Page cache between runs', m.dropCaches ? '`sync`, then dropped (`echo 1 > /proc/sys/vm/drop_caches`): cold starts' : 'output deleted, `sync`; kept otherwise: warm starts'],
         ...(m.md5SecondsPerGB !== undefined ? [['MD5 / SHA-256 in Node, one core', `${fmt(m.md5SecondsPerGB, 2)} / ${fmt(m.sha256SecondsPerGB, 2)} CPU s per GB`]] : []),
       ],
       'll',
@@ -633,7 +633,9 @@ function methodSection(newest: BenchResults): string {
     '- Every tool, roboflow included, runs as a child process under GNU time (`/usr/bin/time -f "%e %U %S %M"`): wall time is taken by the bench around the process (monotonic clock), CPU is user + system, memory is peak RSS.',
     '- The object server (`node dist/testing/object-server-main.js`) runs in its own process, so its work is not charged to any tool; objects are generated from a seed, and their SHA-256 is computed before the runs. Peers get dummy credentials (`AWS_ACCESS_KEY_ID=test`), the server checks no signature.',
     '- Downloads go into a fresh directory on the same file system for every run; after each run the directory is deleted and `sync` flushes the dirty pages' +
-      (newest.machine.dropCaches ? ', then the page cache is dropped.' : '; the page cache cannot be dropped here, so a run may find pages of an earlier one in memory.'),
+      (newest.machine.dropCaches
+        ? ', then the page cache is dropped (`--drop-caches`): every program starts cold, read from disk.'
+        : '. Deleting the output drops its pages; the page cache is kept otherwise, so programs start warm, as they do when a pipeline runs them again and again (`--drop-caches` makes every start cold: Node.js and its modules, ~100 MB, are then read from disk, ~0.4 s more per run).'),
     '- Every configuration runs R times in one bench run and the tables show medians; tools take turns (the order rotates per repetition) so drift over time hits all of them alike. A run whose exit code is not 0 or whose SHA-256 differs is not averaged in.',
     '- MB = 10^6 bytes, GB = 10^9 bytes (as rates are quoted); MiB = 2^20 bytes.',
   ].join('\n');
