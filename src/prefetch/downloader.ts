@@ -77,8 +77,8 @@
  * the kernel buffers and Node does not let us bound). The price: a state write per eighth of the
  * bound. At S3-like rates per connection it does not show; with one connection at loopback
  * speed (300 MB/s and more) an `fdatasync` every 1 MiB halves throughput (measured: 1 × 8 MiB,
- * 1 GiB in 7.5 s against 3.3 s with a state write every 32 MiB) — use more connections there. Asserted from the server's request log in the CLI tests;
- * measured per kill in BENCHMARKS.md.
+ * 1 GiB in 7.5 s against 3.3 s with a state write every 32 MiB) — use more connections there.
+ * Asserted from the server's request log in the CLI tests; measured per kill in BENCHMARKS.md.
  */
 
 import { type FileHandle, open, rename, rm, stat as statPath, statfs } from 'node:fs/promises';
@@ -106,7 +106,6 @@ import type {
 } from '../types.js';
 import { ConcurrencyLimiter, type Release } from './concurrency.js';
 import {
-  bytesIn,
   ChunkSet,
   chunkCount,
   chunkRange,
@@ -116,6 +115,7 @@ import {
   shouldRequestAhead,
 } from './ranges.js';
 import {
+  durableBytes,
   fsyncDir,
   readResumeState,
   removeResumeState,
@@ -491,8 +491,7 @@ class Download {
       ...(st.lastModified !== undefined ? { lastModified: st.lastModified.toISOString() } : {}),
     };
     const { completed, partial } = await this.loadResumable(identity);
-    let resumedBytes = bytesIn(completed, st.size, chunkSize);
-    for (const bytes of partial.values()) resumedBytes += bytes;
+    const resumedBytes = durableBytes({ completed, partial, size: st.size, chunkSize });
     this.totalBytes = st.size;
     this.progressBytes = resumedBytes;
     this.rateSamples.length = 0;
@@ -862,7 +861,7 @@ class Transfer {
             counted = to;
           }
           this.writtenTo.set(range.index, Math.max(to, this.writtenTo.get(range.index) ?? 0));
-          this.afterWrite();
+          this.scheduleFlush();
         });
         return state.ahead;
       } catch (err) {
@@ -1169,12 +1168,6 @@ class Transfer {
     return this.unrecordedBytes() >= this.backlogLimitBytes;
   }
 
-  /** After each write: a state write at once past `flushAtBytes`, else within the interval. */
-  private afterWrite(): void {
-    if (!this.flushing && this.unrecordedBytes() >= this.flushAtBytes) this.startFlush();
-    else this.scheduleFlush();
-  }
-
   /** Waits until the durability backlog is below `backlogLimitBytes` (see above). */
   private async drainDurabilityBacklog(): Promise<void> {
     while (this.durabilityBacklogFull() && !this.control.signal.aborted) {
@@ -1183,12 +1176,14 @@ class Transfer {
     }
   }
 
+  /** A state write at once past `flushAtBytes` (or the interval), else within the interval. */
   private scheduleFlush(): void {
-    if (this.flushing || this.flushTimer) return;
+    if (this.flushing) return;
     const wait = this.lastFlushAt + STATE_FLUSH_INTERVAL_MS - performance.now();
     if (wait <= 0 || this.unrecordedBytes() >= this.flushAtBytes) {
+      // flush() clears a pending timer.
       this.startFlush();
-    } else {
+    } else if (!this.flushTimer) {
       this.flushTimer = setTimeout(() => {
         this.flushTimer = undefined;
         this.startFlush();

@@ -13,7 +13,7 @@
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { z } from 'zod';
-import { ChunkSet, chunkCount } from './ranges.js';
+import { bytesIn, ChunkSet, chunkCount } from './ranges.js';
 
 /** Bumped whenever the layout changes; a state file of another version is discarded. */
 export const STATE_VERSION = 1;
@@ -106,6 +106,13 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
     ...(s.etag !== undefined ? { etag: s.etag } : {}),
     ...(s.lastModified !== undefined ? { lastModified: s.lastModified } : {}),
   };
+}
+
+/** Bytes a state vouches for: its completed chunks plus the durable prefixes of the others. */
+export function durableBytes(state: Pick<ResumeState, 'completed' | 'partial' | 'size' | 'chunkSize'>): number {
+  let n = bytesIn(state.completed, state.size, state.chunkSize);
+  for (const bytes of state.partial?.values() ?? []) n += bytes;
+  return n;
 }
 
 /** Whether `state` was written for exactly this object version and chunk plan. */

@@ -35,9 +35,11 @@ export interface HttpPoolOptions {
    * refuses non-public addresses at connect time. (Default: `dns.lookup`)
    */
   readonly lookup?: LookupFunction;
+  /** Certificates to trust instead of Node's roots (e.g. Node's plus `AWS_CA_BUNDLE`). */
+  readonly ca?: readonly string[];
 }
 
-/** The pool `StorageClients` creates for one origin. */
+/** The pool for one origin: `StorageClients`' for HTTP sources, the S3 read handler's for S3. */
 export function createHttpPool(origin: string, opts: HttpPoolOptions = {}): Pool {
   return new Pool(origin, {
     connections: opts.maxConnections ?? DEFAULTS.downloadConnections,
@@ -46,7 +48,9 @@ export function createHttpPool(origin: string, opts: HttpPoolOptions = {}): Pool
     // an undici body timeout would race that with a different error.
     bodyTimeout: 0,
     // The check sits in the lookup, so the socket connects to exactly the address that was checked.
-    ...(opts.lookup !== undefined ? { connect: { lookup: opts.lookup } } : {}),
+    ...(opts.lookup !== undefined || opts.ca !== undefined
+      ? { connect: { ...(opts.lookup !== undefined ? { lookup: opts.lookup } : {}), ...(opts.ca !== undefined ? { ca: [...opts.ca] } : {}) } }
+      : {}),
   });
 }
 

@@ -12,8 +12,9 @@
 import type { LookupFunction } from 'node:net';
 import { buildQueryString, HttpResponse, type HttpHandler, type HttpRequest } from '@smithy/core/protocols';
 import type { HttpHandlerOptions } from '@smithy/types';
-import { Pool } from 'undici';
+import type { Pool } from 'undici';
 import { RoboflowError } from '../errors.js';
+import { createHttpPool } from './http.js';
 
 export interface UndiciHandlerOptions {
   /** Connections per origin. */
@@ -92,16 +93,12 @@ export class UndiciHttpHandler implements HttpHandler<Record<string, never>> {
   private pool(origin: string): Pool {
     let pool = this.pools.get(origin);
     if (pool === undefined) {
-      const { lookup, ca } = this.opts;
-      pool = new Pool(origin, {
-        connections: this.opts.connections,
-        headersTimeout: this.opts.headersTimeoutMs,
-        // The downloader aborts a range that stops receiving bytes and retries it; an undici body
-        // timeout would race that with a different error.
-        bodyTimeout: 0,
-        ...(lookup !== undefined || ca !== undefined
-          ? { connect: { ...(lookup !== undefined ? { lookup } : {}), ...(ca !== undefined ? { ca: [...ca] } : {}) } }
-          : {}),
+      const { connections, headersTimeoutMs, lookup, ca } = this.opts;
+      pool = createHttpPool(origin, {
+        maxConnections: connections,
+        headersTimeoutMs,
+        ...(lookup !== undefined ? { lookup } : {}),
+        ...(ca !== undefined ? { ca } : {}),
       });
       this.pools.set(origin, pool);
     }
