@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
+import { createServer, type AddressInfo, type Server } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -8,6 +9,7 @@ import { promisify } from 'node:util';
 import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { HttpRequest } from '@smithy/core/protocols';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { StorageClients } from '../src/storage/index.js';
 import { createS3Client, resolveS3Settings, type S3ClientHandle } from '../src/storage/s3.js';
 import { UndiciHttpHandler } from '../src/storage/undici-handler.js';
 import { ObjectServer } from '../src/testing/object-server.js';
@@ -116,6 +118,55 @@ describe('start-up', () => {
     } finally {
       await server.close();
       await fs.rm(tmp, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('a response that closes its connection, left unread for a while', () => {
+  // undici 7 used to crash the process here (nodejs/undici#5360): the body exactly fills the
+  // stream's buffer, the parser pauses, and the server's FIN arrives while nobody reads.
+  const BODY = randomBytes(64 * 1024);
+  let server: Server;
+  let origin: string;
+
+  beforeAll(async () => {
+    server = createServer((socket) => {
+      socket.once('data', () => {
+        socket.write(`HTTP/1.1 206 Partial Content\r\nContent-Length: ${BODY.length}\r\nContent-Range: bytes 0-${BODY.length - 1}/${BODY.length}\r\nConnection: close\r\n\r\n`);
+        socket.write(BODY);
+        socket.end();
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  });
+
+  afterAll(async () => {
+    await new Promise((resolve) => server.close(resolve));
+  });
+
+  it('over an http:// source: the body arrives whole, later', async () => {
+    const clients = new StorageClients();
+    try {
+      const source = clients.open(`${origin}/object.bin`);
+      const { body } = await source.read({ start: 0, end: BODY.length });
+      await new Promise((r) => setTimeout(r, 200));
+      expect((await readAll(body)).equals(BODY)).toBe(true);
+      await source.close();
+    } finally {
+      await clients.close();
+    }
+  });
+
+  it('over the S3 read handler: the body arrives whole, later', async () => {
+    const handler = new UndiciHttpHandler({ connections: 1, headersTimeoutMs: 5_000 });
+    try {
+      const port = Number(new URL(origin).port);
+      const { response } = await handler.handle(new HttpRequest({ protocol: 'http:', hostname: '127.0.0.1', port, path: '/b/object.bin' }));
+      await new Promise((r) => setTimeout(r, 200));
+      expect((await readAll(response.body as Readable)).equals(BODY)).toBe(true);
+    } finally {
+      handler.destroy();
     }
   });
 });

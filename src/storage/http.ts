@@ -9,7 +9,7 @@
 
 import type { IncomingHttpHeaders } from 'node:http';
 import type { LookupFunction } from 'node:net';
-import type { Readable } from 'node:stream';
+import { PassThrough, pipeline, type Readable } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import { DEFAULTS } from '../defaults.js';
 import { abortError, errorForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError } from '../errors.js';
@@ -80,6 +80,29 @@ function contentLength(headers: IncomingHttpHeaders): number | undefined {
   const n = Number(v);
   return Number.isSafeInteger(n) ? n : undefined;
 }
+
+/**
+ * The body of a response, safe to leave unread for a while. undici 7 crashes the process with an
+ * uncatchable `AssertionError` (`assert(!this.paused)`, nodejs/undici#5360, fixed only in undici 8,
+ * which needs Node 22) when a server closes a connection it announced `Connection: close` for
+ * while the parser is paused because nobody reads the body — exactly what a look-ahead response
+ * or a lane waiting on the disk does. Such a body is therefore drained at once into a buffer the
+ * size of the response (a range: at most one chunk) instead of waiting in the socket. Bodies of
+ * keep-alive responses, the usual case, keep their backpressure.
+ */
+export function unpausedIfClosing(headers: IncomingHttpHeaders, body: Readable): Readable {
+  const connection = headerValue(headers, 'connection');
+  if (connection === undefined || !/\bclose\b/i.test(connection)) return body;
+  const length = contentLength(headers);
+  // Never full before the whole response is in: the source is never paused.
+  const room = (length ?? CLOSING_BODY_LIMIT) + 1;
+  const buffer = new PassThrough({ readableHighWaterMark: room, writableHighWaterMark: room });
+  pipeline(body, buffer, () => undefined);
+  return buffer;
+}
+
+/** Buffer for a closing response that gives no Content-Length (a range is at most a chunk). */
+const CLOSING_BODY_LIMIT = 64 * 1024 * 1024;
 
 /**
  * Destroys a response body we will not read. undici reports a destroyed body as an `error`
@@ -183,7 +206,7 @@ export class HttpSource implements ObjectSource {
         dropBody(res.body);
         throw err;
       }
-      return { range, body: res.body };
+      return { range, body: unpausedIfClosing(res.headers, res.body) };
     }
     if (status === 412) {
       await discard(res.body);

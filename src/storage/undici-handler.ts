@@ -14,7 +14,7 @@ import { buildQueryString, HttpResponse, type HttpHandler, type HttpRequest } fr
 import type { HttpHandlerOptions } from '@smithy/types';
 import type { Pool } from 'undici';
 import { RoboflowError } from '../errors.js';
-import { createHttpPool } from './http.js';
+import { createHttpPool, unpausedIfClosing } from './http.js';
 
 export interface UndiciHandlerOptions {
   /** Connections per origin. */
@@ -59,7 +59,7 @@ export class UndiciHttpHandler implements HttpHandler<Record<string, never>> {
     for (const [name, value] of Object.entries(res.headers)) {
       if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(', ') : value;
     }
-    return { response: new HttpResponse({ statusCode: res.statusCode, headers, body: res.body }) };
+    return { response: new HttpResponse({ statusCode: res.statusCode, headers, body: unpausedIfClosing(res.headers, res.body) }) };
   }
 
   updateHttpClientConfig(): void {
