@@ -491,6 +491,159 @@ describe('PrefetchQueue', () => {
   });
 });
 
+describe('PrefetchQueue when the job queue cannot start a job for a while', () => {
+  /**
+   * The real SQLite queue, except that `start()` fails the first `failures` times the way an
+   * unreachable database does (retryable `ERR_QUEUE`); after that it starts the job for real.
+   */
+  function failingStarts(failures: number, opts: { hold?: Promise<void> } = {}): { queue: JobQueue; startTimes: number[] } {
+    const startTimes: number[] = [];
+    const queue = new Proxy(env.queue, {
+      get(target, prop, receiver) {
+        if (prop === 'start') {
+          return async (id: string, owner: string, leaseMs: number) => {
+            startTimes.push(performance.now());
+            // A call that hangs on a dead connection until the test lets it fail.
+            if (opts.hold) await opts.hold;
+            if (startTimes.length <= failures) {
+              throw new RoboflowError('ERR_QUEUE', 'job queue unreachable (injected: database restarting)');
+            }
+            return target.start(id, owner, leaseMs);
+          };
+        }
+        const value: unknown = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    return { queue, startTimes };
+  }
+
+  function captureLog() {
+    const lines: { level: number; msg: string }[] = [];
+    const log = pino({ level: 'debug' }, { write: (line: string) => lines.push(JSON.parse(line) as { level: number; msg: string }) });
+    return { lines, log };
+  }
+
+  it('keeps the downloaded files and the lease, retries start() with backoff, then hands the job out', async () => {
+    const size = 300 * KiB;
+    const [job] = await submitJobs(1, size);
+    const { queue, startTimes } = failingStarts(2);
+    const { lines, log } = captureLog();
+    // A short lease: the retries outlast it, so only the heartbeats keep the job ours.
+    const pq = prefetch({ slots: 1, queue, log, leaseMs: 400, heartbeatMs: 80 });
+    const other = await openQueue(`sqlite://${env.dbPath}`);
+    env.others.push(other);
+    let settled = false;
+    const next = pq.nextReady().finally(() => {
+      settled = true;
+    });
+    let stolen: JobRecord | null = null;
+    const deadline = Date.now() + 10_000;
+    while (!settled && Date.now() < deadline) {
+      stolen ??= await other.claim('worker-b', 60_000);
+      await sleep(40);
+    }
+    expect(stolen).toBeNull();
+    expect(settled).toBe(true);
+    const ready = await next;
+    expect(ready?.job).toMatchObject({ id: job!.id, status: 'running', attempts: 1, leaseOwner: 'worker-a' });
+    expect(startTimes).toHaveLength(3);
+    // Backoff between the tries (at least 250 ms for ERR_QUEUE), not a tight loop.
+    for (let i = 1; i < startTimes.length; i++) expect(startTimes[i]! - startTimes[i - 1]!).toBeGreaterThanOrEqual(240);
+    // The files downloaded before the first failed start are the ones handed out: fetched once.
+    expect((await stat(ready!.inputPaths[0]!)).size).toBe(size);
+    expect(getsFor('ep0.mcap').reduce((n, r) => n + r.bytesSent, 0)).toBe(size);
+    expect(pq.stats()).toMatchObject({ claimed: 1, downloaded: 1, bytes: size, leaseLost: 0, released: 0 });
+    // Logged like failed claims: the first failure at warn, the next ones at debug.
+    const failures = lines.filter((l) => /start/i.test(l.msg) && l.level >= 20 && l.level <= 40);
+    expect(failures.filter((l) => l.level === 40)).toHaveLength(1);
+    expect(failures.filter((l) => l.level === 20).length).toBeGreaterThanOrEqual(1);
+    await finish(pq, ready!.job);
+    expect(existsSync(ready!.dir)).toBe(false);
+    await pq.close();
+    expect(await env.queue.get(job!.id)).toMatchObject({ status: 'done', attempts: 1 });
+  });
+
+  it('close() while start() keeps failing resolves at once and hands the job back, attempts unchanged', async () => {
+    const [job] = await submitJobs(1, 64 * KiB);
+    const { queue, startTimes } = failingStarts(Number.POSITIVE_INFINITY);
+    // A long backoff ceiling: close() must not wait for the pending retry.
+    const pq = prefetch({ slots: 1, queue, pollIntervalMs: 1_000 });
+    const next = pq.nextReady();
+    await until(() => startTimes.length >= 2, 'start() to fail twice', 10_000);
+    await sleep(20);
+    const closeStarted = performance.now();
+    await pq.close();
+    expect(await next).toBeNull();
+    expect(performance.now() - closeStarted).toBeLessThan(1_000);
+    expect(pq.mode).toBe('closed');
+    expect(pq.stats()).toMatchObject({ released: 1, leaseLost: 0 });
+    expect(await env.queue.get(job!.id)).toMatchObject({ status: 'pending', attempts: 0, leaseOwner: null });
+    expect(existsSync(path.join(env.dir, 'buffer', job!.id))).toBe(false);
+    // Claimable again right away, not only after the lease expires.
+    const other = await openQueue(`sqlite://${env.dbPath}`);
+    env.others.push(other);
+    expect(await other.claim('worker-b', 60_000)).toMatchObject({ id: job!.id, attempts: 0 });
+    // Nothing keeps trying after close().
+    const tries = startTimes.length;
+    await sleep(300);
+    expect(startTimes).toHaveLength(tries);
+  });
+
+  it('close() while a start() is in flight hands the job back once that start fails', async () => {
+    const [job] = await submitJobs(1, 64 * KiB);
+    let failNow!: () => void;
+    const hold = new Promise<void>((resolve) => {
+      failNow = resolve;
+    });
+    const { queue, startTimes } = failingStarts(Number.POSITIVE_INFINITY, { hold });
+    const pq = prefetch({ slots: 1, queue });
+    const next = pq.nextReady();
+    await until(() => startTimes.length === 1, 'the first start() call');
+    let closed = false;
+    const closing = pq.close().then(() => {
+      closed = true;
+    });
+    await sleep(100);
+    // The job is active while its start is in flight: close() waits for the outcome.
+    expect(closed).toBe(false);
+    failNow();
+    await closing;
+    expect(await next).toBeNull();
+    expect(startTimes).toHaveLength(1);
+    expect(pq.stats()).toMatchObject({ released: 1 });
+    expect(await env.queue.get(job!.id)).toMatchObject({ status: 'pending', attempts: 0, leaseOwner: null });
+    expect(await readdir(path.join(env.dir, 'buffer'))).toEqual([]);
+  });
+
+  it('drops a job whose lease is lost while its start is retried', async () => {
+    const [job] = await submitJobs(1, 64 * KiB);
+    const { queue, startTimes } = failingStarts(Number.POSITIVE_INFINITY);
+    const pq = prefetch({ slots: 1, queue, leaseMs: 1_000, heartbeatMs: 100 });
+    const next = pq.nextReady();
+    await until(() => startTimes.length >= 1, 'the first failed start()');
+    // A long pause of this worker: its lease expired and another worker claimed the job.
+    const db = new Database(env.dbPath);
+    try {
+      db.prepare('UPDATE jobs SET lease_expires_at = 0 WHERE id = ?').run(Number(job!.id));
+    } finally {
+      db.close();
+    }
+    const other = await openQueue(`sqlite://${env.dbPath}`);
+    env.others.push(other);
+    expect((await other.claim('worker-b', 60_000))?.id).toBe(job!.id);
+    await until(() => pq.stats().leaseLost === 1, 'the heartbeat to notice the lost lease');
+    await until(() => !existsSync(path.join(env.dir, 'buffer', job!.id)), 'the job directory to be deleted');
+    expect(pq.slotInfo()).toEqual([]);
+    const tries = startTimes.length;
+    await sleep(300);
+    expect(startTimes).toHaveLength(tries);
+    await pq.close();
+    expect(await next).toBeNull();
+    expect(await env.queue.get(job!.id)).toMatchObject({ status: 'claimed', leaseOwner: 'worker-b', attempts: 0 });
+  });
+});
+
 describe('ByteBudget', () => {
   it('grants in arrival order and makes a waiter wait until bytes come back', async () => {
     const budget = new ByteBudget({ limitBytes: 100, dir: env.dir, reserveBytes: 0 });

@@ -22,12 +22,14 @@
  *   `slotInfo()` shows `waitingForBytes`.
  * - `downloading`: bytes are reserved; inputs are being downloaded.
  * - `ready`: every input is on disk; waiting for the worker.
- * - `active`: handed to the worker; the job's attempt has started.
+ * - `active`: handed to the worker; the job's attempt has started. Back to `ready` only when the
+ *   job queue could not start the attempt for a transient reason (a database restart): the
+ *   files and the lease are kept and `nextReady()` starts it again after a backoff.
  * - `failed`: the download failed; the failure is being reported to the job queue.
  * - `released`: the queue is closing; the job is being handed back (attempts unchanged).
  * - freed (no state): the slot is gone; its files are deleted and its bytes handed back.
  *
- *     claiming ─► downloading ─► ready ─► active ─► freed
+ *     claiming ─► downloading ─► ready ◄─► active ─► freed
  *        │  │          │  │        │
  *        │  └──► failed ◄┘  │        │          failed ─► freed
  *        └────────────► released ◄┘          released ─► freed
@@ -39,9 +41,12 @@
  * Leases and attempts
  * -------------------
  * Claiming is not an attempt: a job's attempt starts (`JobQueue.start`) when it is handed to the
- * processor. One heartbeat timer renews the lease of every job a slot holds. A job whose lease
- * was lost (someone else claimed it after it expired) is dropped: its download is aborted and it
- * is never handed out; an active job's `leaseLost` signal is aborted so the worker can stop.
+ * processor. If the job queue cannot start it for a moment, the job keeps its slot, files and
+ * lease, and the start is tried again with backoff: dropping it would mean downloading it all
+ * again once its lease expired. One heartbeat timer renews the lease of every job a slot holds.
+ * A job whose lease was lost (someone else claimed it after it expired) is dropped: its download
+ * is aborted and it is never handed out; an active job's `leaseLost` signal is aborted so the
+ * worker can stop.
  * A download that fails is never handed out either; since no attempt would ever be spent on it,
  * the failure is recorded as one (`start` then `fail`), so a job whose input is missing goes dead
  * after `maxAttempts` instead of bouncing between workers forever.
@@ -168,6 +173,10 @@ interface Slot {
   reason: string | null;
   /** `#free` has begun: no more heartbeats, no second free. */
   freeing: boolean;
+  /** Consecutive `start()` calls that failed transiently; sets the backoff and the log level. */
+  startFailures: number;
+  /** `performance.now()` before which `nextReady()` does not try to start this job again. */
+  startRetryAt: number;
 }
 
 type Target = SlotState | 'freed';
@@ -193,6 +202,8 @@ export class PrefetchQueue {
   readonly #budget: ByteBudget | undefined;
   readonly #clients: StorageClients | undefined;
   readonly #jobRetry: { readonly baseDelayMs: number; readonly maxDelayMs: number };
+  /** Backoff of claims and starts while the job queue is unreachable. */
+  readonly #queueRetry: { readonly baseDelayMs: number; readonly maxDelayMs: number };
   readonly #keepPartial: boolean;
   readonly #policy: { checkJob(job: JobRecord): void } | undefined;
   readonly #log: Logger;
@@ -246,6 +257,8 @@ export class PrefetchQueue {
       baseDelayMs: DEFAULTS.jobRetryBaseDelayMs,
       maxDelayMs: DEFAULTS.jobRetryMaxDelayMs,
     };
+    // A database that is down gains nothing from being asked every poll.
+    this.#queueRetry = { baseDelayMs: Math.max(this.#pollIntervalMs, 250), maxDelayMs: 15_000 };
     this.#keepPartial = opts.keepPartial ?? false;
     this.#policy = opts.policy;
     this.#log = opts.log ?? pino({ level: 'silent' });
@@ -303,7 +316,8 @@ export class PrefetchQueue {
 
   /**
    * The earliest-claimed job, once its inputs are on disk; waits while it downloads and,
-   * when the job queue is empty, polls it. The job's attempt is started before it is returned.
+   * when the job queue is empty, polls it. The job's attempt is started before it is returned; a
+   * start that fails transiently is tried again after a backoff, with the files kept.
    * Returns null once the queue is closing or destroyed, and in drain mode once there is no work left.
    */
   async nextReady(signal?: AbortSignal): Promise<PrefetchedJob | null> {
@@ -320,7 +334,8 @@ export class PrefetchQueue {
           !s.lost.signal.aborted &&
           (s.state === 'claiming' || s.state === 'downloading' || s.state === 'ready'),
       );
-      if (slot?.state === 'ready') {
+      const startInMs = slot?.state === 'ready' ? Math.max(0, slot.startRetryAt - performance.now()) : undefined;
+      if (slot && startInMs === 0) {
         // Not counted as waiting while it starts: with 0 slots, that would claim one job too many.
         const job = await this.#activate(slot);
         if (job) return job;
@@ -330,7 +345,8 @@ export class PrefetchQueue {
       this.#consumers++;
       try {
         this.#fill();
-        await this.#nextChange(signal);
+        // close(), destroy() and a lost lease all notify, so they end a start's backoff early too.
+        await this.#nextChange(signal, startInMs);
       } finally {
         this.#consumers--;
       }
@@ -438,7 +454,9 @@ export class PrefetchQueue {
         ok = from === 'claiming' && slot.job !== null;
         break;
       case 'ready':
-        ok = from === 'downloading';
+        // Back from `active` only before the attempt started: a started job's record is `running`,
+        // and handing it out again would run it twice.
+        ok = from === 'downloading' || (from === 'active' && slot.job !== null && slot.job.status !== 'running');
         break;
       case 'active':
         ok = from === 'ready';
@@ -491,16 +509,24 @@ export class PrefetchQueue {
     resolve();
   }
 
-  #nextChange(signal?: AbortSignal): Promise<void> {
+  /** Resolves at the next change, or once `timeoutMs` has passed; rejects when `signal` aborts. */
+  #nextChange(signal?: AbortSignal, timeoutMs?: number): Promise<void> {
     const change = this.#change.promise;
-    if (!signal) return change;
+    if (!signal && timeoutMs === undefined) return change;
     return new Promise<void>((resolve, reject) => {
-      const onAbort = () => reject(abortError(signal, 'waiting for the next prefetched job'));
-      signal.addEventListener('abort', onAbort, { once: true });
-      void change.then(() => {
-        signal.removeEventListener('abort', onAbort);
+      let timer: NodeJS.Timeout | undefined;
+      const onAbort = () => {
+        clearTimeout(timer);
+        reject(abortError(signal, 'waiting for the next prefetched job'));
+      };
+      const done = () => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
         resolve();
-      });
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (timeoutMs !== undefined) timer = setTimeout(done, Math.max(0, timeoutMs));
+      void change.then(done);
     });
   }
 
@@ -553,6 +579,8 @@ export class PrefetchQueue {
       releaseBytes: null,
       reason: null,
       freeing: false,
+      startFailures: 0,
+      startRetryAt: 0,
     };
   }
 
@@ -602,10 +630,7 @@ export class PrefetchQueue {
 
   #claimFailed(err: RoboflowError): void {
     this.#queueErrorStreak++;
-    const wait = backoffDelay(this.#queueErrorStreak, err, {
-      baseDelayMs: Math.max(this.#pollIntervalMs, 250),
-      maxDelayMs: 15_000,
-    });
+    const wait = backoffDelay(this.#queueErrorStreak, err, this.#queueRetry);
     if (this.#queueErrorStreak === 1) {
       this.#log.warn({ err }, 'cannot claim jobs; retrying with backoff');
     } else {
@@ -757,6 +782,11 @@ export class PrefetchQueue {
       started = await this.#queue.start(job.id, this.#owner, this.#leaseMs);
     } catch (err) {
       const e = toRoboflowError(err, 'ERR_QUEUE');
+      // Downloading the inputs again costs far more than waiting for the job queue to come back.
+      if (e.retryable && !slot.lost.signal.aborted) {
+        this.#startFailed(slot, e);
+        return null;
+      }
       this.#log.warn(
         { jobId: job.id, err: e },
         e.code === 'ERR_LEASE_LOST'
@@ -767,6 +797,9 @@ export class PrefetchQueue {
       await this.#track(this.#free(slot, false));
       return null;
     }
+    if (slot.startFailures > 0) {
+      this.#log.info({ jobId: job.id, failedStarts: slot.startFailures }, 'job started; the job queue is reachable again');
+    }
     slot.job = started;
     return {
       job: started,
@@ -776,6 +809,23 @@ export class PrefetchQueue {
       dir: jobDirectory(this.#config.bufferDir, job.id),
       leaseLost: slot.lost.signal,
     };
+  }
+
+  /** Puts a job whose attempt could not start back in line, files and lease kept, until its backoff ends. */
+  #startFailed(slot: Slot, err: RoboflowError): void {
+    slot.startFailures++;
+    const wait = backoffDelay(slot.startFailures, err, this.#queueRetry);
+    slot.startRetryAt = performance.now() + wait;
+    const jobId = slot.job?.id;
+    if (slot.startFailures === 1) {
+      this.#log.warn({ jobId, err }, 'could not start the job; keeping its files and retrying with backoff');
+    } else {
+      this.#log.debug({ jobId, code: err.code, attempt: slot.startFailures, waitMs: Math.round(wait) }, 'job start failed again');
+    }
+    // As `ready` the job is heartbeated, dropped if its lease is lost and handed back by close().
+    this.#setSlotState(slot, 'ready');
+    // close() handed back the ready slots before this one returned and now waits only for active ones.
+    if (this.#mode === 'closing') void this.#track(this.#releaseSlot(slot));
   }
 
   /** Deletes the slot's files (unless kept), hands its bytes back and removes the slot. */
