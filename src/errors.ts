@@ -216,6 +216,21 @@ export function toRoboflowError(
   return new RoboflowError(fallback, `${message}${where}`, opts);
 }
 
+/**
+ * `err` naming the object it happened to: transport errors know only the origin they talked
+ * to, the source that asked knows the URL. An error that names a URL already is returned as is.
+ */
+export function withUrl(err: RoboflowError, url: string): RoboflowError {
+  if (err.url !== undefined) return err;
+  return new RoboflowError(err.code, `${err.message} (${url})`, {
+    url,
+    cause: err,
+    retryable: err.retryable,
+    ...(err.status !== undefined ? { status: err.status } : {}),
+    ...(err.retryAfterMs !== undefined ? { retryAfterMs: err.retryAfterMs } : {}),
+  });
+}
+
 export interface BackoffOptions {
   readonly baseDelayMs: number;
   readonly maxDelayMs: number;

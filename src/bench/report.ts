@@ -451,8 +451,9 @@ function downloadSection(entry: { file: string; results: BenchResults }, plots: 
     if (cap !== null && overCap.length > 0) {
       parts.push(
         `Caveat: ${overCap.map((x) => `${toolLabel(r.tools, x.tool)} reached ${fmt(x.mbPerSecond)} MB/s`).join(', ')}, above the ${fmt(cap / 1e6)} MB/s per-connection cap. ` +
-          "The server's cap is a token bucket per TCP connection that banks up to 50 ms of idle time as credit; a client whose next range's request goes out on a second socket (roboflow's look-ahead) " +
-          'starts each range with banked credit and overlaps the two bodies briefly. Real stores give no such credit (a new connection starts in TCP slow start), so capped figures of clients that switch sockets are optimistic, by up to ~15 % for 8 MiB ranges.',
+          "The server's cap applies to each response from its first byte, with no credit for idle time before it. A client that sends its next range's request before the current body ends " +
+          "(roboflow's look-ahead, on a second socket) gets that body's first bytes into its socket buffer while it still reads the current one, so one lane briefly carries two capped bodies. " +
+          'That is what the look-ahead is for, and a real store with a per-connection limit behaves the same way.',
         '',
       );
     }

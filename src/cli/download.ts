@@ -9,7 +9,7 @@
 
 import { mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import cliProgress from 'cli-progress';
+import type { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
 import { DEFAULTS } from '../defaults.js';
 import { RoboflowError, toRoboflowError } from '../errors.js';
@@ -90,7 +90,8 @@ async function runDownload(url: string, destArg: string, flags: DownloadFlags): 
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
-  const bar = !flags.json && process.stderr.isTTY ? new ProgressBar() : undefined;
+  // cli-progress is loaded only for a terminal: every run without one would pay for it at start-up.
+  const bar = !flags.json && process.stderr.isTTY ? new ProgressBar((await import('cli-progress')).default) : undefined;
   const storage: StorageOptions = {
     ...(flags.endpoint !== undefined ? { endpoint: flags.endpoint } : {}),
     ...(flags.pathStyle ? { forcePathStyle: true } : {}),
@@ -190,16 +191,20 @@ function round(n: number, digits: number): number {
 
 /** A progress bar on stderr: bytes, rate, ETA. Only used when stderr is a terminal. */
 class ProgressBar {
-  private readonly bar = new cliProgress.SingleBar(
-    {
-      format: '{bar} {percentage}% | {done} / {size} | {speed} | ETA {remaining}',
-      stream: process.stderr,
-      hideCursor: true,
-      clearOnComplete: true,
-    },
-    cliProgress.Presets.shades_classic,
-  );
+  private readonly bar: SingleBar;
   private started = false;
+
+  constructor(cliProgress: typeof import('cli-progress')) {
+    this.bar = new cliProgress.SingleBar(
+      {
+        format: '{bar} {percentage}% | {done} / {size} | {speed} | ETA {remaining}',
+        stream: process.stderr,
+        hideCursor: true,
+        clearOnComplete: true,
+      },
+      cliProgress.Presets.shades_classic,
+    );
+  }
 
   update(p: DownloadProgress): void {
     // Our own ETA from the downloader's windowed rate; none until bytes have moved.

@@ -89,6 +89,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { DEFAULTS } from '../defaults.js';
 import { channels, newDownloadId } from '../diagnostics.js';
 import { abortError, backoffDelay, RoboflowError, toRoboflowError } from '../errors.js';
+import { type Http1Body, isHttp1Body } from '../storage/http1.js';
 import { StorageClients } from '../storage/index.js';
 import type {
   ByteRange,
@@ -711,6 +712,8 @@ class Transfer {
   private readonly durableTo = new Map<number, number>();
   /** Bytes per `writev`; small next to a chunk, so the crash bound holds at small chunk sizes. */
   private readonly batchLimit: number;
+  /** Write buffers of `batchLimit` bytes, reused by the lanes' fast path (`fillFrom`). */
+  private readonly writeBuffers: Buffer[] = [];
   /** Written-but-unrecorded bytes that start a state write at once. */
   private readonly flushAtBytes: number;
   /** Written-but-unrecorded bytes at which lanes stop writing until a state write ends. */
@@ -765,8 +768,10 @@ class Transfer {
     signal.addEventListener('abort', onAbort, { once: true });
     try {
       // The state file exists from the start, so even a run killed before its first chunk
-      // leaves a partial download a later run recognises.
-      if (this.durable.size === 0 && this.durableTo.size === 0) await this.flush();
+      // leaves a partial download a later run recognises. It is written while the first
+      // requests wait for their headers: a run killed before it lands has written nothing worth
+      // keeping, and every later state write queues behind it.
+      if (this.durable.size === 0 && this.durableTo.size === 0) this.startFlush();
       const lanes = Math.min(this.d.settingsOf.connections, this.scheduler.remaining);
       await Promise.all(Array.from({ length: lanes }, () => this.lane()));
       if (this.failure) throw this.failure;
@@ -1029,65 +1034,20 @@ class Transfer {
           ),
         );
       }, stallTimeoutMs);
-      // Received buffers wait here until `batchLimit` bytes are together, then go to the file in
-      // one writev; `state.offset` moves only once they are written.
-      const batch: Buffer[] = [];
-      let batchBytes = 0;
-      const writeBatch = async () => {
-        if (batchBytes === 0) return;
-        const bufs = batch.splice(0);
-        const n = batchBytes;
-        batchBytes = 0;
+      const write = async (bufs: Buffer[], n: number) => {
         await this.writev(bufs, n, state.offset);
         state.offset += n;
         onWritten(state.offset);
       };
+      const lookAhead = (received: number) => {
+        if (lookahead && state.ahead === undefined) state.ahead = this.requestAhead(range.end - received, meter);
+      };
       try {
-        for await (const chunk of body as AsyncIterable<Buffer>) {
-          stall.refresh();
-          const received = state.offset + batchBytes + chunk.length;
-          if (received > range.end) {
-            throw new RoboflowError(
-              'ERR_BAD_RESPONSE',
-              `${url}: the response for bytes ${pending.from}-${range.end - 1} carried more bytes than asked for`,
-              { url },
-            );
-          }
-          batch.push(chunk);
-          batchBytes += chunk.length;
-          meter.add(chunk.length);
-          if (batchBytes >= this.batchLimit || received === range.end) {
-            if (this.durabilityBacklogFull()) {
-              // Too much written and not yet recorded: a crash now would fetch it all again.
-              await this.drainDurabilityBacklog();
-              stall.refresh();
-            }
-            // Reading waits for the write: backpressure keeps memory at one batch per lane.
-            await writeBatch();
-            stall.refresh();
-          }
-          if (
-            lookahead &&
-            state.ahead === undefined &&
-            this.scheduler.remaining > 0 &&
-            !this.limiter.shouldYield &&
-            // A throttling store counts a look-ahead request as one more in flight: none until
-            // the limit has grown back.
-            !this.limiter.throttled &&
-            !this.durabilityBacklogFull()
-          ) {
-            if (shouldRequestAhead(range.end - received, meter.rate, this.latencyMs, LOOKAHEAD_LATENCIES)) {
-              const next = this.scheduler.take();
-              if (next) state.ahead = this.request(next, this.resumeFrom(next));
-            }
-          }
+        if (isHttp1Body(body) && body.length === range.end - pending.from) {
+          await this.fillFrom(body, range, state, stall, meter, write, lookAhead);
+        } else {
+          await this.streamFrom(body, range, pending.from, state, stall, meter, write, lookAhead);
         }
-        await writeBatch();
-      } catch (err) {
-        // Bytes that arrived before the failure are good: writing them lets the retry start
-        // after them. (A failed write already emptied the batch, so it is not tried twice.)
-        if (!this.control.signal.aborted) await writeBatch().catch(() => undefined);
-        throw err;
       } finally {
         clearTimeout(stall);
         if (!body.destroyed && state.offset < range.end) body.destroy();
@@ -1103,6 +1063,128 @@ class Transfer {
       if (serving) this.limiter.noteServing(-1);
       pending.done();
     }
+  }
+
+  /**
+   * The fast path: socket reads land in one of our write buffers (`Http1Body.fill`), which then
+   * goes to the file; no buffer is allocated per read. Reading waits for the write, so memory is
+   * one batch per lane.
+   */
+  private async fillFrom(
+    body: Http1Body,
+    range: IndexedRange,
+    state: { offset: number },
+    stall: NodeJS.Timeout,
+    meter: LaneMeter,
+    write: (bufs: Buffer[], n: number) => Promise<void>,
+    lookAhead: (received: number) => void,
+  ): Promise<void> {
+    const buf = this.writeBuffers.pop() ?? Buffer.allocUnsafeSlow(this.batchLimit);
+    try {
+      while (state.offset < range.end) {
+        const want = Math.min(this.batchLimit, range.end - state.offset);
+        let n: number;
+        try {
+          n = await body.fill(buf.subarray(0, want), (k) => {
+            stall.refresh();
+            meter.add(k);
+            lookAhead(state.offset + body.filled);
+          });
+        } catch (err) {
+          // Bytes that arrived before the failure are good: the retry starts after them.
+          if (body.filled > 0 && !this.control.signal.aborted) await write([buf.subarray(0, body.filled)], body.filled).catch(() => undefined);
+          throw err;
+        }
+        if (n === 0) return;
+        await this.beforeWrite(stall);
+        await write([buf.subarray(0, n)], n);
+        stall.refresh();
+        if (n < want) return;
+      }
+    } finally {
+      this.writeBuffers.push(buf);
+    }
+  }
+
+  /**
+   * Any other body (a stream without a known length, a body the SDK wrapped): received buffers
+   * wait until `batchLimit` bytes are together, then go to the file in one writev.
+   */
+  private async streamFrom(
+    body: Readable,
+    range: IndexedRange,
+    from: number,
+    state: { offset: number },
+    stall: NodeJS.Timeout,
+    meter: LaneMeter,
+    write: (bufs: Buffer[], n: number) => Promise<void>,
+    lookAhead: (received: number) => void,
+  ): Promise<void> {
+    const batch: Buffer[] = [];
+    let batchBytes = 0;
+    const writeBatch = async () => {
+      if (batchBytes === 0) return;
+      const n = batchBytes;
+      batchBytes = 0;
+      await write(batch.splice(0), n);
+    };
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        stall.refresh();
+        const received = state.offset + batchBytes + chunk.length;
+        if (received > range.end) {
+          throw new RoboflowError(
+            'ERR_BAD_RESPONSE',
+            `${this.d.displayUrl}: the response for bytes ${from}-${range.end - 1} carried more bytes than asked for`,
+            { url: this.d.displayUrl },
+          );
+        }
+        batch.push(chunk);
+        batchBytes += chunk.length;
+        meter.add(chunk.length);
+        if (batchBytes >= this.batchLimit || received === range.end) {
+          await this.beforeWrite(stall);
+          // Reading waits for the write: backpressure keeps memory at one batch per lane.
+          await writeBatch();
+          stall.refresh();
+        }
+        lookAhead(received);
+      }
+      await writeBatch();
+    } catch (err) {
+      // Bytes that arrived before the failure are good: writing them lets the retry start
+      // after them. (A failed write already emptied the batch, so it is not tried twice.)
+      if (!this.control.signal.aborted) await writeBatch().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Too much written and not yet recorded: a crash now would fetch it all again, so wait. */
+  private async beforeWrite(stall: NodeJS.Timeout): Promise<void> {
+    if (!this.durabilityBacklogFull()) return;
+    await this.drainDurabilityBacklog();
+    stall.refresh();
+  }
+
+  /**
+   * The request for the lane's next chunk, sent when the current body's `left` bytes will take
+   * about as long as the next response's first byte (see "Look-ahead" at the top); undefined
+   * when it is not yet time or not allowed now.
+   */
+  private requestAhead(left: number, meter: LaneMeter): PendingRequest | undefined {
+    if (
+      this.scheduler.remaining === 0 ||
+      this.limiter.shouldYield ||
+      // A throttling store counts a look-ahead request as one more in flight: none until the
+      // limit has grown back.
+      this.limiter.throttled ||
+      this.durabilityBacklogFull() ||
+      !shouldRequestAhead(left, meter.rate, this.latencyMs, LOOKAHEAD_LATENCIES)
+    ) {
+      return undefined;
+    }
+    const next = this.scheduler.take();
+    return next ? this.request(next, this.resumeFrom(next)) : undefined;
   }
 
   /** Writes `bufs` (`total` bytes together) at `position`, completing a short write. */

@@ -1,20 +1,21 @@
 /**
- * HTTP(S) objects as an `ObjectSource`, over undici.
+ * HTTP(S) objects as an `ObjectSource`, over `Http1Pool` (`http1.ts`).
  *
  * Connections come from a pool per origin that the caller supplies (`StorageClients` shares them
- * between sources); `bodyTimeout` is off because the downloader detects stalled ranges itself.
+ * between sources); bodies have no timeout of their own because the downloader detects stalled
+ * ranges itself.
  * Redirects are followed here, by hand, so that every hop can be checked by a policy hook and
  * credentials never travel to another origin.
  */
 
 import type { IncomingHttpHeaders } from 'node:http';
 import type { LookupFunction } from 'node:net';
-import { PassThrough, pipeline, type Readable } from 'node:stream';
-import { Pool, type Dispatcher } from 'undici';
+import type { Readable } from 'node:stream';
 import { DEFAULTS } from '../defaults.js';
-import { abortError, errorForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError } from '../errors.js';
+import { abortError, errorForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError, withUrl } from '../errors.js';
 import { redactUrl, redactUrlsInText } from '../redact.js';
 import type { ByteRange, ObjectSource, ObjectStat, RangeBody, ReadOptions } from '../types.js';
+import { Http1Pool, type Http1Request, type Http1Response } from './http1.js';
 import { checkRange, expectContentRange, isStrongEtag, parseContentRange, parseUnsatisfiedRange, rangeHeader } from './range.js';
 
 /** Redirect hops followed before giving up: enough for CDN → bucket chains, few enough to stop loops. */
@@ -40,23 +41,24 @@ export interface HttpPoolOptions {
 }
 
 /** The pool for one origin: `StorageClients`' for HTTP sources, the S3 read handler's for S3. */
-export function createHttpPool(origin: string, opts: HttpPoolOptions = {}): Pool {
-  return new Pool(origin, {
-    connections: opts.maxConnections ?? DEFAULTS.downloadConnections,
-    headersTimeout: opts.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
-    // The downloader aborts a range that stops receiving bytes (stallTimeoutMs) and retries it;
-    // an undici body timeout would race that with a different error.
-    bodyTimeout: 0,
+export function createHttpPool(origin: string, opts: HttpPoolOptions = {}): Http1Pool {
+  return new Http1Pool(origin, {
+    maxConnections: opts.maxConnections ?? DEFAULTS.downloadConnections,
+    headersTimeoutMs: opts.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
     // The check sits in the lookup, so the socket connects to exactly the address that was checked.
-    ...(opts.lookup !== undefined || opts.ca !== undefined
-      ? { connect: { ...(opts.lookup !== undefined ? { lookup: opts.lookup } : {}), ...(opts.ca !== undefined ? { ca: [...opts.ca] } : {}) } }
-      : {}),
+    ...(opts.lookup !== undefined ? { lookup: opts.lookup } : {}),
+    ...(opts.ca !== undefined ? { ca: opts.ca } : {}),
   });
+}
+
+/** What an `HttpSource` sends its requests through: an `Http1Pool`. */
+export interface HttpDispatcher {
+  request(req: Http1Request): Promise<Http1Response>;
 }
 
 export interface HttpSourceDeps {
   /** The dispatcher for an origin (`https://host:port`); called for every request. */
-  readonly dispatcherFor: (origin: string) => Dispatcher;
+  readonly dispatcherFor: (origin: string) => HttpDispatcher;
   /**
    * Called with every redirect target before it is requested; throws to refuse it (a security
    * policy, e.g. no redirects to private addresses). The URL is the real one, secrets included.
@@ -82,31 +84,8 @@ function contentLength(headers: IncomingHttpHeaders): number | undefined {
 }
 
 /**
- * The body of a response, safe to leave unread for a while. undici 7 crashes the process with an
- * uncatchable `AssertionError` (`assert(!this.paused)`, nodejs/undici#5360, fixed only in undici 8,
- * which needs Node 22) when a server closes a connection it announced `Connection: close` for
- * while the parser is paused because nobody reads the body — exactly what a look-ahead response
- * or a lane waiting on the disk does. Such a body is therefore drained at once into a buffer the
- * size of the response (a range: at most one chunk) instead of waiting in the socket. Bodies of
- * keep-alive responses, the usual case, keep their backpressure.
- */
-export function unpausedIfClosing(headers: IncomingHttpHeaders, body: Readable): Readable {
-  const connection = headerValue(headers, 'connection');
-  if (connection === undefined || !/\bclose\b/i.test(connection)) return body;
-  const length = contentLength(headers);
-  // Never full before the whole response is in: the source is never paused.
-  const room = (length ?? CLOSING_BODY_LIMIT) + 1;
-  const buffer = new PassThrough({ readableHighWaterMark: room, writableHighWaterMark: room });
-  pipeline(body, buffer, () => undefined);
-  return buffer;
-}
-
-/** Buffer for a closing response that gives no Content-Length (a range is at most a chunk). */
-const CLOSING_BODY_LIMIT = 64 * 1024 * 1024;
-
-/**
- * Destroys a response body we will not read. undici reports a destroyed body as an `error`
- * (`AbortError`), which would be an uncaught exception without a listener.
+ * Destroys a response body we will not read. A destroyed body may report an `error`, which would
+ * be an uncaught exception without a listener.
  */
 export function dropBody(body: Readable): void {
   body.on('error', () => undefined);
@@ -206,7 +185,7 @@ export class HttpSource implements ObjectSource {
         dropBody(res.body);
         throw err;
       }
-      return { range, body: unpausedIfClosing(res.headers, res.body) };
+      return { range, body: res.body };
     }
     if (status === 412) {
       await discard(res.body);
@@ -234,7 +213,7 @@ export class HttpSource implements ObjectSource {
     }
   }
 
-  private checkRangeResponse(res: Dispatcher.ResponseData, range: ByteRange, ifMatch: string | undefined): void {
+  private checkRangeResponse(res: Http1Response, range: ByteRange, ifMatch: string | undefined): void {
     const contentType = headerValue(res.headers, 'content-type');
     if (contentType !== undefined && /^\s*text\/html\b/i.test(contentType)) {
       throw new RoboflowError(
@@ -332,7 +311,7 @@ export class HttpSource implements ObjectSource {
     };
   }
 
-  private async statusError(res: Dispatcher.ResponseData, what: string): Promise<RoboflowError> {
+  private async statusError(res: Http1Response, what: string): Promise<RoboflowError> {
     const retryAfterMs = retryAfterFromHeaders((n) => headerValue(res.headers, n));
     const detail = await errorDetail(res.body, headerValue(res.headers, 'content-type'));
     return errorForStatus(res.statusCode, this.url, what, {
@@ -346,7 +325,7 @@ export class HttpSource implements ObjectSource {
     method: 'GET' | 'HEAD',
     headers: Record<string, string>,
     signal: AbortSignal | undefined,
-  ): Promise<Dispatcher.ResponseData> {
+  ): Promise<Http1Response> {
     if (this.state === 'closed') {
       throw new RoboflowError('ERR_CLOSED', `source ${this.url} is closed`, { url: this.url });
     }
@@ -361,7 +340,7 @@ export class HttpSource implements ObjectSource {
       if (this.authorization !== undefined && url.origin === this.target.origin) {
         requestHeaders['authorization'] = this.authorization;
       }
-      let res: Dispatcher.ResponseData;
+      let res: Http1Response;
       try {
         res = await this.deps.dispatcherFor(url.origin).request({
           path: `${url.pathname}${url.search}`,
@@ -371,7 +350,7 @@ export class HttpSource implements ObjectSource {
         });
       } catch (err) {
         if (signal?.aborted) throw abortError(signal, `${method} ${this.url}`);
-        throw toRoboflowError(err, 'ERR_CONNECTION', this.url);
+        throw withUrl(toRoboflowError(err, 'ERR_CONNECTION', this.url), this.url);
       }
       if (!REDIRECT_STATUSES.has(res.statusCode)) return res;
       const location = headerValue(res.headers, 'location');

@@ -1,19 +1,19 @@
 /**
  * The front door of storage: a URL becomes an `ObjectSource`.
  *
- * `StorageClients` owns the expensive things — an undici pool per HTTP origin, an S3 client (with
+ * `StorageClients` owns the expensive things — a connection pool per HTTP origin, an S3 client (with
  * its keep-alive agents) per endpoint/region/addressing style — so that the many sources a worker
  * opens (one per input, prefetch included) share connections. `openSource()` is the one-call form
  * for scripts and tests.
  */
 
 import type { LookupFunction } from 'node:net';
-import type { Dispatcher, Pool } from 'undici';
 import { DEFAULTS } from '../defaults.js';
 import { RoboflowError } from '../errors.js';
 import type { ObjectSource, StorageOptions } from '../types.js';
 import { FileSource } from './file.js';
-import { createHttpPool, HttpSource } from './http.js';
+import { createHttpPool, type HttpDispatcher, HttpSource } from './http.js';
+import type { Http1Pool } from './http1.js';
 import { createS3Client, resolveS3Settings, S3Source, type S3ClientHandle } from './s3.js';
 import { parseObjectUrl } from './url.js';
 
@@ -70,7 +70,7 @@ type ClientsState = 'open' | 'closing' | 'closed';
 
 export class StorageClients {
   private readonly opts: StorageClientsOptions;
-  private readonly shared = new Map<string, Shared<Pool | S3ClientHandle>>();
+  private readonly shared = new Map<string, Shared<Http1Pool | S3ClientHandle>>();
   private state: ClientsState = 'open';
   private closed: Promise<void> | undefined;
 
@@ -92,9 +92,9 @@ export class StorageClients {
       case 'file':
         return new FileSource(parsed.path, parsed.display);
       case 'http': {
-        const leases = new Map<string, Lease<Pool>>();
+        const leases = new Map<string, Lease<Http1Pool>>();
         return new HttpSource(parsed.url, parsed.display, {
-          dispatcherFor: (origin): Dispatcher => {
+          dispatcherFor: (origin): HttpDispatcher => {
             let lease = leases.get(origin);
             if (lease === undefined) {
               lease = this.httpPool(origin);
@@ -124,8 +124,8 @@ export class StorageClients {
     }
   }
 
-  /** The shared undici pool for an HTTP origin. */
-  httpPool(origin: string): Lease<Pool> {
+  /** The shared connection pool for an HTTP origin. */
+  httpPool(origin: string): Lease<Http1Pool> {
     return this.acquire(`http|${origin}`, () => {
       const pool = createHttpPool(origin, {
         ...(this.opts.maxConnections !== undefined ? { maxConnections: this.opts.maxConnections } : {}),
@@ -183,7 +183,7 @@ export class StorageClients {
     if (this.state !== 'open') throw new RoboflowError('ERR_CLOSED', 'storage clients are closed');
   }
 
-  private acquire<T extends Pool | S3ClientHandle>(key: string, create: () => { value: T; dispose: () => Promise<void> }): Lease<T> {
+  private acquire<T extends Http1Pool | S3ClientHandle>(key: string, create: () => { value: T; dispose: () => Promise<void> }): Lease<T> {
     this.checkOpen();
     let entry = this.shared.get(key);
     if (entry === undefined) {

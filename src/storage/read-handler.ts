@@ -1,22 +1,22 @@
 /**
- * An AWS SDK v3 request handler that sends over undici instead of `node:http`.
+ * An AWS SDK v3 request handler that sends over `Http1Pool` (`http1.ts`) instead of `node:http`.
  *
  * The SDK still does everything S3-specific — endpoints, virtual-hosted or path-style addressing,
  * SigV4, region redirects, error parsing — and hands this handler a signed request. Only the
- * transport changes: a pool per origin, like the HTTP source's, so a ranged GET's body arrives
- * through undici's stream, which costs less CPU per byte than `NodeHttpHandler`'s
- * (measured in BENCHMARKS.md). Reads only: request bodies are refused, uploads keep the SDK's
- * own handler with its `Expect: 100-continue` and checksum handling.
+ * transport changes: a pool per origin, like the HTTP source's, so a ranged GET's body is an
+ * `Http1Body` the downloader fills its own buffers from (the SDK hands the body through as
+ * `GetObject`'s `Body`). Reads only: request bodies are refused, uploads keep the SDK's own
+ * handler with its `Expect: 100-continue` and checksum handling.
  */
 
 import type { LookupFunction } from 'node:net';
 import { buildQueryString, HttpResponse, type HttpHandler, type HttpRequest } from '@smithy/core/protocols';
 import type { HttpHandlerOptions } from '@smithy/types';
-import type { Pool } from 'undici';
 import { RoboflowError } from '../errors.js';
-import { createHttpPool, unpausedIfClosing } from './http.js';
+import { createHttpPool } from './http.js';
+import type { Http1Pool } from './http1.js';
 
-export interface UndiciHandlerOptions {
+export interface ReadHandlerOptions {
   /** Connections per origin. */
   readonly connections: number;
   /** Time allowed for the response headers; the body is watched by the downloader's stall timer. */
@@ -29,13 +29,13 @@ export interface UndiciHandlerOptions {
 
 type HandlerState = 'open' | 'destroyed';
 
-export class UndiciHttpHandler implements HttpHandler<Record<string, never>> {
+export class ReadHttpHandler implements HttpHandler<Record<string, never>> {
   readonly metadata = { handlerProtocol: 'http/1.1' };
-  private readonly opts: UndiciHandlerOptions;
-  private readonly pools = new Map<string, Pool>();
+  private readonly opts: ReadHandlerOptions;
+  private readonly pools = new Map<string, Http1Pool>();
   private state: HandlerState = 'open';
 
-  constructor(opts: UndiciHandlerOptions) {
+  constructor(opts: ReadHandlerOptions) {
     this.opts = opts;
   }
 
@@ -49,17 +49,19 @@ export class UndiciHttpHandler implements HttpHandler<Record<string, never>> {
     const origin = `${request.protocol}//${request.hostname}${port}`;
     const query = request.query ? buildQueryString(request.query) : '';
     const signal = options.abortSignal as AbortSignal | undefined;
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(request.headers)) headers[name] = value;
     const res = await this.pool(origin).request({
       method: request.method as 'GET' | 'HEAD',
       path: query === '' ? request.path : `${request.path}?${query}`,
-      headers: request.headers,
+      headers,
       ...(signal !== undefined ? { signal } : {}),
     });
-    const headers: Record<string, string> = {};
+    const out: Record<string, string> = {};
     for (const [name, value] of Object.entries(res.headers)) {
-      if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(', ') : value;
+      if (value !== undefined) out[name] = Array.isArray(value) ? value.join(', ') : value;
     }
-    return { response: new HttpResponse({ statusCode: res.statusCode, headers, body: unpausedIfClosing(res.headers, res.body) }) };
+    return { response: new HttpResponse({ statusCode: res.statusCode, headers: out, body: res.body }) };
   }
 
   updateHttpClientConfig(): void {
@@ -90,7 +92,7 @@ export class UndiciHttpHandler implements HttpHandler<Record<string, never>> {
     }
   }
 
-  private pool(origin: string): Pool {
+  private pool(origin: string): Http1Pool {
     let pool = this.pools.get(origin);
     if (pool === undefined) {
       const { connections, headersTimeoutMs, lookup, ca } = this.opts;

@@ -21,11 +21,11 @@ import type { Readable } from 'node:stream';
 import tls from 'node:tls';
 import type { HeadObjectCommandOutput, S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { DEFAULTS } from '../defaults.js';
-import { abortError, codeForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError, type ErrorCode } from '../errors.js';
+import { abortError, codeForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError, withUrl, type ErrorCode } from '../errors.js';
 import { redactUrlsInText } from '../redact.js';
 import type { ByteRange, Checksum, ChecksumAlgorithm, ObjectSource, ObjectStat, RangeBody, ReadOptions, StorageOptions } from '../types.js';
 import { checkRange, expectContentRange, isStrongEtag, rangeHeader } from './range.js';
-import { UndiciHttpHandler } from './undici-handler.js';
+import { ReadHttpHandler } from './read-handler.js';
 import { isPathStyleEndpoint } from './url.js';
 
 /**
@@ -198,7 +198,7 @@ export interface S3ClientOptions {
   readonly lookup?: LookupFunction;
   /**
    * What the client is for. `read`: one SDK attempt per call (the downloader retries ranges with
-   * its own table) over undici, whose body stream costs less CPU per byte. `upload`: the SDK
+   * its own table) over `Http1Pool`, whose bodies the downloader reads into its own buffers. `upload`: the SDK
    * retries parts itself, over its own `node:http` handler, which knows request bodies.
    */
   readonly purpose: 'read' | 'upload';
@@ -242,7 +242,7 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
     const { S3Client } = await loadSdk();
     let requestHandler: S3ClientConfig['requestHandler'];
     if (opts.purpose === 'read') {
-      const handler = new UndiciHttpHandler({
+      const handler = new ReadHttpHandler({
         connections: maxSockets,
         headersTimeoutMs,
         ...(lookup !== undefined ? { lookup } : {}),
@@ -359,7 +359,8 @@ const SIGNING_ERRORS = new Set(['SignatureDoesNotMatch', 'InvalidAccessKeyId', '
 
 /** Turns an AWS SDK failure into a `RoboflowError` naming the operation and the object. */
 export function mapS3Error(err: unknown, url: string, what: string, kind: 's3' | 'oss' = 's3'): RoboflowError {
-  if (err instanceof RoboflowError) return err;
+  // The read handler's transport errors name only the origin.
+  if (err instanceof RoboflowError) return withUrl(err, url);
   const e = (err ?? {}) as SdkError;
   const name = e.name ?? e.Code ?? 'Error';
   if (name === 'CredentialsProviderError') {

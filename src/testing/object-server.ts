@@ -39,7 +39,9 @@ export interface ObjectServerOptions {
   host?: string;
   /** Port to listen on; 0 picks a free one. (Default: 0) */
   port?: number;
-  /** Per-connection (per TCP socket) send rate cap, bytes/s; undefined = uncapped. */
+  /** Send rate cap of each response body, bytes/s; undefined = uncapped. A connection sends one
+   * response at a time, so this is also a per-connection cap; no credit carries over from idle
+   * time before a response. */
   rateLimitBytesPerSec?: number;
   /** Delay before the response headers of each GET/HEAD (first-byte latency), ms. (Default: 0) */
   firstByteLatencyMs?: number;
@@ -179,9 +181,11 @@ const FAST_SLICE = 256 * 1024;
 /** Capped responses use smaller slices so pacing is smooth (~100 slices per second). */
 const MIN_PACED_SLICE = 1024;
 const MAX_PACED_SLICE = 256 * 1024;
-/** A connection may bank this much idle time as send credit. Timers fire late on a busy machine;
- * without some credit every late wake-up would be lost and the effective rate fall far below
- * the cap. 50 ms keeps bursts short next to any transfer worth capping. */
+/** A response may bank this much of its own sending time as credit. Timers fire late on a busy
+ * machine; without some credit every late wake-up would be lost and the effective rate fall far
+ * below the cap. 50 ms keeps bursts short next to any transfer worth capping. Credit is never
+ * carried from one response to the next: idle time before a response (its first-byte latency, a
+ * socket opened early and left waiting) is not banked, as a real store's link banks nothing. */
 const PACE_BURST_SECONDS = 0.05;
 const DIGEST_READ = MiB;
 const XML_HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n';
@@ -868,10 +872,21 @@ interface RuleState {
   readonly random: () => number;
 }
 
-/** Token bucket of one connection; the debt form (tokens may go negative) paces exactly. */
+/** Token bucket of one response body; the debt form (tokens may go negative) paces exactly. */
 interface TokenBucket {
   tokens: number;
   last: number;
+}
+
+/** Takes `len` tokens from a response's bucket, sleeping off any debt. A new bucket holds one
+ * slice, so the first slice goes at once and the rest at `rate`. */
+async function pace(b: TokenBucket, len: number, rate: number, signal: AbortSignal): Promise<void> {
+  const now = performance.now();
+  const burst = Math.max(pacedSlice(rate), rate * PACE_BURST_SECONDS);
+  b.tokens = Math.min(burst, b.tokens + ((now - b.last) / 1000) * rate);
+  b.last = now;
+  b.tokens -= len;
+  if (b.tokens < 0) await sleep((-b.tokens / rate) * 1000, signal);
 }
 
 function pacedSlice(rate: number): number {
@@ -900,7 +915,6 @@ export class ObjectServer {
   private readonly buckets = new Map<string, Map<string, StoredObject>>();
   private readonly uploads = new Map<string, MultipartUpload>();
   private readonly sockets = new Set<Socket>();
-  private readonly connectionBuckets = new WeakMap<Socket, TokenBucket>();
   private readonly requestIds = new WeakMap<RequestLogEntry, string>();
   private readonly rules: RuleState[] = [];
   private readonly log: RequestLogEntry[] = [];
@@ -1628,6 +1642,7 @@ export class ObjectServer {
     const limit = bodyFault === undefined ? Infinity : Math.max(0, bodyFault.afterBytes);
     let stalled = false;
     let pos = start;
+    let bucket: TokenBucket | undefined;
     for (;;) {
       if (signal.aborted || res.destroyed) return;
       const sent = pos - start;
@@ -1663,7 +1678,8 @@ export class ObjectServer {
       let len = Math.min(rate === undefined ? FAST_SLICE : pacedSlice(rate), end - pos);
       if (sent < limit) len = Math.min(len, limit - sent);
       if (rate !== undefined) {
-        await this.pace(socket, len, rate, signal);
+        bucket ??= { tokens: pacedSlice(rate), last: performance.now() };
+        await pace(bucket, len, rate, signal);
         if (signal.aborted) return;
       }
       const buf = await reader.read(pos, len);
@@ -1673,21 +1689,6 @@ export class ObjectServer {
       if (!res.write(buf)) await drained(res, signal);
     }
     res.end();
-  }
-
-  /** Takes `len` tokens from the connection's bucket, sleeping off any debt. */
-  private async pace(socket: Socket, len: number, rate: number, signal: AbortSignal): Promise<void> {
-    const now = performance.now();
-    const burst = Math.max(pacedSlice(rate), rate * PACE_BURST_SECONDS);
-    let b = this.connectionBuckets.get(socket);
-    if (b === undefined) {
-      b = { tokens: burst, last: now };
-      this.connectionBuckets.set(socket, b);
-    }
-    b.tokens = Math.min(burst, b.tokens + ((now - b.last) / 1000) * rate);
-    b.last = now;
-    b.tokens -= len;
-    if (b.tokens < 0) await sleep((-b.tokens / rate) * 1000, signal);
   }
 
   // ----- Writes ------------------------------------------------------------------------------
