@@ -1,5 +1,5 @@
 /**
- * Events the core publishes, on `node:diagnostics_channel` as undici does: the downloader, the
+ * Events the core publishes, on `node:diagnostics_channel` (as Node's own HTTP client does): the downloader, the
  * prefetch queue and the worker never import a metrics library; `src/metrics.ts` (and anyone
  * else, e.g. a progress bar or a test) subscribes. Publishing to a channel without subscribers
  * costs a property check, so the hot path stays cheap.

@@ -179,13 +179,10 @@ const CONNECTION_ERRNOS = new Set([
   'ENETUNREACH',
   'ENETDOWN',
   'EAI_AGAIN',
-  'UND_ERR_SOCKET',
-  'UND_ERR_CLOSED',
-  'UND_ERR_CONNECT_TIMEOUT',
 ]);
 
 /**
- * Turns anything thrown into a `RoboflowError`. Known Node, undici and AWS SDK failures get their
+ * Turns anything thrown into a `RoboflowError`. Known Node and AWS SDK failures get their
  * proper code; unknown errors become `fallback` (not retryable unless the table says so).
  */
 export function toRoboflowError(
@@ -198,19 +195,19 @@ export function toRoboflowError(
   const message = e?.message ?? String(err);
   const where = url ? ` (${url})` : '';
   const opts = { cause: err, ...(url !== undefined ? { url } : {}) };
-  if (e?.name === 'AbortError' || e?.code === 'ABORT_ERR' || e?.code === 'UND_ERR_ABORTED') {
+  if (e?.name === 'AbortError' || e?.code === 'ABORT_ERR') {
     return new RoboflowError('ERR_ABORTED', `aborted${where}`, opts);
   }
   if (e?.code === 'ENOSPC' || e?.code === 'EDQUOT') {
     return new RoboflowError('ERR_NO_SPACE', `no space left on device${where}: ${message}`, opts);
   }
-  if (e?.code === 'UND_ERR_HEADERS_TIMEOUT' || e?.code === 'UND_ERR_BODY_TIMEOUT' || e?.name === 'TimeoutError') {
+  if (e?.name === 'TimeoutError') {
     return new RoboflowError('ERR_TIMEOUT', `request timed out${where}: ${message}`, opts);
   }
   if (e?.code && CONNECTION_ERRNOS.has(e.code)) {
     return new RoboflowError('ERR_CONNECTION', `connection failed${where}: ${message}`, opts);
   }
-  if (e?.code === 'ERR_STREAM_PREMATURE_CLOSE' || e?.code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH') {
+  if (e?.code === 'ERR_STREAM_PREMATURE_CLOSE') {
     return new RoboflowError('ERR_TRUNCATED_BODY', `response body ended early${where}: ${message}`, opts);
   }
   return new RoboflowError(fallback, `${message}${where}`, opts);

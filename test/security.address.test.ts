@@ -2,7 +2,6 @@ import type dns from 'node:dns';
 import http from 'node:http';
 import type { AddressInfo, LookupFunction } from 'node:net';
 import fc from 'fast-check';
-import { Agent, request } from 'undici';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
 import {
@@ -17,7 +16,8 @@ import {
   type AddressClass,
   type Resolver,
 } from '../src/security/address.js';
-import { anyRejection, rejection } from './helpers.js';
+import { Http1Pool } from '../src/storage/http1.js';
+import { anyRejection, readAll, rejection } from './helpers.js';
 
 function thrown(fn: () => unknown): RoboflowError {
   try {
@@ -345,15 +345,21 @@ describe('connect-time enforcement on real connections to 127.0.0.1', () => {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   });
 
-  function undiciAgent(policy: AddressPolicy, resolve?: Resolver): Agent {
-    const agent = new Agent({ connect: { lookup: policyLookup(policy, resolve ? { resolve } : {}) } });
-    agents.push(agent);
-    return agent;
+  /** What HTTP sources and S3/OSS reads connect through: an `Http1Pool` with the policy's lookup. */
+  function poolFor(url: string, policy: AddressPolicy, resolve?: Resolver): Http1Pool {
+    const pool = new Http1Pool(new URL(url).origin, {
+      maxConnections: 1,
+      headersTimeoutMs: 5_000,
+      lookup: policyLookup(policy, resolve ? { resolve } : {}),
+    });
+    agents.push(pool);
+    return pool;
   }
 
-  async function undiciGet(agent: Agent, url: string): Promise<string> {
-    const res = await request(url, { dispatcher: agent });
-    return await res.body.text();
+  async function poolGet(url: string, policy: AddressPolicy, resolve?: Resolver): Promise<string> {
+    const u = new URL(url);
+    const res = await poolFor(url, policy, resolve).request({ method: 'GET', path: u.pathname, headers: {} });
+    return (await readAll(res.body)).toString('utf8');
   }
 
   function nodeGet(agent: http.Agent, url: string): Promise<string> {
@@ -373,8 +379,8 @@ describe('connect-time enforcement on real connections to 127.0.0.1', () => {
   // `localhost` may also resolve to ::1 on other machines, hence both loopback blocks.
   const LOOPBACK = ['127.0.0.0/8', '::1/128'];
 
-  it('undici: localhost is refused before any connection when loopback is not allowed', async () => {
-    const err = await rejection(undiciGet(undiciAgent(new AddressPolicy()), `http://localhost:${port}/`));
+  it('Http1Pool: localhost is refused before any connection when loopback is not allowed', async () => {
+    const err = await rejection(poolGet(`http://localhost:${port}/`, new AddressPolicy()));
     expect(err).toBeInstanceOf(RoboflowError);
     expect(err.code).toBe('ERR_POLICY_DENIED');
     expect(err.message).toContain('localhost (127.0.0.1)');
@@ -382,26 +388,26 @@ describe('connect-time enforcement on real connections to 127.0.0.1', () => {
     expect(connections).toBe(0);
   });
 
-  it('undici: localhost is reached when 127.0.0.0/8 is allowed', async () => {
-    const body = await undiciGet(undiciAgent(new AddressPolicy({ allowRanges: LOOPBACK })), `http://localhost:${port}/`);
+  it('Http1Pool: localhost is reached when 127.0.0.0/8 is allowed', async () => {
+    const body = await poolGet(`http://localhost:${port}/`, new AddressPolicy({ allowRanges: LOOPBACK }));
     expect(body).toBe('ok');
     expect(requests).toBe(1);
   });
 
-  it('undici: a name the submitter controls is judged by the address it resolves to', async () => {
+  it('Http1Pool: a name the submitter controls is judged by the address it resolves to', async () => {
     const { resolve } = fixedResolver({ 'evil.example': ['127.0.0.1'] });
-    const refused = await rejection(undiciGet(undiciAgent(new AddressPolicy(), resolve), `http://evil.example:${port}/`));
+    const refused = await rejection(poolGet(`http://evil.example:${port}/`, new AddressPolicy(), resolve));
     expect(refused.code).toBe('ERR_POLICY_DENIED');
     expect(connections).toBe(0);
-    const body = await undiciGet(undiciAgent(new AddressPolicy({ allowRanges: LOOPBACK }), resolve), `http://evil.example:${port}/`);
+    const body = await poolGet(`http://evil.example:${port}/`, new AddressPolicy({ allowRanges: LOOPBACK }), resolve);
     expect(body).toBe('ok');
     expect(requests).toBe(1);
   });
 
-  it('undici: a literal IP host skips the lookup, which is why checkLiteralHost exists', async () => {
+  it('Http1Pool: a literal IP host skips the lookup, which is why checkLiteralHost exists', async () => {
     const { resolve, calls } = fixedResolver({});
     const policy = new AddressPolicy();
-    const body = await undiciGet(undiciAgent(policy, resolve), `http://127.0.0.1:${port}/`);
+    const body = await poolGet(`http://127.0.0.1:${port}/`, policy, resolve);
     expect(body).toBe('ok');
     expect(calls).toEqual([]);
     expect(thrown(() => checkLiteralHost(new URL(`http://127.0.0.1:${port}/`).hostname, policy)).code).toBe('ERR_POLICY_DENIED');

@@ -19,10 +19,13 @@
  *    during a write still fails cleanly with `ERR_NO_SPACE`.
  * 4. **lanes.** `connections` lanes take chunks from a `RangeScheduler` in ascending order. A
  *    lane holds a permit of the `ConcurrencyLimiter` (`concurrency.ts`, AIMD: halves on
- *    throttling, grows back by one per round) while its body streams. Received buffers are
- *    gathered up to 1 MiB and written at their offset with one `writev`, and the body is not read
- *    further until that write is done, so memory is `connections` × (1 MiB + the buffers of two
- *    response streams, the one read and a look-ahead one) whatever the object size. Every request carries `If-Match: <etag>`.
+ *    throttling, grows back by one per round) while its body streams. A body from `Http1Pool` is
+ *    read with `fill()`: the socket reads land in one of the lane's write buffers (up to 1 MiB),
+ *    which is then written at its offset, so no buffer is allocated per read (`fillFrom`). Any
+ *    other body is read as a stream, its buffers gathered up to 1 MiB and written with one
+ *    `writev` (`streamFrom`). Either way the body is not read further until that write is done,
+ *    so memory is `connections` × (1 MiB + the socket buffers of the one read and a look-ahead
+ *    response) whatever the object size. Every request carries `If-Match: <etag>`.
  *    **Look-ahead:** a body that ends and a next request that only then starts cost one
  *    first-byte latency per chunk (about 6 % at 25 MB/s and 20 ms per 8 MiB). A lane therefore
  *    sends the request for its next chunk when the current body's remaining bytes take less than

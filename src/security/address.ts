@@ -12,8 +12,8 @@
  * address for the check and a private one for the connection (DNS rebinding). So the check runs
  * where the connection is made: `policyLookup()` is a `dns.lookup` replacement that resolves the
  * name and fails the lookup unless every address it got is allowed; the socket then connects to
- * exactly the addresses that were checked. It plugs into undici (`connect: { lookup }`: HTTP sources and
- * S3/OSS reads), into `net.connect`/`tls.connect`, and into `http.Agent`/`https.Agent` (what the
+ * exactly the addresses that were checked. It plugs into `net.connect`/`tls.connect` (`Http1Pool`:
+ * HTTP sources and S3/OSS reads), and into `http.Agent`/`https.Agent` (what the
  * AWS SDK's `NodeHttpHandler` uses for uploads). Node does not call `lookup` for a literal IP host, so those are checked
  * with `checkLiteralHost()` before a request is made.
  *
@@ -380,7 +380,7 @@ type AnyLookupCallback = (err: NodeJS.ErrnoException | null, address: string | d
  * allowed by `policy` (see the module comment). Accepts the same arguments as `dns.lookup`:
  * `(hostname, callback)`, `(hostname, family, callback)` and `(hostname, options, callback)`,
  * with `options.all` selecting the array form. Pass it as `lookup` to `net.connect`,
- * `tls.connect`, `http.Agent`/`https.Agent`, or undici's `connect: { lookup }`.
+ * `tls.connect` (as `Http1Pool` does), or `http.Agent`/`https.Agent`.
  */
 export function policyLookup(policy: AddressPolicy, opts: PolicyLookupOptions = {}): LookupFunction {
   const resolve = opts.resolve ?? systemResolver;

@@ -1,7 +1,7 @@
 /**
  * An S3-protocol object server for tests, benchmarks and the demo.
  *
- * It speaks enough of path-style S3 (`/<bucket>/<key...>`) for the AWS SDK, undici and plain
+ * It speaks enough of path-style S3 (`/<bucket>/<key...>`) for the AWS SDK and plain
  * HTTP clients: HEAD/GET with single byte ranges, ETag and `If-Match`, PUT (including the SDK's
  * aws-chunked streaming encoding), multipart upload, ListObjectsV2, DeleteObject, and AWS SigV4
  * authentication (header or presigned URL) when credentials are configured.
