@@ -589,7 +589,9 @@ class Download {
     let keep = this.opts.keepPartial ?? true;
     try {
       await transfer.run();
-      const digests = await transfer.hasher.finish(st.size);
+      // The last fdatasync (and state write) and the hashing of what the lanes wrote last run at
+      // once: the hash is sequential, so the last round's chunks are hashed after their last byte.
+      const [digests] = await Promise.all([transfer.hasher.finish(st.size), transfer.recordAll()]);
       const verified = compareChecksums(st.url, expected, digests);
       const onDisk = (await fh.stat()).size;
       if (onDisk !== st.size) {
@@ -781,10 +783,14 @@ class Transfer {
       await Promise.all(Array.from({ length: lanes }, () => this.lane()));
       if (this.failure) throw this.failure;
       if (this.control.signal.aborted) throw abortError(signal, `download of ${this.d.displayUrl}`);
-      await this.flush();
     } finally {
       signal.removeEventListener('abort', onAbort);
     }
+  }
+
+  /** Makes everything written durable and records it: the end of a complete pass. */
+  recordAll(): Promise<void> {
+    return this.flush();
   }
 
   /**

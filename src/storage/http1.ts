@@ -107,6 +107,8 @@ export class Http1Body extends Readable {
   fill(target: Buffer, onBytes?: (n: number) => void): Promise<number> {
     if (this.#mode === 'stream') throw new RoboflowError('ERR_IO', 'a response body read as a stream cannot also be filled');
     if (this.#settle !== undefined) throw new RoboflowError('ERR_IO', 'a response body is filled one buffer at a time');
+    // An empty fill would resolve 0, which means the end of the body.
+    if (target.length === 0) throw new RoboflowError('ERR_IO', 'fill() needs a target of at least one byte');
     this.#mode = 'fill';
     this.filled = 0;
     if (this.destroyed) return Promise.reject(this.errored ?? new RoboflowError('ERR_ABORTED', 'the response body was destroyed'));
@@ -659,11 +661,10 @@ class Connection implements BodyOwner {
         const stale = this.reused && !ex.answered && reason instanceof RoboflowError && reason.code === 'ERR_CONNECTION';
         ex.reject(stale ? new StaleConnectionError(reason) : reason);
       } else {
-        ex.body.fail(
-          ex.body.complete
-            ? reason
-            : new RoboflowError('ERR_TRUNCATED_BODY', `the response body ended early: ${reason.message}`, { cause: reason }),
-        );
+        // A connection lost mid-body cut it short (retried from where it stopped); anything
+        // else (a malformed response, a closed pool, an abort) keeps its own code.
+        const lost = !ex.body.complete && reason instanceof RoboflowError && reason.code === 'ERR_CONNECTION';
+        ex.body.fail(lost ? new RoboflowError('ERR_TRUNCATED_BODY', `the response body ended early: ${reason.message}`, { cause: reason }) : reason);
       }
     }
     if (this.state === 'closed') return;
