@@ -290,8 +290,14 @@ export function losses(picked: Picked): string[] {
         const alone = serverAloneMBps(c);
         if (Number.isFinite(alone)) why.push(`16 plain curls to /dev/null get ${fmt(alone)} MB/s from this server, so roboflow reached ${percent(rf.mbPerSecond / alone)} of that ceiling`);
         if (cores >= 0.85) {
+          const idle = dl.profiles?.find((p) => p.condition === c.id)?.top.find((t) => t.name === '(idle)')?.share;
+          const sys = median(c.runs.filter((r) => r.tool === ROBOFLOW_ID && r.sha256Ok).map((r) => r.measurement.sysSeconds));
           why.push(
-            `roboflow's process was busy ${fmt(cores, 2)} cores on average (${fmt(rfCpuSeconds, 1)} CPU s in ${fmt(rf.wallSeconds, 1)} s): its JavaScript thread is saturated, so it is CPU-bound, not waiting on the network`,
+            `roboflow's process was busy ${fmt(cores, 2)} cores on average (${fmt(rfCpuSeconds, 1)} CPU s in ${fmt(rf.wallSeconds, 1)} s${verifiesMd5 ? ', its MD5 thread included' : ''}; ` +
+              `${fmt(sys, 1)} s of it in the kernel: socket and page-cache copies)` +
+              (idle !== undefined
+                ? `, while its JavaScript thread was idle ${percent(idle)} of the time (CPU profile below): on ${dl.machine.nproc} cores shared with the server, CPU per byte decides, not JavaScript`
+                : ': it is CPU-bound, not waiting on the network'),
           );
         } else if (busyMachine(dl)) {
           why.push(
@@ -305,6 +311,15 @@ export function losses(picked: Picked): string[] {
           why.push(`uncapped, client and server share ${dl.machine.nproc} cores, so CPU per byte decides (table above)`);
         }
         out.push(`**${c.id}, throughput**: roboflow ${fmt(rf.mbPerSecond)} MB/s; faster: ${listPeers(dl, faster, (s) => `${fmt(s.mbPerSecond)} MB/s (${fmtRatio(s.throughputRatio)})`)}. ${why.join('; ')}.`);
+      }
+
+      const plain = sums.find((x) => x.tool === ROBOFLOW_NO_CHECKSUM_ID && x.sha256Ok);
+      if (verifiesMd5 && plain && plain.mbPerSecond > 1.02 * rf.mbPerSecond) {
+        out.push(
+          `**${c.id}, the cost of MD5**: verifying the MD5 ETag took roboflow from ${fmt(plain.mbPerSecond)} MB/s (--no-checksum) to ${fmt(rf.mbPerSecond)} MB/s. ` +
+            `MD5 runs in byte order on its own thread${Number.isFinite(md5Cost) ? ` (${fmt(md5Cost, 2)} CPU s/GB on this CPU: one core hashes at most ${fmt(1000 / md5Cost)} MB/s)` : ''}: the chunks of the last round, up to (connections − 1) × chunk, ` +
+            'are hashed after their last byte arrives, and the thread takes CPU that the download and the server also need.',
+        );
       }
 
       const cheaper = peers.filter((s) => s.cpuRatio < 0.98).sort((a, b) => a.cpuSecondsPerGB - b.cpuSecondsPerGB);
@@ -346,8 +361,8 @@ export function losses(picked: Picked): string[] {
       let why = `the worker waited for inputs ${percent(c.inputWaitShare)} of the prefetched run`;
       if (c.processor === 'cpu') {
         why +=
-          "; this processor keeps the worker's own event loop busy (10 ms slices), and the prefetching downloads run on that loop, so they advance only between slices: " +
-          'CPU-bound processing inside the worker process overlaps with downloads only partly (processing in a child process, the exec processor, would leave the loop to the downloads)';
+          '; this processor summarises the MCAP episode and then keeps a child process busy on one core until P has passed, while the prefetching download (its MD5 thread included) ' +
+          `and the object server share the other core${pre.machine.nproc === 2 ? '' : 's'}: both stretch, and the bound adds D and P measured alone`;
         if (twin && twin.boundRatio <= 1.05) why += `; the idle processor with the same D and P reached ${fmtRatio(twin.boundRatio)} of the bound`;
       } else if (c.processor === 'checksum') {
         why += '; the checksum processor hashes on the worker’s event loop, which the prefetching downloads share';
