@@ -1054,11 +1054,9 @@ class Transfer {
         if (lookahead && state.ahead === undefined) state.ahead = this.requestAhead(range.end - received, meter);
       };
       try {
-        if (isHttp1Body(body) && body.length === range.end - pending.from) {
-          await this.fillFrom(body, range, state, stall, meter, write, lookAhead);
-        } else {
-          await this.streamFrom(body, range, pending.from, state, stall, meter, write, lookAhead);
-        }
+        const reading: BodyReading = { range, from: pending.from, state, stall, meter, write, lookAhead };
+        if (isHttp1Body(body) && body.length === range.end - pending.from) await this.fillFrom(body, reading);
+        else await this.streamFrom(body, reading);
       } finally {
         clearTimeout(stall);
         if (!body.destroyed && state.offset < range.end) body.destroy();
@@ -1081,15 +1079,8 @@ class Transfer {
    * goes to the file; no buffer is allocated per read. Reading waits for the write, so memory is
    * one batch per lane.
    */
-  private async fillFrom(
-    body: Http1Body,
-    range: IndexedRange,
-    state: { offset: number },
-    stall: NodeJS.Timeout,
-    meter: LaneMeter,
-    write: (bufs: Buffer[], n: number) => Promise<void>,
-    lookAhead: (received: number) => void,
-  ): Promise<void> {
+  private async fillFrom(body: Http1Body, r: BodyReading): Promise<void> {
+    const { range, state, stall, meter, write, lookAhead } = r;
     const buf = this.writeBuffers.pop() ?? Buffer.allocUnsafeSlow(this.batchLimit);
     try {
       while (state.offset < range.end) {
@@ -1121,16 +1112,8 @@ class Transfer {
    * Any other body (a stream without a known length, a body the SDK wrapped): received buffers
    * wait until `batchLimit` bytes are together, then go to the file in one writev.
    */
-  private async streamFrom(
-    body: Readable,
-    range: IndexedRange,
-    from: number,
-    state: { offset: number },
-    stall: NodeJS.Timeout,
-    meter: LaneMeter,
-    write: (bufs: Buffer[], n: number) => Promise<void>,
-    lookAhead: (received: number) => void,
-  ): Promise<void> {
+  private async streamFrom(body: Readable, r: BodyReading): Promise<void> {
+    const { range, from, state, stall, meter, write, lookAhead } = r;
     const batch: Buffer[] = [];
     let batchBytes = 0;
     const writeBatch = async () => {
@@ -1340,6 +1323,22 @@ class Transfer {
     }
     if (this.unrecordedBytes() > 0 && !this.control.signal.aborted) this.scheduleFlush();
   }
+}
+
+/** One response body being read into the temp file by a lane (`fillFrom`, `streamFrom`). */
+interface BodyReading {
+  /** The chunk; the body holds its bytes from `from` on. */
+  readonly range: IndexedRange;
+  readonly from: number;
+  /** Where the next byte goes: advanced by `write`. */
+  readonly state: { offset: number };
+  /** The stall timer, refreshed whenever bytes arrive or a write completes. */
+  readonly stall: NodeJS.Timeout;
+  readonly meter: LaneMeter;
+  /** Writes `n` bytes at `state.offset` and advances it. */
+  readonly write: (bufs: Buffer[], n: number) => Promise<void>;
+  /** Sends the lane's next request when `received` says it is time (look-ahead). */
+  readonly lookAhead: (received: number) => void;
 }
 
 /**
