@@ -432,14 +432,14 @@ class Connection implements BodyOwner {
       };
       this.#exchange = ex;
       ex.timer = setTimeout(() => {
-        this.#fail(new RoboflowError('ERR_TIMEOUT', `no response head within ${headersTimeoutMs} ms (${req.method} ${hostHeader})`));
+        this.#close(new RoboflowError('ERR_TIMEOUT', `no response head within ${headersTimeoutMs} ms (${req.method} ${hostHeader})`));
       }, headersTimeoutMs);
       if (req.signal !== undefined) {
         const signal = req.signal;
         ex.onAbort = () => {
           const err = abortError(signal, `${req.method} ${hostHeader}${req.path}`);
           if (ex.body !== undefined) ex.body.destroy(err);
-          else this.#fail(err);
+          else this.#close(err);
         };
         signal.addEventListener('abort', ex.onAbort, { once: true });
       }
@@ -448,7 +448,7 @@ class Connection implements BodyOwner {
       for (const [name, value] of Object.entries(req.headers)) {
         if (value === undefined) continue;
         if (/[\r\n]/.test(name) || /[\r\n]/.test(value)) {
-          this.#fail(new RoboflowError('ERR_CONFIG', `header ${JSON.stringify(name)} contains a line break`));
+          this.#close(new RoboflowError('ERR_CONFIG', `header ${JSON.stringify(name)} contains a line break`));
           return;
         }
         if (name.toLowerCase() === 'host') hasHost = true;
@@ -465,12 +465,12 @@ class Connection implements BodyOwner {
   }
 
   abandon(reason: Error): void {
-    this.#fail(reason);
+    this.#close(reason);
   }
 
   /** Closes the connection now; a request or body in progress fails with `reason`. */
   destroy(reason: Error): void {
-    this.#fail(reason);
+    this.#close(reason);
   }
 
   #nextReadBuffer(): Uint8Array {
@@ -482,7 +482,7 @@ class Connection implements BodyOwner {
     const ex = this.#exchange;
     if (ex === undefined) {
       // Nothing was asked: a server talking out of turn. Never reuse such a connection.
-      this.#fail(protocolError(`${n} bytes arrived on an idle connection`));
+      this.#close(protocolError(`${n} bytes arrived on an idle connection`));
       return false;
     }
     ex.answered = true;
@@ -495,7 +495,7 @@ class Connection implements BodyOwner {
         this.#consume(ex, this.#scratch.subarray(0, n));
       }
     } catch (err) {
-      this.#fail(toRoboflowError(err, 'ERR_BAD_RESPONSE'));
+      this.#close(toRoboflowError(err, 'ERR_BAD_RESPONSE'));
       return false;
     }
     if (this.#exchange !== ex) return this.state !== 'closed';
@@ -632,10 +632,6 @@ class Connection implements BodyOwner {
     if (ex.onAbort && ex.signal) ex.signal.removeEventListener('abort', ex.onAbort);
     ex.onAbort = undefined;
     if (this.#exchange === ex) this.#exchange = undefined;
-  }
-
-  #fail(err: Error): void {
-    this.#close(err);
   }
 
   /** The server closed its side: the end of a body framed by the connection, else a failure. */
