@@ -218,9 +218,13 @@ describe('roboflow download', () => {
     const dest = path.join(dir, 'crash.bin');
     const args = ['download', url, 'crash.bin', '--connections', String(connections), '--chunk-size', '1MiB', '--json'];
     const first = start(args);
-    await until('completed ranges and a state file that records them', async () => {
+    // The kill lands once the state file records whole chunks and the durable prefix of a chunk
+    // in flight, so the rerun has both to resume from (under load a state write may fall on
+    // chunk boundaries only; waiting for the next one keeps the test about resuming, not luck).
+    await until('completed ranges and a state file that records them and a partial chunk', async () => {
       if (completedRanges('crash.bin', chunk) < killAfter) return false;
-      return ((await readResumeState(partialPaths(dest).state))?.completed.size ?? 0) >= 2;
+      const state = await readResumeState(partialPaths(dest).state);
+      return (state?.completed.size ?? 0) >= 2 && [...(state?.partial ?? new Map<number, number>()).values()].some((bytes) => bytes > 0);
     });
     first.child.kill('SIGKILL');
     const r1 = await first.done;
