@@ -16,7 +16,6 @@
  * the callers (`HttpSource`, the S3 read handler, the downloader).
  */
 
-import type { IncomingHttpHeaders } from 'node:http';
 import net, { type LookupFunction, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import tls from 'node:tls';
@@ -45,7 +44,7 @@ export interface Http1Request {
 export interface Http1Response {
   readonly statusCode: number;
   /** Lower-case names; a repeated header's values joined with ", ". */
-  readonly headers: IncomingHttpHeaders;
+  readonly headers: Readonly<Record<string, string>>;
   readonly body: Http1Body;
 }
 

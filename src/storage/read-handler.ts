@@ -49,19 +49,14 @@ export class ReadHttpHandler implements HttpHandler<Record<string, never>> {
     const origin = `${request.protocol}//${request.hostname}${port}`;
     const query = request.query ? buildQueryString(request.query) : '';
     const signal = options.abortSignal as AbortSignal | undefined;
-    const headers: Record<string, string> = {};
-    for (const [name, value] of Object.entries(request.headers)) headers[name] = value;
     const res = await this.pool(origin).request({
       method: request.method as 'GET' | 'HEAD',
       path: query === '' ? request.path : `${request.path}?${query}`,
-      headers,
+      headers: request.headers,
       ...(signal !== undefined ? { signal } : {}),
     });
-    const out: Record<string, string> = {};
-    for (const [name, value] of Object.entries(res.headers)) {
-      if (value !== undefined) out[name] = Array.isArray(value) ? value.join(', ') : value;
-    }
-    return { response: new HttpResponse({ statusCode: res.statusCode, headers: out, body: res.body }) };
+    // Repeated headers already arrive joined: the SDK's shape as is.
+    return { response: new HttpResponse({ statusCode: res.statusCode, headers: { ...res.headers }, body: res.body }) };
   }
 
   updateHttpClientConfig(): void {
