@@ -6,6 +6,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
 import { ParallelDownloader, partialPaths } from '../src/prefetch/downloader.js';
+import { ChunkPlan } from '../src/prefetch/ranges.js';
 import { readResumeState } from '../src/prefetch/resume-state.js';
 import { ObjectServer } from '../src/testing/object-server.js';
 
@@ -62,8 +63,13 @@ describe('a ~300 MiB object, 8 MiB chunks, 16 connections', () => {
       // Over S3 the ETag's MD5 was verified too, hashed in order while the ranges arrived.
       if (scheme === 's3') expect(result.verified).toEqual(['size', 'md5']);
       expect(await sha256File(dest)).toBe(sha);
+      // One request per chunk of the plan: 22 of 8 MiB, then the last round of 16 chunks as 2 MiB
+      // chunks (124 MiB + 12,345 bytes: 63).
       const gets = server.requests.filter((r) => r.method === 'GET');
-      expect(gets.length).toBe(Math.ceil(SIZE / (8 * MiB)));
+      const plan = ChunkPlan.forDownload(SIZE, 8 * MiB, 16);
+      expect(plan.tailStart).toBe(22 * 8 * MiB);
+      expect(gets.length).toBe(22 + 63);
+      expect(gets.map((r) => [r.range!.start, r.range!.end]).sort((a, b) => a[0]! - b[0]!)).toEqual(plan.ranges().map((r) => [r.start, r.end]));
       server.clearRequests();
     } finally {
       await d.close();

@@ -16,7 +16,7 @@ import {
   partialPaths,
   removePartial,
 } from '../src/prefetch/downloader.js';
-import { readResumeState, writeResumeState } from '../src/prefetch/resume-state.js';
+import { readResumeState, STATE_VERSION, writeResumeState } from '../src/prefetch/resume-state.js';
 import { ChunkSet } from '../src/prefetch/ranges.js';
 import { ObjectServer } from '../src/testing/object-server.js';
 import type { DownloadProgress } from '../src/types.js';
@@ -447,7 +447,7 @@ describe('resume', () => {
     const all = new ChunkSet(6);
     for (let i = 0; i < 6; i++) all.add(i);
     await writeFile(temp, Buffer.alloc(size, 0xee));
-    await writeResumeState(state, { version: 1, url, size, chunkSize: CHUNK, etag: '"another-version"', completed: all });
+    await writeResumeState(state, { version: STATE_VERSION, url, size, chunkSize: CHUNK, etag: '"another-version"', completed: all });
     result = await downloader().download(url, dest);
     expect(result.resumedBytes).toBe(0);
     expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'stale.bin'));
@@ -467,7 +467,7 @@ describe('resume', () => {
     done.add(0);
     done.add(1);
     const etag = await server.objectEtag(BUCKET, 'trust.bin');
-    await writeResumeState(state, { version: 1, url, size, chunkSize: CHUNK, etag, completed: done });
+    await writeResumeState(state, { version: STATE_VERSION, url, size, chunkSize: CHUNK, etag, completed: done });
     const result = await downloader().download(url, dest);
     expect(result.resumedBytes).toBe(2 * CHUNK);
     expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'trust.bin'));
@@ -491,7 +491,7 @@ describe('resume', () => {
     done.add(0);
     const etag = await server.objectEtag(BUCKET, 'prefix.bin');
     await writeResumeState(state, {
-      version: 1,
+      version: STATE_VERSION,
       url,
       size,
       chunkSize: CHUNK,
@@ -513,6 +513,88 @@ describe('resume', () => {
       5 * CHUNK + 1,
     ]);
     expect(server.bytesServed(BUCKET, 'prefix.bin')).toBe(size - CHUNK - 1001);
+  });
+
+  it('cuts the last round into smaller chunks and records that plan in the state', async () => {
+    // 2 connections × 4 MiB over 13 MiB: chunks at 0 and 4 MiB, then 1 MiB chunks from 8 MiB on.
+    const size = 13 * MiB;
+    put('tail.bin', size);
+    const url = server.httpUrl(BUCKET, 'tail.bin');
+    const dest = path.join(dir, 'tail.bin');
+    server.setRateLimit(16 * MiB);
+    const ac = new AbortController();
+    const running = downloader({ connections: 2, chunkSize: 4 * MiB }).download(url, dest, { signal: ac.signal });
+    let state: Awaited<ReturnType<typeof readResumeState>>;
+    for (;;) {
+      state = await readResumeState(partialPaths(dest).state);
+      if (state && state.completed.size >= 1) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    ac.abort();
+    expect((await caught(running)).code).toBe('ERR_ABORTED');
+    expect(state.tail).toEqual({ start: 8 * MiB, chunkSize: MiB });
+    expect(state.completed.count).toBe(7);
+
+    server.setRateLimit(undefined);
+    server.clearRequests();
+    const result = await downloader({ connections: 2, chunkSize: 4 * MiB }).download(url, dest);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'tail.bin'));
+    expect(server.bytesServed(BUCKET, 'tail.bin')).toBe(size - result.resumedBytes);
+    // Every request of the second run lies within one chunk of the plan, none crosses 8 MiB as
+    // a 4 MiB chunk would, and the tail is fetched in 1 MiB chunks.
+    for (const r of gets('tail.bin')) {
+      const { start, end } = r.range!;
+      if (start < 8 * MiB) expect(Math.floor(start / (4 * MiB))).toBe(Math.floor((end - 1) / (4 * MiB)));
+      else expect(Math.floor(start / MiB)).toBe(Math.floor((end - 1) / MiB));
+    }
+    expect(gets('tail.bin').filter((r) => r.range!.start >= 8 * MiB).length).toBeGreaterThanOrEqual(1);
+  });
+
+  it("fetches a fresh download's last round in smaller chunks", async () => {
+    const size = 13 * MiB;
+    put('tail-fresh.bin', size);
+    const dest = path.join(dir, 'tail-fresh.bin');
+    await downloader({ connections: 2, chunkSize: 4 * MiB }).download(server.httpUrl(BUCKET, 'tail-fresh.bin'), dest);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'tail-fresh.bin'));
+    const ranges = gets('tail-fresh.bin').map((r) => [r.range!.start / MiB, r.range!.end / MiB]).sort((a, b) => a[0]! - b[0]!);
+    expect(ranges).toEqual([[0, 4], [4, 8], [8, 9], [9, 10], [10, 11], [11, 12], [12, 13]]);
+  });
+
+  it('resumes with the plan the state records, whatever the connections now', async () => {
+    const size = 13 * MiB;
+    put('tail-resume.bin', size);
+    const url = server.httpUrl(BUCKET, 'tail-resume.bin');
+    const dest = path.join(dir, 'tail-resume.bin');
+    const { temp, state } = partialPaths(dest);
+    const bytes = server.objectBytes(BUCKET, 'tail-resume.bin');
+    // Written by a run over 2 connections: chunk 0 (4 MiB) and tail chunk 3 ([9, 10) MiB) done,
+    // 100 bytes of tail chunk 5 ([11, 12) MiB) durable.
+    const file = Buffer.alloc(size, 0xee);
+    bytes.copy(file, 0, 0, 4 * MiB);
+    bytes.copy(file, 9 * MiB, 9 * MiB, 10 * MiB);
+    bytes.copy(file, 11 * MiB, 11 * MiB, 11 * MiB + 100);
+    await writeFile(temp, file);
+    const done = new ChunkSet(7);
+    done.add(0);
+    done.add(3);
+    const etag = await server.objectEtag(BUCKET, 'tail-resume.bin');
+    await writeResumeState(state, {
+      version: STATE_VERSION,
+      url,
+      size,
+      chunkSize: 4 * MiB,
+      tail: { start: 8 * MiB, chunkSize: MiB },
+      etag,
+      completed: done,
+      partial: new Map([[5, 100]]),
+    });
+    // A fresh plan over 8 connections would have no tail at all (4 chunks, one round).
+    const result = await downloader({ connections: 8, chunkSize: 4 * MiB }).download(url, dest);
+    expect(result.resumedBytes).toBe(5 * MiB + 100);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'tail-resume.bin'));
+    const starts = gets('tail-resume.bin').map((r) => r.range!.start).sort((a, b) => a - b);
+    expect(starts).toEqual([4 * MiB, 8 * MiB, 10 * MiB, 11 * MiB + 100, 12 * MiB]);
+    expect(server.bytesServed(BUCKET, 'tail-resume.bin')).toBe(size - 5 * MiB - 100);
   });
 
   it('removePartial deletes both files', async () => {

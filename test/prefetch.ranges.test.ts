@@ -1,91 +1,145 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import {
-  bytesIn,
-  ChunkSet,
-  chunkCount,
-  missingRanges,
-  RangeScheduler,
-  shouldRequestAhead,
-  splitRanges,
-} from '../src/prefetch/ranges.js';
+import { ChunkPlan, ChunkSet, MIN_TAIL_CHUNK_BYTES, RangeScheduler, shouldRequestAhead } from '../src/prefetch/ranges.js';
+
+const MiB = 1024 * 1024;
 
 /** A chunk size and an object size of at most ~2,000 chunks (edge sizes around multiples included). */
-const planArb = fc
+const sizesArb = fc
   .tuple(fc.integer({ min: 1, max: 1_000_000 }), fc.integer({ min: 0, max: 600 }), fc.integer({ min: -1, max: 1 }))
   .map(([chunk, n, delta]) => [Math.max(0, chunk * n + delta), chunk] as const);
 
-describe('splitRanges', () => {
-  it('covers every byte exactly once, in order, only the last range shorter', () => {
+/** Any valid plan: uniform, or a tail of smaller chunks from some chunk boundary on. */
+const planArb = sizesArb.chain(([size, chunk]) =>
+  fc
+    // Tail chunks of at least 1/16 of a chunk: at most ~10,000 chunks in all.
+    .tuple(fc.integer({ min: 0, max: Math.floor(size / chunk) }), fc.integer({ min: Math.ceil(chunk / 16), max: chunk }))
+    .map(([bulk, tailChunk]) => new ChunkPlan(size, chunk, bulk * chunk, tailChunk)),
+);
+
+/** Plans as a download makes them: chunk sizes of 1–64 MiB, 1–64 connections. */
+const downloadPlanArb = fc
+  .tuple(fc.integer({ min: 0, max: 4096 * MiB }), fc.integer({ min: 1, max: 64 }), fc.integer({ min: 1, max: 64 }))
+  .map(([size, chunkMiB, connections]) => ({ plan: ChunkPlan.forDownload(size, chunkMiB * MiB, connections), connections }));
+
+describe('ChunkPlan', () => {
+  it('covers every byte exactly once, in order; chunks are chunkSize before the tail and tailChunkSize in it, only the last shorter', () => {
     fc.assert(
-      fc.property(planArb, ([size, chunk]) => {
-        const ranges = splitRanges(size, chunk);
-        expect(ranges.length).toBe(chunkCount(size, chunk));
+      fc.property(planArb, (plan) => {
+        const ranges = plan.ranges();
+        expect(ranges.length).toBe(plan.count);
         let next = 0;
         ranges.forEach((r, i) => {
           expect(r.index).toBe(i);
           expect(r.start).toBe(next);
           expect(r.end).toBeGreaterThan(r.start);
           const len = r.end - r.start;
-          if (i < ranges.length - 1) expect(len).toBe(chunk);
-          else expect(len).toBeLessThanOrEqual(chunk);
+          const nominal = r.start < plan.tailStart ? plan.chunkSize : plan.tailChunkSize;
+          if (i < ranges.length - 1) expect(len).toBe(nominal);
+          else expect(len).toBeLessThanOrEqual(nominal);
           next = r.end;
         });
-        expect(next).toBe(size);
+        expect(next).toBe(plan.size);
+        expect(plan.bytesIn(new ChunkSet(plan.count))).toBe(0);
       }),
     );
+  });
+
+  it('cuts only the last round of a download into quarter-size chunks, never below 1 MiB, and leaves one-round objects alone', () => {
+    fc.assert(
+      fc.property(downloadPlanArb, ({ plan, connections }) => {
+        const uniform = ChunkPlan.uniform(plan.size, plan.chunkSize);
+        if (uniform.count <= connections || plan.chunkSize <= MIN_TAIL_CHUNK_BYTES) {
+          expect(plan.isUniform).toBe(true);
+        }
+        if (plan.isUniform) {
+          expect(plan.ranges()).toEqual(uniform.ranges());
+          return;
+        }
+        expect(uniform.count).toBeGreaterThan(connections);
+        expect(plan.tailChunkSize).toBe(Math.max(MIN_TAIL_CHUNK_BYTES, Math.floor(plan.chunkSize / 4)));
+        // The tail is what the last round of uniform chunks would have covered.
+        expect(plan.tailStart).toBe((uniform.count - connections) * plan.chunkSize);
+        expect(plan.size - plan.tailStart).toBeLessThanOrEqual(connections * plan.chunkSize);
+        expect(plan.ranges().slice(0, plan.tailStart / plan.chunkSize)).toEqual(uniform.ranges().slice(0, plan.tailStart / plan.chunkSize));
+      }),
+    );
+  });
+
+  it('examples: 1 GiB in 16 × 8 MiB ends in 64 chunks of 2 MiB; smaller objects keep whole chunks', () => {
+    const plan = ChunkPlan.forDownload(1024 * MiB, 8 * MiB, 16);
+    expect(plan.tailStart).toBe(896 * MiB);
+    expect(plan.count).toBe(112 + 64);
+    expect(plan.range(111)).toEqual({ index: 111, start: 888 * MiB, end: 896 * MiB });
+    expect(plan.range(112)).toEqual({ index: 112, start: 896 * MiB, end: 898 * MiB });
+    expect(plan.range(175)).toEqual({ index: 175, start: 1022 * MiB, end: 1024 * MiB });
+    expect(ChunkPlan.forDownload(128 * MiB, 8 * MiB, 16).isUniform).toBe(true);
+    expect(ChunkPlan.forDownload(7, 8 * MiB, 16).ranges()).toEqual([{ index: 0, start: 0, end: 7 }]);
+    expect(ChunkPlan.forDownload(0, 8 * MiB, 16).count).toBe(0);
+    // 2 MiB chunks: tail chunks of 1 MiB (a half: never below 1 MiB); 1 MiB chunks: no tail.
+    expect(ChunkPlan.forDownload(100 * MiB, 2 * MiB, 4).tailChunkSize).toBe(MiB);
+    expect(ChunkPlan.forDownload(100 * MiB, MiB, 4).isUniform).toBe(true);
   });
 
   it('gives no range for an empty object and one for an object smaller than a chunk', () => {
-    expect(splitRanges(0, 8)).toEqual([]);
-    expect(splitRanges(7, 8)).toEqual([{ index: 0, start: 0, end: 7 }]);
-    expect(splitRanges(8, 8)).toEqual([{ index: 0, start: 0, end: 8 }]);
-    expect(splitRanges(9, 8)).toEqual([
+    expect(ChunkPlan.uniform(0, 8).ranges()).toEqual([]);
+    expect(ChunkPlan.uniform(7, 8).ranges()).toEqual([{ index: 0, start: 0, end: 7 }]);
+    expect(ChunkPlan.uniform(8, 8).ranges()).toEqual([{ index: 0, start: 0, end: 8 }]);
+    expect(ChunkPlan.uniform(9, 8).ranges()).toEqual([
       { index: 0, start: 0, end: 8 },
       { index: 1, start: 8, end: 9 },
     ]);
+    expect(new ChunkPlan(20, 8, 16, 3).ranges()).toEqual([
+      { index: 0, start: 0, end: 8 },
+      { index: 1, start: 8, end: 16 },
+      { index: 2, start: 16, end: 19 },
+      { index: 3, start: 19, end: 20 },
+    ]);
   });
 
-  it('rejects nonsense plans', () => {
-    expect(() => splitRanges(-1, 8)).toThrow(RangeError);
-    expect(() => splitRanges(10, 0)).toThrow(RangeError);
-    expect(() => splitRanges(10, 1.5)).toThrow(RangeError);
+  it('rejects nonsense plans and indexes', () => {
+    expect(() => ChunkPlan.uniform(-1, 8)).toThrow(RangeError);
+    expect(() => ChunkPlan.uniform(10, 0)).toThrow(RangeError);
+    expect(() => ChunkPlan.uniform(10, 1.5)).toThrow(RangeError);
+    expect(() => new ChunkPlan(100, 8, 12, 4)).toThrow(/multiple of the chunk size/);
+    expect(() => new ChunkPlan(100, 8, 104, 4)).toThrow(/within the object/);
+    expect(() => new ChunkPlan(100, 8, 8, 9)).toThrow(/exceeds the chunk size/);
+    expect(() => new ChunkPlan(100, 8, 8, 0)).toThrow(RangeError);
+    expect(() => ChunkPlan.forDownload(100, 8, 0)).toThrow(RangeError);
+    expect(() => ChunkPlan.uniform(10, 8).range(2)).toThrow(RangeError);
   });
-});
 
-describe('missingRanges', () => {
-  const withDoneArb = planArb.chain(([size, chunk]) =>
-      fc.tuple(
-        fc.constant(size),
-        fc.constant(chunk),
-        fc.array(fc.boolean(), { minLength: chunkCount(size, chunk), maxLength: chunkCount(size, chunk) }),
-      ),
+  describe('missing', () => {
+    const withDoneArb = planArb.chain((plan) =>
+      fc.tuple(fc.constant(plan), fc.array(fc.boolean(), { minLength: plan.count, maxLength: plan.count })),
     );
 
-  it('with the completed ranges, covers every byte exactly once', () => {
-    fc.assert(
-      fc.property(withDoneArb, ([size, chunk, done]) => {
-        const set = new ChunkSet(done.length);
-        done.forEach((d, i) => d && set.add(i));
-        const missing = missingRanges(size, chunk, set);
-        // Missing ranges are in order, none of them completed.
-        for (let i = 1; i < missing.length; i++) expect(missing[i]!.start).toBeGreaterThan(missing[i - 1]!.start);
-        for (const r of missing) expect(set.has(r.index)).toBe(false);
-        // Missing plus completed tile [0, size) exactly.
-        const all = [...missing, ...splitRanges(size, chunk).filter((r) => set.has(r.index))].sort((a, b) => a.start - b.start);
-        let next = 0;
-        for (const r of all) {
-          expect(r.start).toBe(next);
-          next = r.end;
-        }
-        expect(next).toBe(size);
-        expect(bytesIn(set, size, chunk) + missing.reduce((n, r) => n + r.end - r.start, 0)).toBe(size);
-      }),
-    );
-  });
+    it('with the completed ranges, covers every byte exactly once', () => {
+      fc.assert(
+        fc.property(withDoneArb, ([plan, done]) => {
+          const set = new ChunkSet(done.length);
+          done.forEach((d, i) => d && set.add(i));
+          const missing = plan.missing(set);
+          // Missing ranges are in order, none of them completed.
+          for (let i = 1; i < missing.length; i++) expect(missing[i]!.start).toBeGreaterThan(missing[i - 1]!.start);
+          for (const r of missing) expect(set.has(r.index)).toBe(false);
+          // Missing plus completed tile [0, size) exactly.
+          const all = [...missing, ...plan.ranges().filter((r) => set.has(r.index))].sort((a, b) => a.start - b.start);
+          let next = 0;
+          for (const r of all) {
+            expect(r.start).toBe(next);
+            next = r.end;
+          }
+          expect(next).toBe(plan.size);
+          expect(plan.bytesIn(set) + missing.reduce((n, r) => n + r.end - r.start, 0)).toBe(plan.size);
+        }),
+      );
+    });
 
-  it('refuses a completed set made for another plan', () => {
-    expect(() => missingRanges(100, 10, new ChunkSet(9))).toThrow(RangeError);
+    it('refuses a completed set made for another plan', () => {
+      expect(() => ChunkPlan.uniform(100, 10).missing(new ChunkSet(9))).toThrow(RangeError);
+      expect(() => new ChunkPlan(100, 10, 50, 5).bytesIn(new ChunkSet(10))).toThrow(RangeError);
+    });
   });
 });
 
@@ -124,7 +178,7 @@ describe('ChunkSet', () => {
 
 describe('RangeScheduler', () => {
   it('hands ranges out in ascending order and puts a returned range back in order', () => {
-    const s = new RangeScheduler(splitRanges(50, 10).reverse());
+    const s = new RangeScheduler(ChunkPlan.uniform(50, 10).ranges().reverse());
     const a = s.take()!;
     const b = s.take()!;
     expect([a.index, b.index]).toEqual([0, 1]);

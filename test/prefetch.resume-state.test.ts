@@ -2,8 +2,10 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ChunkSet } from '../src/prefetch/ranges.js';
+import { ChunkPlan, ChunkSet } from '../src/prefetch/ranges.js';
 import {
+  durableBytes,
+  planOf,
   readResumeState,
   removeResumeState,
   type ResumeState,
@@ -63,6 +65,42 @@ describe('resume state', () => {
     await writeResumeState(file, { ...sample(), partial: new Map() });
     expect(await readFile(file, 'utf8')).not.toContain('partial');
     expect((await readResumeState(file))!.partial!.size).toBe(0);
+  });
+
+  it('round-trips a plan with a tail of smaller chunks, and reads a version 1 file (no tail) as uniform', async () => {
+    const file = path.join(dir, 'tail.json');
+    // 100 bytes: 8 chunks of 8 up to 64, then 12 chunks of 3: 20 chunks.
+    const plan = new ChunkPlan(100, 8, 64, 3);
+    const completed = new ChunkSet(plan.count);
+    for (const i of [0, 7, 8, 19]) completed.add(i);
+    const state: ResumeState = { ...sample(), tail: { start: 64, chunkSize: 3 }, completed, partial: new Map([[9, 2]]) };
+    await writeResumeState(file, state);
+    const back = (await readResumeState(file))!;
+    expect(back.tail).toEqual({ start: 64, chunkSize: 3 });
+    expect([...back.completed]).toEqual([0, 7, 8, 19]);
+    expect(planOf(back).ranges()).toEqual(plan.ranges());
+    // 8 + 8 + 3 + 3 completed, 2 durable of chunk 9.
+    expect(durableBytes(planOf(back), back.completed, back.partial)).toBe(24);
+    const json = JSON.parse(await readFile(file, 'utf8')) as Record<string, unknown>;
+    expect(json.tail).toEqual([64, 3]);
+    // A tail that is not a plan, a prefix beyond a tail chunk, a bitmap of the uniform plan, a
+    // version 1 file with a tail: discarded.
+    for (const bad of [
+      { ...json, tail: [60, 3] },
+      { ...json, tail: [64, 9] },
+      { ...json, partial: [[9, 3]] },
+      { ...json, completed: new ChunkSet(13).toBase64() },
+      { ...json, version: 1 },
+    ]) {
+      await writeFile(file, JSON.stringify(bad));
+      expect(await readResumeState(file), JSON.stringify(bad)).toBeUndefined();
+    }
+    const { tail: _tail, ...v1 } = JSON.parse(JSON.stringify({ ...json, version: 1, completed: sample().completed.toBase64(), partial: [[3, 5]] })) as Record<string, unknown>;
+    await writeFile(file, JSON.stringify(v1));
+    const old = (await readResumeState(file))!;
+    expect(old.tail).toBeUndefined();
+    expect(planOf(old).isUniform).toBe(true);
+    expect([...old.completed]).toEqual([0, 1, 2, 7, 12]);
   });
 
   it('overwrites an earlier state', async () => {

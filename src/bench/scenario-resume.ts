@@ -11,7 +11,7 @@
 import { spawn } from 'node:child_process';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import { durableBytes, readResumeState } from '../prefetch/resume-state.js';
+import { durableBytes, planOf, readResumeState } from '../prefetch/resume-state.js';
 import { generatedSha256 } from '../testing/content.js';
 import { ObjectServer } from '../testing/object-server.js';
 import { runCommand } from './measure.js';
@@ -131,7 +131,7 @@ async function runTrial(
     }
     await new Promise((r) => setTimeout(r, SETTLE_MS));
     const state = await readResumeState(stateFile);
-    const durableAfter = state ? durableBytes(state) : 0;
+    const durableAfter = state ? durableBytes(planOf(state), state.completed, state.partial) : 0;
     attempts.push({ sentBytes: served() - before, durableBefore: durable, durableAfter });
     durable = durableAfter;
   }

@@ -14,8 +14,7 @@
 import path from 'node:path';
 import { jobDirectory, safeLocalName } from '../paths.js';
 import { partialPaths } from '../prefetch/downloader.js';
-import { bytesIn } from '../prefetch/ranges.js';
-import { readResumeState } from '../prefetch/resume-state.js';
+import { planOf, readResumeState } from '../prefetch/resume-state.js';
 import { CHECKSUM_FILE } from '../processors/index.js';
 import type { ObjectServer } from '../testing/object-server.js';
 import {
@@ -213,7 +212,7 @@ async function killAt(
           if (!inFlight || sent < fraction * o.size || sent >= o.size) continue;
           const state = await readResumeState(partialPaths(path.join(jobDirectory(bufferDir, t.jobId), safeLocalName(o.url, 0))).state);
           if (state === undefined || state.completed.size === 0 || state.completed.size === state.completed.count) continue;
-          const durable = bytesIn(state.completed, state.size, state.chunkSize);
+          const durable = planOf(state).bytesIn(state.completed);
           hit = { observed: `download of ${o.key} at ${Math.round((100 * sent) / o.size)} %, ${durable} bytes durable`, url: o.url, durableBytes: durable };
           return true;
         }

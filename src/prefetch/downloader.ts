@@ -7,10 +7,13 @@
  * 1. **stat.** The source (`src/storage`) reports size, ETag, last-modified and any whole-object
  *    checksums. An empty object becomes an empty file. An object smaller than one chunk, or on a
  *    server without range support, is fetched with one request; the path below is the same.
- * 2. **plan.** `[0, size)` is cut into chunks (`ranges.ts`). The state file `<dest>.roboflow-state.json`
- *    (`resume-state.ts`) lists the chunks a previous run made durable; it is trusted only when it
- *    names the same URL, size, ETag (or last-modified when there is none) and chunk size, and the
- *    temp file has the object's size. Anything else is deleted, never guessed at.
+ * 2. **plan.** `[0, size)` is cut into chunks by a `ChunkPlan` (`ranges.ts`): `chunkSize` bytes
+ *    each, except that the last round (`connections` chunks) is cut into quarter-size chunks, so
+ *    every lane stays busy to the end and the in-order hash finishes right after the last byte.
+ *    The state file `<dest>.roboflow-state.json` (`resume-state.ts`) records the plan and the
+ *    chunks a previous run made durable; it is trusted only when it names the same URL, size,
+ *    ETag (or last-modified when there is none) and chunk size, and the temp file has the
+ *    object's size, and then its plan is kept. Anything else is deleted, never guessed at.
  * 3. **temp file.** `<dest>.roboflow-partial`, beside `dest` so the final rename stays on one file
  *    system, is preallocated with `ftruncate(size)` and filled with positioned writes. The seed
  *    asks for a memory-mapped file; in Node, positioned writes into a preallocated file take the
@@ -109,21 +112,15 @@ import type {
   VerifiedBy,
 } from '../types.js';
 import { ConcurrencyLimiter, type Release } from './concurrency.js';
-import {
-  ChunkSet,
-  chunkCount,
-  chunkRange,
-  type IndexedRange,
-  missingRanges,
-  RangeScheduler,
-  shouldRequestAhead,
-} from './ranges.js';
+import { ChunkPlan, ChunkSet, type IndexedRange, RangeScheduler, shouldRequestAhead } from './ranges.js';
 import {
   durableBytes,
   fsyncDir,
+  planOf,
   readResumeState,
   removeResumeState,
   type ResumeIdentity,
+  STATE_VERSION,
   stateMatches,
   writeResumeState,
 } from './resume-state.js';
@@ -495,8 +492,8 @@ class Download {
       ...(st.etag !== undefined ? { etag: st.etag } : {}),
       ...(st.lastModified !== undefined ? { lastModified: st.lastModified.toISOString() } : {}),
     };
-    const { completed, partial } = await this.loadResumable(identity);
-    const resumedBytes = durableBytes({ completed, partial, size: st.size, chunkSize });
+    const { plan, completed, partial } = await this.loadResumable(identity);
+    const resumedBytes = durableBytes(plan, completed, partial);
     this.totalBytes = st.size;
     this.progressBytes = resumedBytes;
     this.rateSamples.length = 0;
@@ -510,7 +507,7 @@ class Download {
       verifiedChecksums = await this.writeEmpty(st, expected);
     } else {
       await this.checkFreeSpace(st.size - resumedBytes);
-      verifiedChecksums = await this.fill(st, identity, completed, partial, expected);
+      verifiedChecksums = await this.fill(st, identity, plan, completed, partial, expected);
     }
     await rename(this.temp, this.dest);
     await fsyncDir(this.dir);
@@ -533,18 +530,19 @@ class Download {
    * The durable chunks (and durable prefixes of chunks) of a matching partial download; deletes a
    * partial download that does not match.
    */
-  private async loadResumable(id: ResumeIdentity): Promise<{ completed: ChunkSet; partial: ReadonlyMap<number, number> }> {
-    const n = chunkCount(id.size, id.chunkSize);
+  private async loadResumable(id: ResumeIdentity): Promise<{ plan: ChunkPlan; completed: ChunkSet; partial: ReadonlyMap<number, number> }> {
     const state = await readResumeState(this.stateFile);
     if (state && stateMatches(state, id)) {
       const tempSize = await statPath(this.temp).then(
         (s) => (s.isFile() ? s.size : -1),
         () => -1,
       );
-      if (tempSize === id.size) return { completed: state.completed.clone(), partial: state.partial ?? new Map() };
+      // The state's plan, not a fresh one: its chunk indexes mean that plan's ranges.
+      if (tempSize === id.size) return { plan: planOf(state), completed: state.completed.clone(), partial: state.partial ?? new Map() };
     }
     await removePartial(this.dest);
-    return { completed: new ChunkSet(n), partial: new Map() };
+    const plan = ChunkPlan.forDownload(id.size, id.chunkSize, this.s.connections);
+    return { plan, completed: new ChunkSet(plan.count), partial: new Map() };
   }
 
   private async checkFreeSpace(needed: number): Promise<void> {
@@ -574,6 +572,7 @@ class Download {
   private async fill(
     st: ObjectStat,
     identity: ResumeIdentity,
+    plan: ChunkPlan,
     completed: ChunkSet,
     partial: ReadonlyMap<number, number>,
     expected: readonly Checksum[],
@@ -586,7 +585,7 @@ class Download {
     } catch (err) {
       throw this.diskError(err);
     }
-    const transfer = new Transfer(this, fh, st, identity, completed, partial, expected);
+    const transfer = new Transfer(this, fh, st, identity, plan, completed, partial, expected);
     let keep = this.opts.keepPartial ?? true;
     try {
       await transfer.run();
@@ -741,6 +740,7 @@ class Transfer {
     private readonly fh: FileHandle,
     private readonly st: ObjectStat,
     private readonly identity: ResumeIdentity,
+    private readonly plan: ChunkPlan,
     completed: ChunkSet,
     partial: ReadonlyMap<number, number>,
     expected: readonly Checksum[],
@@ -756,7 +756,7 @@ class Transfer {
     this.batchLimit = Math.min(WRITE_BATCH_BYTES, Math.max(MIN_WRITE_BATCH_BYTES, Math.floor(identity.chunkSize / 8)));
     this.flushAtBytes = Math.max(this.batchLimit, Math.floor(bound / 8));
     this.backlogLimitBytes = Math.max(2 * this.batchLimit, Math.floor(bound / 4));
-    this.scheduler = new RangeScheduler(missingRanges(st.size, identity.chunkSize, completed));
+    this.scheduler = new RangeScheduler(plan.missing(completed));
     this.limiter = d.settingsOf.limiter ?? new ConcurrencyLimiter({ max: d.settingsOf.connections });
     // Every lane and look-ahead request listens on this signal: up to ~3 listeners per lane.
     setMaxListeners(Math.max(10, 4 * d.settingsOf.connections), this.control.signal);
@@ -1208,7 +1208,7 @@ class Transfer {
   // Completion, durability, hashing ---------------------------------------------------------
 
   private chunk(index: number): IndexedRange {
-    return chunkRange(index, this.st.size, this.identity.chunkSize);
+    return this.plan.range(index);
   }
 
   /** Where fetching a chunk starts: after its durable prefix from an earlier run, if any. */
@@ -1226,7 +1226,7 @@ class Transfer {
 
   private advanceHasher(): void {
     const firstMissing = this.written.firstMissing();
-    const prefix = firstMissing >= this.written.count ? this.st.size : chunkRange(firstMissing, this.st.size, this.identity.chunkSize).start;
+    const prefix = firstMissing >= this.written.count ? this.st.size : this.chunk(firstMissing).start;
     this.hasher.advanceTo(prefix);
   }
 
@@ -1309,7 +1309,8 @@ class Transfer {
           if (to > (this.durableTo.get(i) ?? this.chunk(i).start)) this.durableTo.set(i, to);
         }
         const partial = new Map([...this.durableTo].map(([i, to]) => [i, to - this.chunk(i).start] as const));
-        await writeResumeState(this.d.paths.state, { ...this.identity, version: 1, completed: this.durable, partial });
+        const tail = this.plan.isUniform ? {} : { tail: { start: this.plan.tailStart, chunkSize: this.plan.tailChunkSize } };
+        await writeResumeState(this.d.paths.state, { ...this.identity, ...tail, version: STATE_VERSION, completed: this.durable, partial });
       } catch (err) {
         this.unrecorded.unshift(...batch);
         throw err;

@@ -13,10 +13,13 @@
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { z } from 'zod';
-import { bytesIn, ChunkSet, chunkCount } from './ranges.js';
+import { ChunkPlan, ChunkSet } from './ranges.js';
 
-/** Bumped whenever the layout changes; a state file of another version is discarded. */
-export const STATE_VERSION = 1;
+/**
+ * Bumped whenever the layout changes; a state file of an unknown version is discarded. Version 2
+ * added `tail`; a version 1 file (no tail) is still read, as a uniform plan.
+ */
+export const STATE_VERSION = 2;
 
 /**
  * The file's schema, built when a state file is first read: zod costs ~0.1 s of start-up, which
@@ -25,13 +28,15 @@ export const STATE_VERSION = 1;
 async function buildSchema() {
   const { z } = await import('zod');
   return z.object({
-    version: z.literal(STATE_VERSION),
+    version: z.union([z.literal(1), z.literal(STATE_VERSION)]),
     /** Display form of the URL (secrets removed): a state file may be read by anyone. */
     url: z.string().min(1),
     size: z.number().int().nonnegative(),
     etag: z.string().optional(),
     lastModified: z.string().optional(),
     chunkSize: z.number().int().positive(),
+    /** `[tail start, tail chunk size]` of the plan (`ChunkPlan`); absent when it is uniform. */
+    tail: z.tuple([z.number().int().nonnegative(), z.number().int().positive()]).optional(),
     /** Bitmap of completed chunk indexes, base64 (`ChunkSet.toBase64`). */
     completed: z.string(),
     /** `[chunk index, durable bytes from the chunk's start]` of chunks not completed. Optional:
@@ -50,6 +55,8 @@ export interface ResumeState {
   /** ISO-8601; compared when the object has no ETag. */
   readonly lastModified?: string;
   readonly chunkSize: number;
+  /** Where the plan's smaller chunks begin and their size; absent when the plan is uniform. */
+  readonly tail?: { readonly start: number; readonly chunkSize: number };
   readonly completed: ChunkSet;
   /** Chunk index → bytes from the chunk's start that are durable, for chunks not in `completed`
    * (each strictly between 0 and the chunk's length). Always present on what is read. */
@@ -86,14 +93,21 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
   const parsed = (await stateSchema).safeParse(json);
   if (!parsed.success) return undefined;
   const s = parsed.data;
-  const count = chunkCount(s.size, s.chunkSize);
-  const completed = ChunkSet.fromBase64(s.completed, count);
+  if (s.version === 1 && s.tail !== undefined) return undefined;
+  let plan: ChunkPlan;
+  try {
+    plan = new ChunkPlan(s.size, s.chunkSize, s.tail?.[0] ?? 0, s.tail?.[1] ?? s.chunkSize);
+  } catch {
+    return undefined;
+  }
+  const completed = ChunkSet.fromBase64(s.completed, plan.count);
   if (!completed) return undefined;
   const partial = new Map<number, number>();
   for (const [index, bytes] of s.partial ?? []) {
     // A prefix of a chunk that is complete, beyond the chunk, or listed twice: not ours.
-    const length = Math.min(s.chunkSize, s.size - index * s.chunkSize);
-    if (index >= count || completed.has(index) || bytes >= length || partial.has(index)) return undefined;
+    if (index >= plan.count || completed.has(index) || partial.has(index)) return undefined;
+    const r = plan.range(index);
+    if (bytes >= r.end - r.start) return undefined;
     partial.set(index, bytes);
   }
   return {
@@ -101,6 +115,7 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
     url: s.url,
     size: s.size,
     chunkSize: s.chunkSize,
+    ...(plan.isUniform ? {} : { tail: { start: plan.tailStart, chunkSize: plan.tailChunkSize } }),
     completed,
     partial,
     ...(s.etag !== undefined ? { etag: s.etag } : {}),
@@ -108,14 +123,21 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
   };
 }
 
+/** The chunk plan a state was written for. */
+export function planOf(state: Pick<ResumeState, 'size' | 'chunkSize' | 'tail'>): ChunkPlan {
+  return state.tail === undefined
+    ? ChunkPlan.uniform(state.size, state.chunkSize)
+    : new ChunkPlan(state.size, state.chunkSize, state.tail.start, state.tail.chunkSize);
+}
+
 /** Bytes a state vouches for: its completed chunks plus the durable prefixes of the others. */
-export function durableBytes(state: Pick<ResumeState, 'completed' | 'partial' | 'size' | 'chunkSize'>): number {
-  let n = bytesIn(state.completed, state.size, state.chunkSize);
-  for (const bytes of state.partial?.values() ?? []) n += bytes;
+export function durableBytes(plan: ChunkPlan, completed: ChunkSet, partial?: ReadonlyMap<number, number>): number {
+  let n = plan.bytesIn(completed);
+  for (const bytes of partial?.values() ?? []) n += bytes;
   return n;
 }
 
-/** Whether `state` was written for exactly this object version and chunk plan. */
+/** Whether `state` was written for exactly this object version and chunk size (its tail is its own: see `planOf`). */
 export function stateMatches(state: ResumeState, id: ResumeIdentity): boolean {
   return (
     state.url === id.url &&
@@ -139,6 +161,7 @@ export async function writeResumeState(file: string, state: ResumeState): Promis
     url: state.url,
     size: state.size,
     chunkSize: state.chunkSize,
+    ...(state.tail !== undefined ? { tail: [state.tail.start, state.tail.chunkSize] as [number, number] } : {}),
     completed: state.completed.toBase64(),
     ...(state.partial !== undefined && state.partial.size > 0 ? { partial: [...state.partial].sort((a, b) => a[0] - b[0]) } : {}),
     ...(state.etag !== undefined ? { etag: state.etag } : {}),
