@@ -64,7 +64,7 @@ function bench(scenarios: BenchResults['scenarios']): BenchResults {
       sha256SecondsPerGB: 0.6,
     },
     tools: [
-      { id: 'roboflow', label: 'roboflow 16 × 8 MiB', binary: 'node', version: '0.1.0', available: true, command: 'node dist/cli/main.js download ...' },
+      { id: 'roboflow', label: 'roboflow 16 × 8 MiB', binary: 'node', version: '0.1.0', available: true, command: 'node dist/bin/roboflow.js download ...' },
       { id: 'curl', label: 'curl', binary: '/usr/bin/curl', version: 'curl 7.88.1', available: true, command: 'curl -sSf -o <dest> <http-url>' },
       { id: 'axel', label: 'axel -n 16', binary: 'axel', version: null, available: false, reason: 'axel not found (run: bash bench/setup)', command: 'axel ...' },
     ],

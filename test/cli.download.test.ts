@@ -1,7 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync } from 'node:fs';
-import { mkdtemp, rm, stat, symlink } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, symlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -10,8 +10,11 @@ import { partialPaths } from '../src/prefetch/downloader.js';
 import { readResumeState } from '../src/prefetch/resume-state.js';
 import { ObjectServer } from '../src/testing/object-server.js';
 
-// Built by `npm test` (pretest) or `npx tsc -p tsconfig.build.json`.
-const MAIN = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
+// Built by `npm test` (pretest) or `npm run build`.
+// The `roboflow` bin: a bundle of dist/cli/bin.js (scripts/bundle-cli.mjs).
+const MAIN = fileURLToPath(new URL('../dist/bin/roboflow.js', import.meta.url));
+// The compiled module behind it, which runs only as the process entry.
+const MODULE = fileURLToPath(new URL('../dist/cli/main.js', import.meta.url));
 const MiB = 1024 * 1024;
 const BUCKET = 'cli';
 
@@ -161,13 +164,15 @@ describe('roboflow download', () => {
     expect(r.stderr).toMatch(/^roboflow: .* \[ERR_(BAD_URL|UNSUPPORTED_SCHEME)\]\n$/);
   });
 
-  it('runs through a symlink (as an npm bin) and does not run when imported', async () => {
+  it("is the package's bin, runs through a symlink (as npm installs it), and its module does not run when imported", async () => {
+    const pkg = JSON.parse(await readFile(new URL('../package.json', import.meta.url), 'utf8')) as { bin: Record<string, string> };
+    expect(path.resolve(fileURLToPath(new URL('..', import.meta.url)), pkg.bin['roboflow']!)).toBe(MAIN);
     const link = path.join(dir, 'roboflow');
     await symlink(MAIN, link);
     const version = await run(['--version'], link);
     expect(version).toMatchObject({ code: 0, stderr: '' });
     expect(version.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
-    const imported = spawn(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(MAIN)}); console.log(typeof m.main);`], {
+    const imported = spawn(process.execPath, ['--input-type=module', '-e', `const m = await import(${JSON.stringify(MODULE)}); console.log(typeof m.main);`], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -150,7 +150,7 @@ async function measure(opts: BenchOptions): Promise<void> {
       specs = specs.filter((s) => opts.tools!.includes(s.id));
     }
     const resolved = await resolveTools(specs, ROOT, configDir, async (spec) =>
-      spec.id.startsWith('roboflow') && !existsSync(path.join(ROOT, 'dist/cli/main.js')) ? 'dist/cli/main.js is missing (npm run build)' : null,
+      spec.id.startsWith('roboflow') && !existsSync(path.join(ROOT, 'dist/bin/roboflow.js')) ? 'dist/bin/roboflow.js is missing (npm run build)' : null,
     );
     tools = resolved.infos;
     for (const t of tools.filter((x) => !x.available)) ctx.note(`${t.label} was not run: ${t.reason ?? 'not available'}.`);

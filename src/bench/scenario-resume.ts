@@ -102,7 +102,7 @@ async function runTrial(
   const dest = path.join(dir, 'object.bin');
   const stateFile = `${dest}.roboflow-state.json`;
   const args = [
-    path.join(ctx.root, 'dist/cli/main.js'),
+    path.join(ctx.root, 'dist/bin/roboflow.js'),
     'download',
     `s3://${BUCKET}/${t.key}`,
     dest,

@@ -105,12 +105,12 @@ export function roboflowTool(id: string, label: string, connections: number, chu
     binary: process.execPath,
     singleStream: connections === 1,
     printsJson: true,
-    template: `node dist/cli/main.js download s3://<bucket>/<key> <dest> --connections ${connections} --chunk-size ${chunkSize} --endpoint <endpoint> --json${extra.map((f) => ` ${f}`).join('')}`,
+    template: `node dist/bin/roboflow.js download s3://<bucket>/<key> <dest> --connections ${connections} --chunk-size ${chunkSize} --endpoint <endpoint> --json${extra.map((f) => ` ${f}`).join('')}`,
     version: (_bin, root) => roboflowVersion(root),
     invocation: (bin, ctx, root) => ({
       cmd: bin,
       args: [
-        path.join(root, 'dist/cli/main.js'),
+        path.join(root, 'dist/bin/roboflow.js'),
         'download',
         `s3://${ctx.bucket}/${ctx.key}`,
         ctx.dest,

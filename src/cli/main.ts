@@ -31,7 +31,8 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
 };
 
 function packageVersion(): string {
-  // dist/cli/main.js and src/cli/main.ts both sit two levels below package.json.
+  // dist/cli/main.js, src/cli/main.ts and the bundle's files in dist/bin/ all sit two levels
+  // below package.json.
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: string };
   return pkg.version ?? '0.0.0';
 }
@@ -92,7 +93,15 @@ function isEntry(): boolean {
   }
 }
 
-if (isEntry()) {
+let started = false;
+
+/**
+ * Runs the command line of this process and sets its exit code. The `roboflow` bin
+ * (`dist/bin/roboflow.js`, a bundle of `bin.ts`) calls it; so does running this module directly.
+ */
+export function runAsProcess(): void {
+  if (started) return;
+  started = true;
   // The AWS SDK warns on every start that its releases after January 2027 need Node 22; the
   // version we ship with is pinned, and the multi-line warning would break the CLI's promise of
   // one line on stderr per failure. Its documented switch turns it off; a user may still set it.
@@ -118,3 +127,5 @@ if (isEntry()) {
     },
   );
 }
+
+if (isEntry()) runAsProcess();
