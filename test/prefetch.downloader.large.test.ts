@@ -55,7 +55,7 @@ describe('a ~300 MiB object, 8 MiB chunks, 16 connections', () => {
       } finally {
         clearInterval(sampler);
       }
-      // 16 lanes × (1 MiB write batch + stream buffers), plus garbage not yet collected: far
+      // 16 lanes × (2 MiB write batch + stream buffers), plus garbage not yet collected: far
       // below the object size, which is what holding whole ranges or the object would cost.
       expect(peak).toBeLessThan(128 * MiB);
       expect(result.bytes).toBe(SIZE);

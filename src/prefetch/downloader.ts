@@ -23,11 +23,11 @@
  * 4. **lanes.** `connections` lanes take chunks from a `RangeScheduler` in ascending order. A
  *    lane holds a permit of the `ConcurrencyLimiter` (`concurrency.ts`, AIMD: halves on
  *    throttling, grows back by one per round) while its body streams. A body from `Http1Pool` is
- *    read with `fill()`: the socket reads land in one of the lane's write buffers (up to 1 MiB),
+ *    read with `fill()`: the socket reads land in one of the lane's write buffers (up to 2 MiB),
  *    which is then written at its offset, so no buffer is allocated per read (`fillFrom`). Any
- *    other body is read as a stream, its buffers gathered up to 1 MiB and written with one
+ *    other body is read as a stream, its buffers gathered up to 2 MiB and written with one
  *    `writev` (`streamFrom`). Either way the body is not read further until that write is done,
- *    so memory is `connections` × (1 MiB + the socket buffers of the one read and a look-ahead
+ *    so memory is `connections` × (2 MiB + the socket buffers of the one read and a look-ahead
  *    response) whatever the object size. Every request carries `If-Match: <etag>`.
  *    **Look-ahead:** a body that ends and a next request that only then starts cost one
  *    first-byte latency per chunk (about 6 % at 25 MB/s and 20 ms per 8 MiB). A lane therefore
@@ -78,7 +78,7 @@
  *
  * Crash bound: after SIGKILL or a power cut, a resumed download fetches again only what was not
  * recorded: fewer than `connections` × `chunkSize` / 4 written bytes (see durability), plus what
- * lanes held in memory (an eighth of a chunk each, at most 1 MiB) and what the sockets had
+ * lanes held in memory (a quarter of a chunk each, at most 2 MiB) and what the sockets had
  * received but not yet handed over (on loopback at full speed a few MiB per connection, which
  * the kernel buffers and Node does not let us bound). The price: a state write per eighth of the
  * bound. At S3-like rates per connection it does not show; with one connection at loopback
@@ -189,11 +189,14 @@ const LOOKAHEAD_LATENCIES = 2;
 /**
  * Received bytes are gathered up to this size and written with one call: on two cores this
  * halves the CPU per byte against one write per 64 KiB socket read (0.5 vs 1.0 CPU-s per 256 MiB
- * measured), and bounds memory at this much per lane. (512 KiB was no better: 1 GiB uncapped,
- * 10 interleaved runs each, 0.95–1.02 s with 1 MiB against 1.06–1.12 s.)
+ * measured), and bounds memory at this much per lane. Writes go one at a time (see `writev`), so
+ * each one's fixed cost (a thread-pool round trip, the page-cache setup) is paid in series.
+ * Measured, 1 GiB in 16 × 8 MiB, interleaved runs: uncapped 1.17–1.39 s with 2 MiB against
+ * 2.08–2.92 s with 1 MiB and 2.00–2.37 s with 4 MiB (system time 0.7–0.8 s against 1.5–2.4 s);
+ * capped with MD5 3.37–3.60 s against 3.40–5.32 s. 512 KiB was no better than 1 MiB.
  */
-const WRITE_BATCH_BYTES = 1024 * 1024;
-/** Smallest write batch, for small chunks (the batch is at most an eighth of a chunk). */
+const WRITE_BATCH_BYTES = 2 * 1024 * 1024;
+/** Smallest write batch, for small chunks (the batch is at most a quarter of a chunk). */
 const MIN_WRITE_BATCH_BYTES = 64 * 1024;
 /** Window over which a lane measures its rate for the look-ahead decision. */
 const RATE_WINDOW_LANE_MS = 100;
@@ -750,10 +753,10 @@ class Transfer {
     this.durable = completed.clone();
     for (const [index, bytes] of partial) this.durableTo.set(index, this.chunk(index).start + bytes);
     // The crash bound is `connections` × `chunkSize` bytes fetched again. A quarter of it may
-    // wait for a state write and an eighth starts one; the lanes' batches in memory are an eighth
+    // wait for a state write and an eighth starts one; the lanes' batches in memory are a quarter
     // of a chunk each; the rest is left for what sockets hold (on loopback a few MiB each).
     const bound = d.settingsOf.connections * identity.chunkSize;
-    this.batchLimit = Math.min(WRITE_BATCH_BYTES, Math.max(MIN_WRITE_BATCH_BYTES, Math.floor(identity.chunkSize / 8)));
+    this.batchLimit = Math.min(WRITE_BATCH_BYTES, Math.max(MIN_WRITE_BATCH_BYTES, Math.floor(identity.chunkSize / 4)));
     this.flushAtBytes = Math.max(this.batchLimit, Math.floor(bound / 8));
     this.backlogLimitBytes = Math.max(2 * this.batchLimit, Math.floor(bound / 4));
     this.scheduler = new RangeScheduler(plan.missing(completed));
