@@ -10,9 +10,11 @@
 // Kept outside the bundle: native addons (better-sqlite3), packages that start worker threads
 // from their own files (pino and its transports) and drivers with optional native parts (pg).
 // They are loaded from node_modules as before, and only by the commands that need them.
-import { chmod } from 'node:fs/promises';
+import { chmod, rm } from 'node:fs/promises';
 import { build } from 'esbuild';
 
+// Chunk names are content hashes: without this, every build would leave the previous ones behind.
+await rm('dist/bin', { recursive: true, force: true });
 const result = await build({
   entryPoints: { roboflow: 'dist/cli/bin.js' },
   outdir: 'dist/bin',
