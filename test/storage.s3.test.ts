@@ -99,6 +99,41 @@ describe('S3Source against the object server (SigV4)', () => {
     }
   });
 
+  it('reads every range of an object through one presigned URL; HEAD stays on the SDK', async () => {
+    const src = clients.open('s3://bucket/rec/run 1.mcap');
+    const st = await src.stat();
+    for (const [start, end] of [
+      [0, 1000],
+      [1000, 2000],
+      [5, 6],
+    ] as const) {
+      const { body } = await src.read({ start, end }, { ifMatch: st.etag! });
+      expect((await readAll(body)).equals(data.subarray(start, end))).toBe(true);
+    }
+    expect(server.requests.map((r) => [r.method, r.auth, r.status])).toEqual([
+      ['HEAD', 'header', 200],
+      ['GET', 'presigned', 206],
+      ['GET', 'presigned', 206],
+      ['GET', 'presigned', 206],
+    ]);
+    await src.close();
+  });
+
+  it('signs again once when the store refuses a presigned GET with 403, then gives up', async () => {
+    const src = clients.open('s3://bucket/rec/run 1.mcap');
+    server.addFault({ fault: { kind: 'status', status: 403 }, times: 1 });
+    const { body } = await src.read({ start: 0, end: 100 });
+    expect((await readAll(body)).equals(data.subarray(0, 100))).toBe(true);
+    expect(server.requests.map((r) => r.status)).toEqual([403, 206]);
+    server.clearRequests();
+    server.addFault({ fault: { kind: 'status', status: 403 }, times: 2 });
+    const err = await rejection(src.read({ start: 0, end: 100 }));
+    expect(err.code).toBe('ERR_ACCESS_DENIED');
+    expect(err.message).toContain('s3://bucket/rec/run 1.mcap');
+    expect(server.requests.map((r) => r.status)).toEqual([403, 403]);
+    await src.close();
+  });
+
   it('fails with ERR_SOURCE_CHANGED when the object was replaced', async () => {
     const src = clients.open('s3://bucket/rec/run 1.mcap');
     const st = await src.stat();

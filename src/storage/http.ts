@@ -93,7 +93,7 @@ export function dropBody(body: Readable): void {
 }
 
 /** Reads the body to its end and drops it, so the connection goes back to the pool. */
-async function discard(body: Readable & { dump?: (o?: { limit: number }) => Promise<void> }): Promise<void> {
+export async function discard(body: Readable & { dump?: (o?: { limit: number }) => Promise<void> }): Promise<void> {
   try {
     if (typeof body.dump === 'function') await body.dump({ limit: 64 * 1024 });
     else dropBody(body);
@@ -102,11 +102,8 @@ async function discard(body: Readable & { dump?: (o?: { limit: number }) => Prom
   }
 }
 
-/**
- * A short description from an error body: S3-style XML `<Code>`/`<Message>`, else the first line
- * of text. Bounded in size and time; the body is always consumed or destroyed.
- */
-async function errorDetail(body: Readable, contentType: string | undefined): Promise<string | undefined> {
+/** The start of an error body as text, bounded in size and time; the body is always destroyed. */
+export async function errorBodyText(body: Readable): Promise<string> {
   let text = '';
   const timer = setTimeout(() => dropBody(body), ERROR_BODY_TIMEOUT_MS);
   try {
@@ -120,6 +117,15 @@ async function errorDetail(body: Readable, contentType: string | undefined): Pro
     clearTimeout(timer);
     dropBody(body);
   }
+  return text;
+}
+
+/**
+ * A short description from an error body: S3-style XML `<Code>`/`<Message>`, else the first line
+ * of text. Bounded in size and time; the body is always consumed or destroyed.
+ */
+async function errorDetail(body: Readable, contentType: string | undefined): Promise<string | undefined> {
+  const text = await errorBodyText(body);
   const code = /<Code>([^<]{1,100})<\/Code>/.exec(text)?.[1];
   const message = /<Message>([^<]{1,300})<\/Message>/.exec(text)?.[1];
   if (code || message) return redactUrlsInText([code, message].filter(Boolean).join(': '));

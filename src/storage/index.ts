@@ -113,6 +113,8 @@ export class StorageClients {
         const lease = this.s3Client(parsed.kind, parsed.display, 'read');
         return new S3Source(parsed.kind, parsed.bucket, parsed.key, parsed.display, {
           client: () => lease.value.client(),
+          // OSS's S3-compatible API is not relied on for presigned URLs: oss:// stays on the SDK.
+          ...(parsed.kind === 's3' ? { presigned: lease.value } : {}),
           headersTimeoutMs: this.opts.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
           onClose: () => lease.release(),
         });

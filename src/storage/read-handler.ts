@@ -14,7 +14,7 @@ import { buildQueryString, HttpResponse, type HttpHandler, type HttpRequest } fr
 import type { HttpHandlerOptions } from '@smithy/types';
 import { RoboflowError } from '../errors.js';
 import { createHttpPool } from './http.js';
-import type { Http1Pool } from './http1.js';
+import type { Http1Pool, Http1Response } from './http1.js';
 
 export interface ReadHandlerOptions {
   /** Connections per origin. */
@@ -57,6 +57,23 @@ export class ReadHttpHandler implements HttpHandler<Record<string, never>> {
     });
     // Repeated headers already arrive joined: the SDK's shape as is.
     return { response: new HttpResponse({ statusCode: res.statusCode, headers: { ...res.headers }, body: res.body }) };
+  }
+
+  /**
+   * One GET outside the SDK, over the same pools: a URL signed in its query string (see
+   * `S3ClientHandle.presignGet`), to which the caller adds its own unsigned headers.
+   */
+  send(url: string, headers: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Http1Response> {
+    if (this.state === 'destroyed') return Promise.reject(new RoboflowError('ERR_CLOSED', 'the S3 client is closed'));
+    // Split by hand: WHATWG URL parsing would resolve `..` segments, which are legal in S3 keys.
+    const m = /^(https?:\/\/[^/?#]+)(\/[^#]*)$/.exec(url);
+    if (m === null) return Promise.reject(new RoboflowError('ERR_CONFIG', 'a presigned URL must be http(s)://host/path'));
+    return this.pool(m[1] ?? '').request({
+      method: 'GET',
+      path: m[2] ?? '/',
+      headers,
+      ...(signal !== undefined ? { signal } : {}),
+    });
   }
 
   updateHttpClientConfig(): void {

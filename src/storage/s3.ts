@@ -25,6 +25,8 @@ import { abortError, codeForStatus, retryAfterFromHeaders, RoboflowError, toRobo
 import { redactUrlsInText } from '../redact.js';
 import type { ByteRange, Checksum, ChecksumAlgorithm, ObjectSource, ObjectStat, RangeBody, ReadOptions, StorageOptions } from '../types.js';
 import { checkRange, expectContentRange, isStrongEtag, rangeHeader } from './range.js';
+import { discard, errorBodyText } from './http.js';
+import type { Http1Response } from './http1.js';
 import { ReadHttpHandler } from './read-handler.js';
 import { isPathStyleEndpoint } from './url.js';
 
@@ -206,6 +208,13 @@ export interface S3ClientOptions {
 
 /** SDK attempts per upload request: parts are idempotent, and a failed part costs a whole upload. */
 const UPLOAD_MAX_ATTEMPTS = 4;
+/**
+ * Lifetime of a presigned GET (the SDK's default). A source signs again after
+ * `PRESIGN_REUSE_MS`, long before it expires, and when the store refuses one with 403 (a clock
+ * jump, credentials rotated meanwhile).
+ */
+const PRESIGN_SECONDS = 900;
+const PRESIGN_REUSE_MS = 5 * 60_000;
 
 /** Response headers of each SDK output, for the few headers the SDK does not parse. */
 const rawHeaders = new WeakMap<object, Record<string, string>>();
@@ -214,6 +223,15 @@ export interface S3ClientHandle {
   readonly settings: S3Settings;
   /** The client, built on first call (loading the SDK then); the same one every time. */
   client(): Promise<S3Client>;
+  /**
+   * A GetObject URL for `bucket`/`key` signed in its query string (SigV4, valid
+   * `PRESIGN_SECONDS`), signed by the SDK with the client's credentials, region and endpoint.
+   * Only the host is signed, so one URL serves every range of the object: the caller adds
+   * `Range` and `If-Match`. Reading clients only.
+   */
+  presignGet(bucket: string, key: string): Promise<string>;
+  /** One GET of a presigned URL over the reading client's connection pools. */
+  send(url: string, headers: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Http1Response>;
   destroy(): void;
 }
 
@@ -237,6 +255,7 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
   const { lookup } = opts;
   let destroyed = false;
   let destroyTransport: (() => void) | undefined;
+  let readHandler: ReadHttpHandler | undefined;
   let built: Promise<S3Client> | undefined;
   const build = async (): Promise<S3Client> => {
     const { S3Client } = await loadSdk();
@@ -249,6 +268,7 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
         ...(ca !== undefined ? { ca } : {}),
       });
       destroyTransport = () => handler.destroy();
+      readHandler = handler;
       requestHandler = handler;
     } else {
       const [{ NodeHttpHandler }, http, https] = await Promise.all([
@@ -298,12 +318,25 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
     }
     return client;
   };
+  const client = (): Promise<S3Client> => {
+    if (destroyed) return Promise.reject(new RoboflowError('ERR_CLOSED', `the S3 client for ${settings.endpoint ?? settings.region} is closed`));
+    built ??= build();
+    return built;
+  };
   return {
     settings,
-    client() {
-      if (destroyed) return Promise.reject(new RoboflowError('ERR_CLOSED', `the S3 client for ${settings.endpoint ?? settings.region} is closed`));
-      built ??= build();
-      return built;
+    client,
+    async presignGet(bucket, key) {
+      const [c, { GetObjectCommand }, { getSignedUrl }] = await Promise.all([client(), loadSdk(), import('@aws-sdk/s3-request-presigner')]);
+      // The SDK's correction for this machine's clock, learnt from earlier responses.
+      const signingDate = new Date(Date.now() + (c.config.systemClockOffset ?? 0));
+      // A string, never a `URL`: WHATWG parsing would resolve `..` segments a key may contain.
+      return getSignedUrl(c, new GetObjectCommand({ Bucket: bucket, Key: key }), { expiresIn: PRESIGN_SECONDS, signingDate });
+    },
+    async send(url, headers, signal) {
+      await client();
+      if (readHandler === undefined) throw new RoboflowError('ERR_CONFIG', 'presigned GETs are sent by reading S3 clients only');
+      return readHandler.send(url, headers, signal);
     },
     destroy() {
       if (destroyed) return;
@@ -433,6 +466,13 @@ export function checksumsFromHead(out: HeadObjectCommandOutput, kind: 's3' | 'os
 
 export interface S3SourceDeps {
   readonly client: () => Promise<S3Client>;
+  /**
+   * Ranged reads through one presigned URL instead of an SDK call per range. Each SDK call costs
+   * ~1.7 ms of CPU (middleware, endpoint rules, signing; measured: 1 GiB in 1 MiB ranges, 2.85
+   * against 1.0–1.26 CPU s over plain HTTP) — 0.3 CPU s per GiB at the default chunk plan.
+   * Given for `s3://`; `oss://` keeps the SDK path.
+   */
+  readonly presigned?: Pick<S3ClientHandle, 'presignGet' | 'send'>;
   readonly headersTimeoutMs?: number;
   /** Called once, by the first `close()`. */
   readonly onClose?: () => Promise<void>;
@@ -482,6 +522,7 @@ export class S3Source implements ObjectSource {
 
   async read(range: ByteRange, opts: ReadOptions = {}): Promise<RangeBody> {
     checkRange(range, this.url);
+    if (this.deps.presigned) return this.readPresigned(this.deps.presigned, range, opts);
     const { GetObjectCommand } = await loadSdk();
     const out = await this.call('GET', opts.signal, async (abortSignal) =>
       (await this.deps.client()).send(
@@ -499,28 +540,7 @@ export class S3Source implements ObjectSource {
       throw new RoboflowError('ERR_BAD_RESPONSE', `GET ${this.url}: the store answered without a body`, { url: this.url });
     }
     try {
-      const want = range.end - range.start;
-      if (out.ContentRange !== undefined) {
-        expectContentRange(out.ContentRange, range, this.url);
-      } else if (!(range.start === 0 && out.ContentLength === range.end)) {
-        throw new RoboflowError(
-          'ERR_RANGE_NOT_SUPPORTED',
-          `GET ${this.url}: the store ignored the Range header (${rangeHeader(range)}) and sent ${out.ContentLength ?? 'an unknown number of'} bytes`,
-          { url: this.url },
-        );
-      }
-      if (out.ContentLength !== undefined && out.ContentLength !== want) {
-        throw new RoboflowError(
-          'ERR_BAD_RESPONSE',
-          `GET ${this.url}: range ${rangeHeader(range)} came with Content-Length ${out.ContentLength}, expected ${want}`,
-          { url: this.url },
-        );
-      }
-      if (opts.ifMatch !== undefined && isStrongEtag(out.ETag) && out.ETag !== opts.ifMatch) {
-        throw new RoboflowError('ERR_SOURCE_CHANGED', `${this.url} changed since it was first read (ETag ${opts.ifMatch}, now ${out.ETag})`, {
-          url: this.url,
-        });
-      }
+      this.checkRangeReply(range, opts.ifMatch, { contentRange: out.ContentRange, contentLength: out.ContentLength, etag: out.ETag });
     } catch (err) {
       // Unread bodies are destroyed; a listener keeps the resulting stream error from escaping.
       body.on('error', () => undefined);
@@ -535,6 +555,119 @@ export class S3Source implements ObjectSource {
       body.once('close', () => signal.removeEventListener('abort', onAbort));
     }
     return { range, body };
+  }
+
+  /** A ranged GET of the presigned URL; a 403 signs again once, for a URL that went stale. */
+  private async readPresigned(p: NonNullable<S3SourceDeps['presigned']>, range: ByteRange, opts: ReadOptions): Promise<RangeBody> {
+    const headers: Record<string, string> = {
+      range: rangeHeader(range),
+      // Ranges index the stored bytes; a compressed representation has other offsets.
+      'accept-encoding': 'identity',
+      ...(opts.ifMatch !== undefined ? { 'if-match': opts.ifMatch } : {}),
+    };
+    let refused: string | undefined;
+    for (;;) {
+      if (this.state === 'closed') throw new RoboflowError('ERR_CLOSED', `source ${this.url} is closed`, { url: this.url });
+      if (opts.signal?.aborted) throw abortError(opts.signal, `GET ${this.url}`);
+      const url = await this.signedUrl(p, refused).catch((err: unknown) => {
+        throw mapS3Error(err, this.url, 'GET', this.kind);
+      });
+      let res: Http1Response;
+      try {
+        res = await p.send(url, headers, opts.signal);
+      } catch (err) {
+        if (opts.signal?.aborted) throw abortError(opts.signal, `GET ${this.url}`);
+        throw mapS3Error(err, this.url, 'GET', this.kind);
+      }
+      const status = res.statusCode;
+      if (status === 206 || status === 200) {
+        try {
+          const length = res.headers['content-length'];
+          this.checkRangeReply(range, opts.ifMatch, {
+            contentRange: res.headers['content-range'],
+            contentLength: length === undefined ? undefined : Number(length),
+            etag: res.headers['etag'],
+          });
+        } catch (err) {
+          res.body.on('error', () => undefined);
+          res.body.destroy();
+          throw err;
+        }
+        return { range, body: res.body };
+      }
+      if (status === 403 && refused === undefined) {
+        await discard(res.body);
+        refused = url;
+        continue;
+      }
+      throw await this.presignedError(res);
+    }
+  }
+
+  private presignedUrl: { readonly url: string; readonly at: number } | undefined;
+  private presigning: Promise<string> | undefined;
+
+  /** The current presigned URL; a new one when it is old or is `refused`. Concurrent callers share one signing. */
+  private signedUrl(p: NonNullable<S3SourceDeps['presigned']>, refused: string | undefined): Promise<string> {
+    const current = this.presignedUrl;
+    if (current !== undefined && current.url !== refused && performance.now() - current.at < PRESIGN_REUSE_MS) {
+      return Promise.resolve(current.url);
+    }
+    this.presigning ??= p
+      .presignGet(this.bucket, this.key)
+      .then((url) => {
+        this.presignedUrl = { url, at: performance.now() };
+        return url;
+      })
+      .finally(() => {
+        this.presigning = undefined;
+      });
+    return this.presigning;
+  }
+
+  /** The store's XML error of a presigned GET, as the SDK would have reported it. */
+  private async presignedError(res: Http1Response): Promise<RoboflowError> {
+    const text = await errorBodyText(res.body);
+    const code = /<Code>([^<]{1,100})<\/Code>/.exec(text)?.[1];
+    const message = /<Message>([^<]{1,300})<\/Message>/.exec(text)?.[1];
+    const name = code ?? (res.statusCode === 412 ? 'PreconditionFailed' : res.statusCode === 404 ? 'NotFound' : 'UnknownError');
+    const sdkShaped: SdkError = {
+      name,
+      message: message ?? name,
+      $metadata: { httpStatusCode: res.statusCode },
+      $response: { headers: res.headers, statusCode: res.statusCode },
+    };
+    return mapS3Error(sdkShaped, this.url, 'GET', this.kind);
+  }
+
+  /** What a ranged reply must say before its body is trusted (either transport). */
+  private checkRangeReply(
+    range: ByteRange,
+    ifMatch: string | undefined,
+    reply: { readonly contentRange: string | undefined; readonly contentLength: number | undefined; readonly etag: string | undefined },
+  ): void {
+    const want = range.end - range.start;
+    if (reply.contentRange !== undefined) {
+      expectContentRange(reply.contentRange, range, this.url);
+    } else if (!(range.start === 0 && reply.contentLength === range.end)) {
+      throw new RoboflowError(
+        'ERR_RANGE_NOT_SUPPORTED',
+        `GET ${this.url}: the store ignored the Range header (${rangeHeader(range)}) and sent ${reply.contentLength ?? 'an unknown number of'} bytes`,
+        { url: this.url },
+      );
+    }
+    if (reply.contentLength !== undefined && reply.contentLength !== want) {
+      throw new RoboflowError(
+        'ERR_BAD_RESPONSE',
+        `GET ${this.url}: range ${rangeHeader(range)} came with Content-Length ${reply.contentLength}, expected ${want}`,
+        { url: this.url },
+      );
+    }
+    if (ifMatch !== undefined && isStrongEtag(reply.etag) && reply.etag !== ifMatch) {
+      throw new RoboflowError('ERR_SOURCE_CHANGED', `${this.url} changed since it was first read (ETag ${ifMatch}, now ${reply.etag})`, {
+        url: this.url,
+      });
+    }
   }
 
   close(): Promise<void> {

@@ -127,6 +127,8 @@ export interface RequestLogEntry {
   throttled?: boolean;
   /** The S3 operation, e.g. 'GetObject', 'UploadPart', 'ListObjectsV2'. */
   operation: string;
+  /** How the request was signed: an `Authorization` header, a presigned query, or not at all. */
+  auth: 'header' | 'presigned' | 'none';
   startedAt: number;
 }
 
@@ -1244,7 +1246,16 @@ export class ObjectServer {
   // ----- Internals: requests -----------------------------------------------------------------
 
   private newEntry(method: string, target: RequestTarget, operation: string): RequestLogEntry {
-    const entry: RequestLogEntry = { method, bucket: target.bucket, key: target.key, status: 0, bytesSent: 0, operation, startedAt: Date.now() };
+    const entry: RequestLogEntry = {
+      method,
+      bucket: target.bucket,
+      key: target.key,
+      status: 0,
+      bytesSent: 0,
+      operation,
+      auth: 'none',
+      startedAt: Date.now(),
+    };
     this.log.push(entry);
     return entry;
   }
@@ -1333,6 +1344,7 @@ export class ObjectServer {
     const qv = (name: string): string | undefined => target.query.find((p) => p.name === name)?.value;
     const operation = this.operationOf(method, target, has);
     const entry = this.newEntry(method, target, operation);
+    entry.auth = has('X-Amz-Signature') ? 'presigned' : req.headers.authorization !== undefined ? 'header' : 'none';
 
     let signing: SigningContext | undefined;
     let payloadHash = typeof req.headers['x-amz-content-sha256'] === 'string' ? req.headers['x-amz-content-sha256'] : undefined;
