@@ -436,7 +436,8 @@ class Connection implements BodyOwner {
       if (req.signal !== undefined) {
         const signal = req.signal;
         ex.onAbort = () => {
-          const err = abortError(signal, `${req.method} ${hostHeader}${req.path}`);
+          // Without the query: it may carry a presigned URL's signature and credential.
+          const err = abortError(signal, `${req.method} ${hostHeader}${req.path.split('?', 1)[0] ?? ''}`);
           if (ex.body !== undefined) ex.body.destroy(err);
           else this.#close(err);
         };

@@ -489,6 +489,9 @@ export class S3Source implements ObjectSource {
   private readonly headersTimeoutMs: number;
   private state: SourceState = 'open';
   private closing: Promise<void> | undefined;
+  /** The presigned GET in use and when it was signed (`performance.now()`). */
+  private presignedUrl: { readonly url: string; readonly at: number } | undefined;
+  private presigning: Promise<string> | undefined;
 
   constructor(kind: 's3' | 'oss', bucket: string, key: string, display: string, deps: S3SourceDeps) {
     this.kind = kind;
@@ -603,9 +606,6 @@ export class S3Source implements ObjectSource {
       throw await this.presignedError(res);
     }
   }
-
-  private presignedUrl: { readonly url: string; readonly at: number } | undefined;
-  private presigning: Promise<string> | undefined;
 
   /** The current presigned URL; a new one when it is old or is `refused`. Concurrent callers share one signing. */
   private signedUrl(p: NonNullable<S3SourceDeps['presigned']>, refused: string | undefined): Promise<string> {
