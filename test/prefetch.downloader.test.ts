@@ -93,6 +93,21 @@ async function exists(file: string): Promise<boolean> {
   );
 }
 
+/**
+ * An object of `size` bytes on the server and the temp file of a crashed download of it over
+ * HTTP: the object's bytes in `spans`, garbage elsewhere. The caller writes the state file.
+ */
+async function crashedDownload(key: string, size: number, spans: readonly (readonly [number, number])[]) {
+  put(key, size);
+  const dest = path.join(dir, key);
+  const { temp, state } = partialPaths(dest);
+  const bytes = server.objectBytes(BUCKET, key);
+  const file = Buffer.alloc(size, 0xee);
+  for (const [start, end] of spans) bytes.copy(file, start, start, end);
+  await writeFile(temp, file);
+  return { url: server.httpUrl(BUCKET, key), dest, state, etag: await server.objectEtag(BUCKET, key) };
+}
+
 type Scheme = 'http' | 's3' | 'file';
 function urlFor(scheme: Scheme, key: string): string {
   switch (scheme) {
@@ -476,20 +491,14 @@ describe('resume', () => {
 
   it('continues a chunk after its durable prefix, and only after it', async () => {
     const size = 6 * CHUNK;
-    put('prefix.bin', size);
-    const url = server.httpUrl(BUCKET, 'prefix.bin');
-    const dest = path.join(dir, 'prefix.bin');
-    const { temp, state } = partialPaths(dest);
-    const bytes = server.objectBytes(BUCKET, 'prefix.bin');
     // Chunk 0 whole, 1000 bytes of chunk 2, 1 byte of chunk 5; garbage after each prefix.
-    const file = Buffer.alloc(size, 0xee);
-    bytes.copy(file, 0, 0, CHUNK);
-    bytes.copy(file, 2 * CHUNK, 2 * CHUNK, 2 * CHUNK + 1000);
-    bytes.copy(file, 5 * CHUNK, 5 * CHUNK, 5 * CHUNK + 1);
-    await writeFile(temp, file);
+    const { url, dest, state, etag } = await crashedDownload('prefix.bin', size, [
+      [0, CHUNK],
+      [2 * CHUNK, 2 * CHUNK + 1000],
+      [5 * CHUNK, 5 * CHUNK + 1],
+    ]);
     const done = new ChunkSet(6);
     done.add(0);
-    const etag = await server.objectEtag(BUCKET, 'prefix.bin');
     await writeResumeState(state, {
       version: STATE_VERSION,
       url,
@@ -562,22 +571,16 @@ describe('resume', () => {
 
   it('resumes with the plan the state records, whatever the connections now', async () => {
     const size = 13 * MiB;
-    put('tail-resume.bin', size);
-    const url = server.httpUrl(BUCKET, 'tail-resume.bin');
-    const dest = path.join(dir, 'tail-resume.bin');
-    const { temp, state } = partialPaths(dest);
-    const bytes = server.objectBytes(BUCKET, 'tail-resume.bin');
     // Written by a run over 2 connections: chunk 0 (4 MiB) and tail chunk 3 ([9, 10) MiB) done,
     // 100 bytes of tail chunk 5 ([11, 12) MiB) durable.
-    const file = Buffer.alloc(size, 0xee);
-    bytes.copy(file, 0, 0, 4 * MiB);
-    bytes.copy(file, 9 * MiB, 9 * MiB, 10 * MiB);
-    bytes.copy(file, 11 * MiB, 11 * MiB, 11 * MiB + 100);
-    await writeFile(temp, file);
+    const { url, dest, state, etag } = await crashedDownload('tail-resume.bin', size, [
+      [0, 4 * MiB],
+      [9 * MiB, 10 * MiB],
+      [11 * MiB, 11 * MiB + 100],
+    ]);
     const done = new ChunkSet(7);
     done.add(0);
     done.add(3);
-    const etag = await server.objectEtag(BUCKET, 'tail-resume.bin');
     await writeResumeState(state, {
       version: STATE_VERSION,
       url,
