@@ -122,6 +122,7 @@ import {
   type ResumeIdentity,
   STATE_VERSION,
   stateMatches,
+  tailOf,
   writeResumeState,
 } from './resume-state.js';
 import { compareChecksums, createOrderedHasher, InOrderHasher, type OrderedHasher } from './verify.js';
@@ -1312,8 +1313,13 @@ class Transfer {
           if (to > (this.durableTo.get(i) ?? this.chunk(i).start)) this.durableTo.set(i, to);
         }
         const partial = new Map([...this.durableTo].map(([i, to]) => [i, to - this.chunk(i).start] as const));
-        const tail = this.plan.isUniform ? {} : { tail: { start: this.plan.tailStart, chunkSize: this.plan.tailChunkSize } };
-        await writeResumeState(this.d.paths.state, { ...this.identity, ...tail, version: STATE_VERSION, completed: this.durable, partial });
+        await writeResumeState(this.d.paths.state, {
+          ...this.identity,
+          ...tailOf(this.plan),
+          version: STATE_VERSION,
+          completed: this.durable,
+          partial,
+        });
       } catch (err) {
         this.unrecorded.unshift(...batch);
         throw err;

@@ -94,9 +94,10 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
   if (!parsed.success) return undefined;
   const s = parsed.data;
   if (s.version === 1 && s.tail !== undefined) return undefined;
+  const tail = s.tail === undefined ? undefined : { start: s.tail[0], chunkSize: s.tail[1] };
   let plan: ChunkPlan;
   try {
-    plan = new ChunkPlan(s.size, s.chunkSize, s.tail?.[0] ?? 0, s.tail?.[1] ?? s.chunkSize);
+    plan = planOf({ size: s.size, chunkSize: s.chunkSize, tail });
   } catch {
     return undefined;
   }
@@ -115,7 +116,7 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
     url: s.url,
     size: s.size,
     chunkSize: s.chunkSize,
-    ...(plan.isUniform ? {} : { tail: { start: plan.tailStart, chunkSize: plan.tailChunkSize } }),
+    ...tailOf(plan),
     completed,
     partial,
     ...(s.etag !== undefined ? { etag: s.etag } : {}),
@@ -124,10 +125,15 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
 }
 
 /** The chunk plan a state was written for. */
-export function planOf(state: Pick<ResumeState, 'size' | 'chunkSize' | 'tail'>): ChunkPlan {
+export function planOf(state: { readonly size: number; readonly chunkSize: number; readonly tail?: ResumeState['tail'] | undefined }): ChunkPlan {
   return state.tail === undefined
     ? ChunkPlan.uniform(state.size, state.chunkSize)
     : new ChunkPlan(state.size, state.chunkSize, state.tail.start, state.tail.chunkSize);
+}
+
+/** The `tail` field that records `plan` in a state (none for a uniform plan); `planOf` reverses it. */
+export function tailOf(plan: ChunkPlan): Pick<ResumeState, 'tail'> {
+  return plan.isUniform ? {} : { tail: { start: plan.tailStart, chunkSize: plan.tailChunkSize } };
 }
 
 /** Bytes a state vouches for: its completed chunks plus the durable prefixes of the others. */

@@ -120,14 +120,20 @@ export async function errorBodyText(body: Readable): Promise<string> {
   return text;
 }
 
+/** `<Code>` and `<Message>` of an S3-style XML error body (bounded lengths), when present. */
+export function xmlErrorFields(text: string): { readonly code?: string; readonly message?: string } {
+  const code = /<Code>([^<]{1,100})<\/Code>/.exec(text)?.[1];
+  const message = /<Message>([^<]{1,300})<\/Message>/.exec(text)?.[1];
+  return { ...(code !== undefined ? { code } : {}), ...(message !== undefined ? { message } : {}) };
+}
+
 /**
  * A short description from an error body: S3-style XML `<Code>`/`<Message>`, else the first line
  * of text. Bounded in size and time; the body is always consumed or destroyed.
  */
 async function errorDetail(body: Readable, contentType: string | undefined): Promise<string | undefined> {
   const text = await errorBodyText(body);
-  const code = /<Code>([^<]{1,100})<\/Code>/.exec(text)?.[1];
-  const message = /<Message>([^<]{1,300})<\/Message>/.exec(text)?.[1];
+  const { code, message } = xmlErrorFields(text);
   if (code || message) return redactUrlsInText([code, message].filter(Boolean).join(': '));
   if (contentType && /html/i.test(contentType)) return 'an HTML page';
   const line = text.split('\n', 1)[0]?.trim().slice(0, 200);

@@ -25,7 +25,7 @@ import { abortError, codeForStatus, retryAfterFromHeaders, RoboflowError, toRobo
 import { redactUrlsInText } from '../redact.js';
 import type { ByteRange, Checksum, ChecksumAlgorithm, ObjectSource, ObjectStat, RangeBody, ReadOptions, StorageOptions } from '../types.js';
 import { checkRange, expectContentRange, isStrongEtag, rangeHeader } from './range.js';
-import { discard, errorBodyText } from './http.js';
+import { discard, errorBodyText, xmlErrorFields } from './http.js';
 import type { Http1Response } from './http1.js';
 import { ReadHttpHandler } from './read-handler.js';
 import { isPathStyleEndpoint } from './url.js';
@@ -627,9 +627,7 @@ export class S3Source implements ObjectSource {
 
   /** The store's XML error of a presigned GET, as the SDK would have reported it. */
   private async presignedError(res: Http1Response): Promise<RoboflowError> {
-    const text = await errorBodyText(res.body);
-    const code = /<Code>([^<]{1,100})<\/Code>/.exec(text)?.[1];
-    const message = /<Message>([^<]{1,300})<\/Message>/.exec(text)?.[1];
+    const { code, message } = xmlErrorFields(await errorBodyText(res.body));
     const name = code ?? (res.statusCode === 412 ? 'PreconditionFailed' : res.statusCode === 404 ? 'NotFound' : 'UnknownError');
     const sdkShaped: SdkError = {
       name,
