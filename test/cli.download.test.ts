@@ -224,12 +224,17 @@ describe('roboflow download', () => {
     const args = ['download', url, 'crash.bin', '--connections', String(connections), '--chunk-size', '1MiB', '--json'];
     const first = start(args);
     // The kill lands once the state file records whole chunks and the durable prefix of a chunk
-    // in flight, so the rerun has both to resume from (under load a state write may fall on
-    // chunk boundaries only; waiting for the next one keeps the test about resuming, not luck).
+    // in flight, so the rerun has both to resume from (a state write may fall on chunk
+    // boundaries only; waiting for another keeps the test about resuming, not luck). The child is
+    // stopped while its state is read: state writes come every ~65 ms here, and one landing
+    // between the read and the kill could replace the state that was checked.
     await until('completed ranges and a state file that records them and a partial chunk', async () => {
       if (completedRanges('crash.bin', chunk) < killAfter) return false;
+      first.child.kill('SIGSTOP');
       const state = await readResumeState(partialPaths(dest).state);
-      return (state?.completed.size ?? 0) >= 2 && [...(state?.partial ?? new Map<number, number>()).values()].some((bytes) => bytes > 0);
+      const ready = (state?.completed.size ?? 0) >= 2 && [...(state?.partial ?? new Map<number, number>()).values()].some((bytes) => bytes > 0);
+      if (!ready) first.child.kill('SIGCONT');
+      return ready;
     });
     first.child.kill('SIGKILL');
     const r1 = await first.done;
