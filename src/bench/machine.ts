@@ -1,6 +1,7 @@
 /**
  * What machine the figures come from: cores, memory, CPU model, kernel, Node, the file system
- * downloads were written to, whether the page cache could be dropped, and what hashing costs on
+ * downloads were written to, whether the page cache could be dropped, whether the kernel hands
+ * free memory back to a hypervisor (the bench then waits for it between runs), and what hashing costs on
  * this CPU (so the report can say how much of roboflow's CPU time verification explains).
  */
 
@@ -26,6 +27,22 @@ export async function canDropCaches(): Promise<boolean> {
   }
 }
 
+/**
+ * Where a guest kernel counts the free memory it has handed back to its host (virtio-balloon free
+ * page reporting, as on Firecracker). Present only on such machines.
+ */
+export const PAGE_REPORTING_KIB = '/sys/module/page_reporting/parameters/reported_kib';
+
+/** KiB of free memory reported to the host so far, or undefined where the kernel does not report. */
+export async function pageReportedKiB(): Promise<number | undefined> {
+  try {
+    const n = Number((await readFile(PAGE_REPORTING_KIB, 'utf8')).trim());
+    return Number.isFinite(n) ? n : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** CPU seconds per GB (10^9 bytes) of one hash over an in-memory buffer, on this core. */
 function hashCost(algorithm: 'md5' | 'sha256'): number {
   const buf = Buffer.alloc(16 * 2 ** 20, 7);
@@ -38,7 +55,7 @@ function hashCost(algorithm: 'md5' | 'sha256'): number {
   return (used.user + used.system) / 1e6 / ((buf.length * rounds) / 1e9);
 }
 
-export async function machineInfo(downloadDir: string, dropCaches: boolean): Promise<MachineInfo> {
+export async function machineInfo(downloadDir: string, dropCaches: boolean, pageReporting: boolean): Promise<MachineInfo> {
   const cpuinfo = await readFile('/proc/cpuinfo', 'utf8').catch(() => '');
   const df = await runCommand('df', ['--output=source,fstype,target', downloadDir], { timeoutMs: 10_000 });
   const dfLine = df.stdout.trim().split('\n').at(-1)?.trim().split(/\s+/) ?? [];
@@ -50,6 +67,7 @@ export async function machineInfo(downloadDir: string, dropCaches: boolean): Pro
     kernel: `${os.type()} ${os.release()}`,
     platform: `${process.platform}-${process.arch}`,
     dropCaches,
+    pageReporting,
     downloadDir: dfLine.length >= 3 ? `${downloadDir} (${dfLine[1]} on ${dfLine[0]}, mounted at ${dfLine[2]})` : downloadDir,
     md5SecondsPerGB: hashCost('md5'),
     sha256SecondsPerGB: hashCost('sha256'),

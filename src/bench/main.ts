@@ -14,7 +14,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { canDropCaches, machineInfo } from './machine.js';
+import { canDropCaches, machineInfo, pageReportedKiB } from './machine.js';
 import { runCommand, runMeasured, TIME_BINARY } from './measure.js';
 import { parseBenchArgs, planFor, USAGE, type BenchOptions } from './options.js';
 import { allPlots, renderPlots } from './plots.js';
@@ -113,6 +113,7 @@ async function measure(opts: BenchOptions): Promise<void> {
   const notes: string[] = [];
   const loadAtStart = os.loadavg();
   const dropCaches = opts.dropCaches && (await canDropCaches());
+  const pageReporting = (await pageReportedKiB()) !== undefined;
   const ctx: BenchContext = {
     root: ROOT,
     scratch,
@@ -120,6 +121,7 @@ async function measure(opts: BenchOptions): Promise<void> {
     repeat: opts.repeat,
     quick: opts.quick,
     dropCaches,
+    pageReporting,
     signal: abort.signal,
     log,
     note: (m) => {
@@ -136,7 +138,7 @@ async function measure(opts: BenchOptions): Promise<void> {
   let rev: { commit: string; dirtyFiles: number } | undefined;
   try {
     log(`scratch directory: ${scratch}`);
-    const machine = await machineInfo(scratch, dropCaches);
+    const machine = await machineInfo(scratch, dropCaches, pageReporting);
     log(`machine: ${machine.cpuModel}, ${machine.nproc} cores, Node ${machine.node}`);
     if (loadAtStart[0]! > 0.5 * machine.nproc) {
       ctx.note(

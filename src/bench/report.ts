@@ -411,6 +411,9 @@ function machineSection(r: BenchResults): string {
         ['Download directory', m.downloadDir],
         ...(r.load ? [['Load average (1, 5, 15 min)', `${r.load.atStart.map((l) => l.toFixed(2)).join(', ')} at the start, ${r.load.atEnd.map((l) => l.toFixed(2)).join(', ')} at the end`]] : []),
         ['Page cache between runs', m.dropCaches ? '`sync`, then dropped (`echo 1 > /proc/sys/vm/drop_caches`): cold starts' : 'output deleted, `sync`; kept otherwise: warm starts'],
+        ...(m.pageReporting
+          ? [['Free memory returned to the host', 'yes (virtio-balloon free page reporting): after each run the bench waits until the kernel has stopped handing the freed output back, so no run pays for the one before']]
+          : []),
         ...(m.md5SecondsPerGB !== undefined ? [['MD5 / SHA-256 in Node, one core', `${fmt(m.md5SecondsPerGB, 2)} / ${fmt(m.sha256SecondsPerGB, 2)} CPU s per GB`]] : []),
       ],
       'll',

@@ -58,6 +58,12 @@ export interface MachineInfo {
   readonly platform: string;
   /** Whether the bench could drop the page cache between runs (`/proc/sys/vm/drop_caches`). */
   readonly dropCaches: boolean;
+  /**
+   * Whether the kernel returns free memory to its host (free page reporting): freeing a run's
+   * output hands ~0.6 GB back in waves over ~6 s, and the bench waits for them to end before the
+   * next run (absent in results from before this was recorded).
+   */
+  readonly pageReporting?: boolean;
   /** File system the downloads were written to (`df` source and type). */
   readonly downloadDir: string;
   /** CPU seconds per GB for MD5 and SHA-256 in Node on one core: what verifying costs here. */

@@ -9,6 +9,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
+import { pageReportedKiB } from './machine.js';
 import { runCommand, runMeasured } from './measure.js';
 import type { ToolRun } from './results.js';
 import { parseLastJsonLine } from './results.js';
@@ -26,6 +27,8 @@ export interface BenchContext {
   readonly quick: boolean;
   /** Whether `/proc/sys/vm/drop_caches` is writable; checked once at start. */
   readonly dropCaches: boolean;
+  /** Whether the kernel reports free memory to a host (`pageReportedKiB`); checked once at start. */
+  readonly pageReporting: boolean;
   readonly signal: AbortSignal;
   log(message: string): void;
   /** Adds a line to the results' notes (shown in BENCHMARKS.md). */
@@ -42,11 +45,41 @@ export async function sha256File(file: string): Promise<string> {
 
 /**
  * Flushes dirty pages (`sync`) and, where the kernel lets us, drops the page cache, so the next
- * run neither pays for this run's writeback nor reads from its cache.
+ * run neither pays for this run's writeback nor reads from its cache. Where the kernel hands free
+ * memory back to a hypervisor, it then waits until that has stopped.
  */
 export async function settle(ctx: BenchContext): Promise<void> {
   await runCommand('sync', [], { timeoutMs: 120_000 });
   if (ctx.dropCaches) await writeFile('/proc/sys/vm/drop_caches', '1\n').catch(() => undefined);
+  if (ctx.pageReporting) await pageReportingQuiet(ctx.signal);
+}
+
+/** No change in reported memory for this long ends the wait: the waves come ~2.1 s apart. */
+const REPORTING_QUIET_MS = 2_500;
+const REPORTING_POLL_MS = 250;
+/** Longest wait; a run after it may still share its CPU with the reporting. */
+const REPORTING_MAX_WAIT_MS = 20_000;
+
+/**
+ * Waits until the kernel has stopped reporting freed memory to the host. Freeing a 1 GiB output
+ * file starts waves of reporting ~1.9 s later, every ~2.1 s for ~6 s (measured on a Firecracker
+ * guest); a run that overlaps them pays for it in system time (1 GiB uncapped: 0.8 s → 1.9 s), and
+ * which runs overlap depends only on how long the run before took.
+ */
+export async function pageReportingQuiet(signal: AbortSignal): Promise<void> {
+  const started = Date.now();
+  let last = await pageReportedKiB();
+  let quietSince = Date.now();
+  while (!signal.aborted && Date.now() - started < REPORTING_MAX_WAIT_MS) {
+    await new Promise((r) => setTimeout(r, REPORTING_POLL_MS));
+    const now = await pageReportedKiB();
+    if (now !== last) {
+      last = now;
+      quietSince = Date.now();
+    } else if (Date.now() - quietSince >= REPORTING_QUIET_MS) {
+      return;
+    }
+  }
 }
 
 /** A fresh, empty directory for one run. */

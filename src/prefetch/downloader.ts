@@ -25,8 +25,9 @@
  *    throttling, grows back by one per round) while its body streams. A body from `Http1Pool` is
  *    read with `fill()`: the socket reads land in one of the lane's write buffers (up to 2 MiB),
  *    which is then written at its offset, so no buffer is allocated per read (`fillFrom`). Any
- *    other body is read as a stream, its buffers gathered up to 2 MiB and written with one
- *    `writev` (`streamFrom`). Either way the body is not read further until that write is done,
+ *    other body is read as a stream, its buffers gathered up to 2 MiB (`streamFrom`). A batch
+ *    goes to the file as 256 KiB pieces written together, one batch at a time (`FileWriter`,
+ *    `file-writer.ts`, says why). Either way the body is not read further until that write is done,
  *    so memory is `connections` × (2 MiB + the socket buffers of the one read and a look-ahead
  *    response) whatever the object size. Every request carries `If-Match: <etag>`.
  *    **Look-ahead:** a body that ends and a next request that only then starts cost one
@@ -112,6 +113,7 @@ import type {
   VerifiedBy,
 } from '../types.js';
 import { ConcurrencyLimiter, type Release } from './concurrency.js';
+import { FileWriter } from './file-writer.js';
 import { ChunkPlan, ChunkSet, type IndexedRange, RangeScheduler, shouldRequestAhead } from './ranges.js';
 import {
   durableBytes,
@@ -188,13 +190,9 @@ const PACED_THROTTLE_PAUSE_MS = 250;
 /** Look-ahead sends the next request this many first-byte latencies before the body ends. */
 const LOOKAHEAD_LATENCIES = 2;
 /**
- * Received bytes are gathered up to this size and written with one call: on two cores this
- * halves the CPU per byte against one write per 64 KiB socket read (0.5 vs 1.0 CPU-s per 256 MiB
- * measured), and bounds memory at this much per lane. Writes go one at a time (see `writev`), so
- * each one's fixed cost (a thread-pool round trip, the page-cache setup) is paid in series.
- * Measured, 1 GiB in 16 × 8 MiB, interleaved runs: uncapped 1.17–1.39 s with 2 MiB against
- * 2.08–2.92 s with 1 MiB and 2.00–2.37 s with 4 MiB (system time 0.7–0.8 s against 1.5–2.4 s);
- * capped with MD5 3.37–3.60 s against 3.40–5.32 s. 512 KiB was no better than 1 MiB.
+ * Received bytes are gathered up to this size before they go to the file (as pieces, see
+ * `file-writer.ts`): on two cores this halves the CPU per byte against one write per 64 KiB socket
+ * read (0.5 vs 1.0 CPU-s per 256 MiB measured), and bounds memory at this much per lane.
  */
 const WRITE_BATCH_BYTES = 2 * 1024 * 1024;
 /** Smallest write batch, for small chunks (the batch is at most a quarter of a chunk). */
@@ -719,10 +717,10 @@ class Transfer {
   private readonly writtenTo = new Map<number, number>();
   /** Chunk index → file offset durable and recorded up to, for chunks not complete. */
   private readonly durableTo = new Map<number, number>();
-  /** Bytes per `writev`; small next to a chunk, so the crash bound holds at small chunk sizes. */
+  /** Bytes per write batch; small next to a chunk, so the crash bound holds at small chunk sizes. */
   private readonly batchLimit: number;
-  /** The write in progress; the next waits for it (see `writev`). */
-  private writeQueue: Promise<void> = Promise.resolve();
+  /** Batches into the temp file, one at a time (`file-writer.ts`). */
+  private readonly writer: FileWriter;
   /** Write buffers of `batchLimit` bytes, reused by the lanes' fast path (`fillFrom`). */
   private readonly writeBuffers: Buffer[] = [];
   /** Written-but-unrecorded bytes that start a state write at once. */
@@ -750,6 +748,7 @@ class Transfer {
     expected: readonly Checksum[],
   ) {
     this.rangesSupported = st.rangesSupported;
+    this.writer = new FileWriter(fh, (err) => d.diskError(err));
     this.written = completed.clone();
     this.durable = completed.clone();
     for (const [index, bytes] of partial) this.durableTo.set(index, this.chunk(index).start + bytes);
@@ -1051,7 +1050,7 @@ class Transfer {
         );
       }, stallTimeoutMs);
       const write = async (bufs: Buffer[], n: number) => {
-        await this.writev(bufs, n, state.offset);
+        await this.writer.write(bufs, n, state.offset);
         state.offset += n;
         onWritten(state.offset);
       };
@@ -1115,7 +1114,7 @@ class Transfer {
 
   /**
    * Any other body (a stream without a known length, a body the SDK wrapped): received buffers
-   * wait until `batchLimit` bytes are together, then go to the file in one writev.
+   * wait until `batchLimit` bytes are together, then go to the file as one batch.
    */
   private async streamFrom(body: Readable, r: BodyReading): Promise<void> {
     const { range, from, state, stall, meter, write, lookAhead } = r;
@@ -1184,29 +1183,6 @@ class Transfer {
     }
     const next = this.scheduler.take();
     return next ? this.request(next, this.resumeFrom(next)) : undefined;
-  }
-
-  /** Writes `bufs` (`total` bytes together) at `position`, completing a short write. */
-  private writev(bufs: Buffer[], total: number, position: number): Promise<void> {
-    // One write at a time: writes to one file serialise on its inode lock anyway, and several
-    // threads waiting for that lock spin on it (measured: 10 % of a download's CPU in
-    // rwsem_spin_on_owner with libuv's four threads writing 1 MiB each).
-    const run = this.writeQueue.then(() => this.writeNow(bufs, total, position));
-    this.writeQueue = run.catch(() => undefined);
-    return run;
-  }
-
-  private async writeNow(bufs: Buffer[], total: number, position: number): Promise<void> {
-    try {
-      let done = (await this.fh.writev(bufs, position)).bytesWritten;
-      if (done === total) return;
-      const rest = Buffer.concat(bufs, total);
-      while (done < total) {
-        done += (await this.fh.write(rest, done, total - done, position + done)).bytesWritten;
-      }
-    } catch (err) {
-      throw this.d.diskError(err);
-    }
   }
 
   // Completion, durability, hashing ---------------------------------------------------------
