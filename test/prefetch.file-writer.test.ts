@@ -58,14 +58,14 @@ describe('FileWriter', () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  it('writes batches larger than a piece, from several buffers, at their positions', async () => {
+  it.each([1, 2, 5])('writes batches larger than a piece, from several buffers, at their positions (%i in flight)', async (inFlight) => {
     const file = path.join(dir, 'out');
     const size = 3 * WRITE_PIECE_BYTES + 12345;
     const data = randomBytes(size);
     const fh = await open(file, 'w+');
     try {
       await fh.truncate(size);
-      const writer = new FileWriter(fh, (err) => err as Error);
+      const writer = new FileWriter(fh, (err) => err as Error, WRITE_PIECE_BYTES, inFlight);
       // The second half first, as lanes finish out of order; the first half as a stream's
       // uneven buffers.
       const half = Math.floor(size / 2);
@@ -98,6 +98,15 @@ describe('FileWriter', () => {
       expect((await rejection(writer.write([Buffer.alloc(1)], 1, 0))).code).toBe('ERR_IO');
     } finally {
       await ro.close();
+    }
+  });
+
+  it('needs at least one write in flight', async () => {
+    const fh = await open(path.join(dir, 'y'), 'w+');
+    try {
+      expect(() => new FileWriter(fh, (err) => err as Error, WRITE_PIECE_BYTES, 0)).toThrow(/at least 1/);
+    } finally {
+      await fh.close();
     }
   });
 

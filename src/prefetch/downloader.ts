@@ -26,7 +26,7 @@
  *    read with `fill()`: the socket reads land in one of the lane's write buffers (up to 2 MiB),
  *    which is then written at its offset, so no buffer is allocated per read (`fillFrom`). Any
  *    other body is read as a stream, its buffers gathered up to 2 MiB (`streamFrom`). A batch
- *    goes to the file as 256 KiB pieces written together, one batch at a time (`FileWriter`,
+ *    goes to the file as 256 KiB pieces, two at a time, one batch after the other (`FileWriter`,
  *    `file-writer.ts`, says why). Either way the body is not read further until that write is done,
  *    so memory is `connections` × (2 MiB + the socket buffers of the one read and a look-ahead
  *    response) whatever the object size. Every request carries `If-Match: <etag>`.
