@@ -77,7 +77,6 @@ describe('FileWriter', () => {
         0,
       );
       await Promise.all([second, first]);
-      await writer.idle();
     } finally {
       await fh.close();
     }

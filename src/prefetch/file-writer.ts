@@ -97,11 +97,6 @@ export class FileWriter {
     return run;
   }
 
-  /** Resolves when the writes handed over so far have settled. */
-  async idle(): Promise<void> {
-    await this.queue;
-  }
-
   private async writeNow(bufs: readonly Buffer[], total: number, position: number): Promise<void> {
     const pieces = cutPieces(bufs, position, this.pieceBytes);
     const written = pieces.reduce((sum, p) => sum + p.bytes, 0);
