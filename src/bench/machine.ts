@@ -31,7 +31,7 @@ export async function canDropCaches(): Promise<boolean> {
  * Where a guest kernel counts the free memory it has handed back to its host (virtio-balloon free
  * page reporting, as on Firecracker). Present only on such machines.
  */
-export const PAGE_REPORTING_KIB = '/sys/module/page_reporting/parameters/reported_kib';
+const PAGE_REPORTING_KIB = '/sys/module/page_reporting/parameters/reported_kib';
 
 /** KiB of free memory reported to the host so far, or undefined where the kernel does not report. */
 export async function pageReportedKiB(): Promise<number | undefined> {

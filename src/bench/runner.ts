@@ -66,7 +66,7 @@ const REPORTING_MAX_WAIT_MS = 20_000;
  * guest); a run that overlaps them pays for it in system time (1 GiB uncapped: 0.8 s → 1.9 s), and
  * which runs overlap depends only on how long the run before took.
  */
-export async function pageReportingQuiet(signal: AbortSignal): Promise<void> {
+async function pageReportingQuiet(signal: AbortSignal): Promise<void> {
   const started = Date.now();
   let last = await pageReportedKiB();
   let quietSince = Date.now();
