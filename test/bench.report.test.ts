@@ -167,6 +167,20 @@ describe('losses', () => {
     const loaded = { ...idle, load: { atStart: [6, 5, 4], atEnd: [6, 5, 4] } };
     expect(losses(picked(loaded)).join('\n')).toMatch(/cannot tell CPU from latency/);
   });
+  it('holds a disk-bound roboflow against the disk alone and against a peer timed until its file is on disk', () => {
+    const c = {
+      ...condition('uncapped', [run('roboflow-no-checksum', 400, 1.5, 90), run('rclone-ignore-checksum', 800, 1.2, 40), run('rclone-ignore-checksum-sync', 390, 1.2, 40), run('roboflow', 380, 2.5, 90)]),
+      diskAlone: { bytes: GiB, blockBytes: 32 * 1024, runs: [{ wallSeconds: GiB / 420e6, cpuSeconds: 0.9, ok: true }] },
+    };
+    const text = losses(picked(bench({ download: { conditions: [c] } }))).join('\n');
+    expect(text).toMatch(/this disk takes 420 MB\/s durably \(dd \+ fdatasync\), so roboflow reached 90 % of that ceiling/);
+    expect(text).toMatch(/timed until its file is on disk: 390 MB\/s/);
+    // A download far below the disk's speed was not held back by it: no such reason is given.
+    const fast = { ...c, diskAlone: { ...c.diskAlone, runs: [{ wallSeconds: GiB / 4000e6, cpuSeconds: 0.2, ok: true }] } };
+    expect(losses(picked(bench({ download: { conditions: [fast] } }))).join('\n')).not.toMatch(/durably/);
+    const md = generateMarkdown({ picked: picked(bench({ download: { conditions: [c] } })), plots: [] });
+    expect(md).toMatch(/\| _disk alone: dd of zeros in 32 KiB blocks \+ fdatasync_ \| 1 GiB \| 420 \|/);
+  });
   it('is empty when roboflow wins everywhere', () => {
     const r = bench({ download: { conditions: [condition('uncapped', [run('roboflow', 800, 0.9, 8), run('curl', 640, 1.0, 10)])] } });
     expect(losses(picked(r))).toEqual([]);

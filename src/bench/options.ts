@@ -22,7 +22,8 @@ and bench/*.svg. Peers are installed only by \`bash bench/setup\`; missing ones 
   --condition LIST   capped,uncapped for the download scenario (default: both)
   --tools LIST       only these tools in the download scenario (ids: roboflow,
                      roboflow-no-checksum, roboflow-1,
-                     sdk-getobject, curl, axel, aria2c, rclone, rclone-ignore-checksum, aws-s3-cp)
+                     sdk-getobject, curl, axel, aria2c, rclone, rclone-ignore-checksum,
+                     rclone-ignore-checksum-sync, aws-s3-cp)
   --size SIZE        object size for download, sweep and resume (default 1GiB; sweep 512MiB)
   --memory-sizes L   object sizes of the memory scenario (default 256MiB,1GiB,4GiB)
   --repeat N         repetitions per configuration; medians are reported (default 3)

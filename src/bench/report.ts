@@ -81,6 +81,13 @@ export function serverAloneMBps(c: DownloadCondition): number {
   return median(alone.runs.filter((r) => r.ok).map((r) => alone.bytes / 1e6 / r.wallSeconds));
 }
 
+/** Median MB/s of the disk-alone runs (`dd` + `fdatasync`), NaN when not measured. */
+export function diskAloneMBps(c: DownloadCondition): number {
+  const disk = c.diskAlone;
+  if (!disk) return Number.NaN;
+  return median(disk.runs.filter((r) => r.ok).map((r) => disk.bytes / 1e6 / r.wallSeconds));
+}
+
 function isPeer(id: string): boolean {
   return !id.startsWith(ROBOFLOW_ID);
 }
@@ -250,6 +257,7 @@ const PEER_VERIFICATION: Readonly<Record<string, string>> = {
   aria2c: 'no checksum (plain HTTP has none to check)',
   rclone: 'MD5, by re-reading the whole file after the download',
   'rclone-ignore-checksum': 'no checksum',
+  'rclone-ignore-checksum-sync': 'no checksum; timed until its file is on disk, as roboflow is',
 };
 
 function listPeers(dl: BenchResults, peers: readonly ComparedSummary[], value: (s: ComparedSummary) => string): string {
@@ -289,6 +297,15 @@ export function losses(picked: Picked): string[] {
         const why: string[] = [];
         const alone = serverAloneMBps(c);
         if (Number.isFinite(alone)) why.push(`16 plain curls to /dev/null get ${fmt(alone)} MB/s from this server, so roboflow reached ${percent(rf.mbPerSecond / alone)} of that ceiling`);
+        const disk = diskAloneMBps(c);
+        const synced = sums.find((x) => x.tool === 'rclone-ignore-checksum-sync' && x.sha256Ok);
+        if (Number.isFinite(disk) && rf.mbPerSecond >= 0.7 * disk) {
+          why.push(
+            `roboflow returns once its file is on disk (fdatasync, then rename), and this disk takes ${fmt(disk)} MB/s durably (dd + fdatasync), so roboflow reached ${percent(rf.mbPerSecond / disk)} of that ceiling; ` +
+              'peers that return with their bytes still in the page cache are not held to it' +
+              (synced ? ` (rclone --ignore-checksum timed until its file is on disk: ${fmt(synced.mbPerSecond)} MB/s)` : ''),
+          );
+        }
         if (cores >= 0.85) {
           const idle = dl.profiles?.find((p) => p.condition === c.id)?.top.find((t) => t.name === '(idle)')?.share;
           const sys = median(c.runs.filter((r) => r.tool === ROBOFLOW_ID && r.sha256Ok).map((r) => r.measurement.sysSeconds));
@@ -462,6 +479,10 @@ function downloadSection(entry: { file: string; results: BenchResults }, plots: 
     if (c.serverAlone) {
       const cpu = median(c.serverAlone.runs.map((x) => x.cpuSeconds / (c.serverAlone!.bytes / GB)));
       rows.push([`_server alone: ${c.serverAlone.connections} curls of 1/${c.serverAlone.connections} each → /dev/null_`, mib(c.serverAlone.bytes), fmt(alone), '', fmt(cpu, 2), '', '', '', '', `${c.serverAlone.runs.filter((x) => x.ok).length}/${c.serverAlone.runs.length}`]);
+    }
+    if (c.diskAlone) {
+      const cpu = median(c.diskAlone.runs.map((x) => x.cpuSeconds / (c.diskAlone!.bytes / GB)));
+      rows.push([`_disk alone: dd of zeros in ${c.diskAlone.blockBytes / 1024} KiB blocks + fdatasync_`, mib(c.diskAlone.bytes), fmt(diskAloneMBps(c)), '', fmt(cpu, 2), '', '', '', '', `${c.diskAlone.runs.filter((x) => x.ok).length}/${c.diskAlone.runs.length}`]);
     }
     parts.push(table(['tool', 'object', 'MB/s', '× roboflow', 'CPU s/GB', '× roboflow', 'peak RSS MiB', '× roboflow', 'SHA-256', 'runs ok'], rows), '');
     const cap = c.ratePerConnection;

@@ -86,6 +86,17 @@ export interface ServerAloneResult {
   readonly runs: readonly { readonly wallSeconds: number; readonly cpuSeconds: number; readonly ok: boolean }[];
 }
 
+/**
+ * `dd` writing the object's size of zeros in 32 KiB blocks into the download directory, then
+ * `fdatasync`: how fast this disk takes bytes durably, the ceiling of every download that, like
+ * roboflow's, returns only once its file is on disk.
+ */
+export interface DiskAloneResult {
+  readonly bytes: number;
+  readonly blockBytes: number;
+  readonly runs: readonly { readonly wallSeconds: number; readonly cpuSeconds: number; readonly ok: boolean }[];
+}
+
 export interface DownloadCondition {
   readonly id: 'capped' | 'uncapped';
   /** Per-connection cap in bytes per second; null when uncapped. */
@@ -96,6 +107,7 @@ export interface DownloadCondition {
   readonly singleStreamObjectSize: number;
   readonly runs: readonly ToolRun[];
   readonly serverAlone?: ServerAloneResult;
+  readonly diskAlone?: DiskAloneResult;
   /** Every tool on a tiny object: what one run costs before the first byte matters. */
   readonly startup?: { readonly objectSize: number; readonly runs: readonly ToolRun[] };
 }

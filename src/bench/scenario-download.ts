@@ -2,14 +2,16 @@
  * Scenario 1: roboflow's downloader against its peers on one object, (a) with every connection
  * capped (as S3 and OSS cap them) plus a first-byte latency, and (b) uncapped on loopback, where
  * two cores are the limit. Also measures the server alone (16 curls of 1/16 of the object each,
- * to /dev/null) in the same conditions: the ceiling no tool can pass.
+ * to /dev/null) in the same conditions: the ceiling no tool can pass; and the disk alone (`dd`
+ * + `fdatasync`), the ceiling of a download that returns only once its file is on disk.
  */
 
+import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { generatedSha256 } from '../testing/content.js';
 import { runMeasured } from './measure.js';
 import { profileDownload } from './profile.js';
-import type { DownloadCondition, DownloadScenario, ProfileSummary, ServerAloneResult, ToolRun } from './results.js';
+import type { DiskAloneResult, DownloadCondition, DownloadScenario, ProfileSummary, ServerAloneResult, ToolRun } from './results.js';
 import { measureDownload, rotated, settle, timeoutFor, type BenchContext } from './runner.js';
 import { ServerProcess, type ServedObject } from './server-process.js';
 import type { ResolvedTool } from './tools.js';
@@ -56,6 +58,7 @@ export async function runDownloadScenario(
     const runs: ToolRun[] = [];
     const startupRuns: ToolRun[] = [];
     let serverAlone: ServerAloneResult | undefined;
+    let diskAlone: DiskAloneResult | undefined;
     try {
       ctx.log(`download, ${id}: server ${server.endpoint}`);
       for (let rep = 1; rep <= ctx.repeat; rep++) {
@@ -84,6 +87,7 @@ export async function runDownloadScenario(
       }
       if (curl !== null) serverAlone = await measureServerAlone(ctx, curl, server.httpUrl(big.bucket, big.key), big.size, 16);
       else ctx.note('The server-alone ceiling was not measured: curl is missing (run: bash bench/setup).');
+      diskAlone = await measureDiskAlone(ctx, big.size);
     } finally {
       await server.close();
     }
@@ -95,6 +99,7 @@ export async function runDownloadScenario(
       singleStreamObjectSize: capped ? small.size : big.size,
       runs,
       ...(serverAlone ? { serverAlone } : {}),
+      ...(diskAlone ? { diskAlone } : {}),
       ...(startupRuns.length > 0 ? { startup: { objectSize: tiny.size, runs: startupRuns } } : {}),
     });
   }
@@ -126,4 +131,30 @@ async function measureServerAlone(ctx: BenchContext, curl: string, url: string, 
     await settle(ctx);
   }
   return { connections, bytes: size, runs };
+}
+
+/** Block size of the disk-alone write: what rclone writes per call, and where page-cache writes cost least here. */
+const DISK_ALONE_BLOCK_BYTES = 32 * 1024;
+
+/** `dd` of `size` zeros into the download directory in 32 KiB blocks, then `fdatasync`. */
+async function measureDiskAlone(ctx: BenchContext, size: number): Promise<DiskAloneResult> {
+  const runs: { wallSeconds: number; cpuSeconds: number; ok: boolean }[] = [];
+  const count = Math.ceil(size / DISK_ALONE_BLOCK_BYTES);
+  for (let rep = 1; rep <= ctx.repeat; rep++) {
+    const file = path.join(ctx.scratch, `disk-alone-${rep}.bin`);
+    const started = process.hrtime.bigint();
+    const r = await runMeasured(
+      'dd',
+      ['if=/dev/zero', `of=${file}`, `bs=${DISK_ALONE_BLOCK_BYTES}`, `count=${count}`, 'conv=fdatasync', 'status=none'],
+      path.join(ctx.scratch, `disk-alone-${rep}.txt`),
+      { env: benchEnv(), timeoutMs: timeoutFor(size), signal: ctx.signal },
+    );
+    const wallSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+    const ok = r.measurement.exitCode === 0;
+    runs.push({ wallSeconds, cpuSeconds: r.measurement.userSeconds + r.measurement.sysSeconds, ok });
+    ctx.log(`  disk alone (dd ${DISK_ALONE_BLOCK_BYTES / 1024} KiB blocks + fdatasync) ${((count * DISK_ALONE_BLOCK_BYTES) / 1e6 / wallSeconds).toFixed(0)} MB/s${ok ? '' : ' (dd failed)'}`);
+    await rm(file, { force: true });
+    await settle(ctx);
+  }
+  return { bytes: count * DISK_ALONE_BLOCK_BYTES, blockBytes: DISK_ALONE_BLOCK_BYTES, runs };
 }

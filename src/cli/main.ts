@@ -52,7 +52,9 @@ export async function createProgram(argv: readonly string[] = []): Promise<Comma
     .configureOutput({ outputError: () => undefined })
     .showSuggestionAfterError(true);
   const named = argv.find((a) => !a.startsWith('-'));
-  const wanted = named !== undefined && named in COMMANDS ? [named] : Object.keys(COMMANDS);
+  // `--version` alone needs no command: loading all five (the AWS SDK among them) took ~0.5 s.
+  const versionOnly = named === undefined && argv.some((a) => a === '-V' || a === '--version');
+  const wanted = named !== undefined && named in COMMANDS ? [named] : versionOnly ? [] : Object.keys(COMMANDS);
   for (const name of wanted) {
     const load = COMMANDS[name];
     if (load) (await load())(program);

@@ -25,9 +25,11 @@
  *    throttling, grows back by one per round) while its body streams. A body from `Http1Pool` is
  *    read with `fill()`: the socket reads land in one of the lane's write buffers (up to 2 MiB),
  *    which is then written at its offset, so no buffer is allocated per read (`fillFrom`). Any
- *    other body is read as a stream, its buffers gathered up to 2 MiB (`streamFrom`). A batch
- *    goes to the file as 256 KiB pieces, two at a time, one batch after the other (`FileWriter`,
- *    `file-writer.ts`, says why). Either way the body is not read further until that write is done,
+ *    other body is read as a stream, its buffers gathered up to 2 MiB (`streamFrom`). For objects
+ *    of 64 MiB and more a batch goes to a writer thread (`WriterThread`, `writer-thread.ts`) that
+ *    writes it in 32 KiB pieces; the lanes' buffers are shared memory, so it crosses without a
+ *    copy. Smaller objects go through the thread pool as 256 KiB pieces, two at a time
+ *    (`FileWriter`, `file-writer.ts`, says why pieces). Either way the body is not read further until that write is done,
  *    so memory is `connections` × (2 MiB + the socket buffers of the one read and a look-ahead
  *    response) whatever the object size. Every request carries `If-Match: <etag>`.
  *    **Look-ahead:** a body that ends and a next request that only then starts cost one
@@ -114,6 +116,7 @@ import type {
 } from '../types.js';
 import { ConcurrencyLimiter, type Release } from './concurrency.js';
 import { FileWriter } from './file-writer.js';
+import { sharedBuffer, WriterThread } from './writer-thread.js';
 import { ChunkPlan, ChunkSet, type IndexedRange, RangeScheduler, shouldRequestAhead } from './ranges.js';
 import {
   durableBytes,
@@ -195,6 +198,12 @@ const LOOKAHEAD_LATENCIES = 2;
  * read (0.5 vs 1.0 CPU-s per 256 MiB measured), and bounds memory at this much per lane.
  */
 const WRITE_BATCH_BYTES = 2 * 1024 * 1024;
+/**
+ * Objects from this size on are written from a thread of their own (`writer-thread.ts`); below,
+ * the thread's start-up (tens of ms) costs more than it saves, and batches go through the thread
+ * pool (`file-writer.ts`).
+ */
+const WRITER_THREAD_MIN_BYTES = 64 * 1024 * 1024;
 /** Smallest write batch, for small chunks (the batch is at most a quarter of a chunk). */
 const MIN_WRITE_BATCH_BYTES = 64 * 1024;
 /** Window over which a lane measures its rate for the look-ahead decision. */
@@ -719,8 +728,8 @@ class Transfer {
   private readonly durableTo = new Map<number, number>();
   /** Bytes per write batch; small next to a chunk, so the crash bound holds at small chunk sizes. */
   private readonly batchLimit: number;
-  /** Batches into the temp file, one at a time (`file-writer.ts`). */
-  private readonly writer: FileWriter;
+  /** Batches into the temp file (`writer-thread.ts`, `file-writer.ts`). */
+  private readonly writer: FileWriter | WriterThread;
   /** Write buffers of `batchLimit` bytes, reused by the lanes' fast path (`fillFrom`). */
   private readonly writeBuffers: Buffer[] = [];
   /** Written-but-unrecorded bytes that start a state write at once. */
@@ -748,7 +757,8 @@ class Transfer {
     expected: readonly Checksum[],
   ) {
     this.rangesSupported = st.rangesSupported;
-    this.writer = new FileWriter(fh, (err) => d.diskError(err));
+    const mapError = (err: unknown) => d.diskError(err);
+    this.writer = st.size >= WRITER_THREAD_MIN_BYTES ? new WriterThread(fh.fd, mapError) : new FileWriter(fh, mapError);
     this.written = completed.clone();
     this.durable = completed.clone();
     for (const [index, bytes] of partial) this.durableTo.set(index, this.chunk(index).start + bytes);
@@ -804,6 +814,7 @@ class Transfer {
   async settle(keep: boolean): Promise<void> {
     if (!this.control.signal.aborted) this.control.abort(new RoboflowError('ERR_ABORTED', 'download pass ended'));
     if (this.flushTimer) clearTimeout(this.flushTimer);
+    await this.writer.close();
     await this.hasher.stop();
     if (keep) await this.flush().catch(() => undefined);
     else while (this.flushing) await this.flushing.catch(() => undefined);
@@ -1085,7 +1096,9 @@ class Transfer {
    */
   private async fillFrom(body: Http1Body, r: BodyReading): Promise<void> {
     const { range, state, stall, meter, write, lookAhead } = r;
-    const buf = this.writeBuffers.pop() ?? Buffer.allocUnsafeSlow(this.batchLimit);
+    const buf =
+      this.writeBuffers.pop() ??
+      (this.writer instanceof WriterThread ? sharedBuffer(this.batchLimit) : Buffer.allocUnsafeSlow(this.batchLimit));
     try {
       while (state.offset < range.end) {
         const want = Math.min(this.batchLimit, range.end - state.offset);

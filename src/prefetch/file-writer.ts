@@ -118,6 +118,11 @@ export class FileWriter {
     if (failure) throw this.mapError(failure.reason);
   }
 
+  /** Resolves when every batch given so far has been written (or has failed). */
+  async close(): Promise<void> {
+    await this.queue;
+  }
+
   /** One piece, completing a short write. */
   private async writePiece(p: WritePiece): Promise<void> {
     let done = (await this.fh.writev(p.bufs as Buffer[], p.position)).bytesWritten;
