@@ -757,8 +757,6 @@ class Transfer {
     expected: readonly Checksum[],
   ) {
     this.rangesSupported = st.rangesSupported;
-    const mapError = (err: unknown) => d.diskError(err);
-    this.writer = st.size >= WRITER_THREAD_MIN_BYTES ? new WriterThread(fh.fd, mapError) : new FileWriter(fh, mapError);
     this.written = completed.clone();
     this.durable = completed.clone();
     for (const [index, bytes] of partial) this.durableTo.set(index, this.chunk(index).start + bytes);
@@ -779,6 +777,14 @@ class Transfer {
       size: st.size,
       algorithms: expected.map((c) => c.algorithm),
     });
+    // Last: a thread started before something above threw would have no owner to end it.
+    const mapError = (err: unknown) => d.diskError(err);
+    try {
+      this.writer = st.size >= WRITER_THREAD_MIN_BYTES ? new WriterThread(fh.fd, mapError) : new FileWriter(fh, mapError);
+    } catch (err) {
+      void this.hasher.stop();
+      throw err;
+    }
     this.advanceHasher();
   }
 
