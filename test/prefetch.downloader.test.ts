@@ -341,6 +341,24 @@ describe('integrity', () => {
     }
   });
 
+  it('verifies the cheapest checksum the store offers: a FULL_OBJECT CRC32 instead of the MD5 ETag', async () => {
+    const { crc32 } = await import('node:zlib');
+    const bytes = Buffer.from(Array.from({ length: 3 * CHUNK + 5 }, (_, i) => (i * 7) & 0xff));
+    const sum = Buffer.alloc(4);
+    sum.writeUInt32BE(crc32(bytes));
+    server.putObject(BUCKET, 'crc.bin', bytes, { fullObjectChecksums: { crc32: sum.toString('base64') } });
+    const ok = await downloader().download(server.s3Url(BUCKET, 'crc.bin'), path.join(dir, 'crc.bin'));
+    expect(ok.verified).toEqual(['size', 'crc32']);
+    expect((await readFile(path.join(dir, 'crc.bin'))).equals(bytes)).toBe(true);
+    // The MD5 ETag is right and the CRC32 wrong: the CRC32 is what was checked, so it fails.
+    server.putObject(BUCKET, 'bad-crc.bin', bytes, { fullObjectChecksums: { crc32: 'AAAAAA==' } });
+    const dest = path.join(dir, 'bad-crc.bin');
+    const err = await caught(downloader().download(server.s3Url(BUCKET, 'bad-crc.bin'), dest));
+    expect(err.code).toBe('ERR_CHECKSUM_MISMATCH');
+    expect(err.message).toMatch(/crc32 expected 00000000/);
+    expect(await exists(dest)).toBe(false);
+  });
+
   it('skips the store\'s MD5 when told to, but still checks a checksum the caller gives', async () => {
     put('etag.bin', 3 * CHUNK + 1);
     const url = server.s3Url(BUCKET, 'etag.bin');

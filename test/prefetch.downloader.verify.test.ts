@@ -7,7 +7,7 @@ import zlib from 'node:zlib';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
-import { compareChecksums, crc32c, createOrderedHasher, hashFile, InOrderHasher, WorkerHasher } from '../src/prefetch/verify.js';
+import { cheapestChecksum, compareChecksums, crc32c, createOrderedHasher, hashFile, InOrderHasher, WorkerHasher } from '../src/prefetch/verify.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -188,5 +188,19 @@ describe('WorkerHasher in a process with nothing else to wait for', () => {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('cheapestChecksum', () => {
+  it('keeps one checksum of those offered, the cheapest to compute', () => {
+    const md5 = { algorithm: 'md5', hex: 'aa' } as const;
+    const sha256 = { algorithm: 'sha256', hex: 'bb' } as const;
+    const crc32 = { algorithm: 'crc32', hex: 'cc' } as const;
+    const crc32cSum = { algorithm: 'crc32c', hex: 'dd' } as const;
+    expect(cheapestChecksum([md5, sha256, crc32cSum, crc32])).toEqual([crc32]);
+    expect(cheapestChecksum([md5, sha256])).toEqual([sha256]);
+    expect(cheapestChecksum([crc32cSum, md5])).toEqual([md5]);
+    expect(cheapestChecksum([crc32cSum])).toEqual([crc32cSum]);
+    expect(cheapestChecksum([])).toEqual([]);
   });
 });

@@ -49,8 +49,8 @@
  *    250 ms, at once when `connections` × `chunkSize` / 8 bytes wait for it, and always at the end
  *    and on failure or abort. At `connections` × `chunkSize` / 4 waiting bytes, lanes stop writing
  *    until it is done.
- * 6. **verification.** MD5, SHA-1, SHA-256, CRC32 and CRC32C (from the stat and from
- *    `expectedChecksum`) are computed in byte order by an `InOrderHasher` (`verify.ts`) that reads
+ * 6. **verification.** MD5, SHA-1, SHA-256, CRC32 and CRC32C (the cheapest one the stat offers,
+ *    `cheapestChecksum`, and `expectedChecksum`) are computed in byte order by an `InOrderHasher` (`verify.ts`) that reads
  *    the contiguous completed prefix back from the page cache while the download continues, so it
  *    finishes soon after the last byte. Without checksums only the size is checked, and so it is
  *    when the caller turns off `verifySourceChecksums` (MD5 costs ~1.5 CPU s per GB).
@@ -130,7 +130,7 @@ import {
   tailOf,
   writeResumeState,
 } from './resume-state.js';
-import { compareChecksums, createOrderedHasher, InOrderHasher, type OrderedHasher } from './verify.js';
+import { cheapestChecksum, compareChecksums, createOrderedHasher, InOrderHasher, type OrderedHasher } from './verify.js';
 
 export interface ParallelDownloaderOptions {
   /** Lanes (range requests streaming at once) per download. (Default: `DEFAULTS.downloadConnections`) */
@@ -510,8 +510,8 @@ class Download {
     this.rateSamples.length = 0;
     channels.downloadStart.publish({ downloadId: this.id, url: st.url, size: st.size, resumedBytes });
 
-    // The store's checksums unless the caller opted out; the caller's own always.
-    const expected: Checksum[] = this.opts.verifySourceChecksums === false ? [] : [...st.checksums];
+    // The store's cheapest checksum unless the caller opted out; the caller's own always.
+    const expected: Checksum[] = this.opts.verifySourceChecksums === false ? [] : cheapestChecksum(st.checksums);
     if (this.opts.expectedChecksum) expected.push(this.opts.expectedChecksum);
     let verifiedChecksums: ChecksumAlgorithm[];
     if (st.size === 0) {

@@ -137,6 +137,13 @@ export interface PutObjectOptions {
   etag?: string;
   /** (Default: 'application/octet-stream') */
   contentType?: string;
+  /**
+   * Whole-object checksums (base64, as S3 sends them) served as `x-amz-checksum-<algorithm>` with
+   * `x-amz-checksum-type: FULL_OBJECT` when a HEAD or whole-object GET asks with
+   * `x-amz-checksum-mode: ENABLED`, as S3 does for objects uploaded with them. Not checked
+   * against the content, so a test can serve a wrong one.
+   */
+  fullObjectChecksums?: Readonly<Partial<Record<'crc32' | 'crc32c' | 'sha1' | 'sha256', string>>>;
 }
 
 /** What `putObject` returns. `etag` of a generated or file body is computed on first read of
@@ -163,6 +170,8 @@ interface StoredObject {
   etagPromise: Promise<string> | undefined;
   readonly lastModified: Date;
   readonly contentType: string;
+  /** See `PutObjectOptions.fullObjectChecksums`. */
+  readonly fullObjectChecksums: PutObjectOptions['fullObjectChecksums'];
   /** A temp file this server wrote (PUT, multipart); deleted once replaced and unread. */
   readonly ownedFile: string | undefined;
   /** Responses currently reading the object; an owned file is unlinked only at zero. */
@@ -1016,7 +1025,14 @@ export class ObjectServer {
     }
     let etag = options.etag === undefined ? undefined : quoteEtag(options.etag);
     if (etag === undefined && data.kind === 'buffer') etag = `"${md5Hex(data.buf)}"`;
-    const obj = this.store(bucket, key, { data, size, etag, contentType: options.contentType, ownedFile: undefined });
+    const obj = this.store(bucket, key, {
+      data,
+      size,
+      etag,
+      contentType: options.contentType,
+      ownedFile: undefined,
+      fullObjectChecksums: options.fullObjectChecksums,
+    });
     return {
       size,
       get etag(): string {
@@ -1189,7 +1205,14 @@ export class ObjectServer {
   private store(
     bucket: string,
     key: string,
-    init: { data: ObjectData; size: number; etag: string | undefined; contentType: string | undefined; ownedFile: string | undefined },
+    init: {
+      data: ObjectData;
+      size: number;
+      etag: string | undefined;
+      contentType: string | undefined;
+      ownedFile: string | undefined;
+      fullObjectChecksums?: PutObjectOptions['fullObjectChecksums'];
+    },
   ): StoredObject {
     let objects = this.buckets.get(bucket);
     if (objects === undefined) {
@@ -1204,6 +1227,7 @@ export class ObjectServer {
       // S3 reports whole seconds; so do we, so Last-Modified round-trips exactly.
       lastModified: new Date(Math.floor(Date.now() / 1000) * 1000),
       contentType: init.contentType ?? 'application/octet-stream',
+      fullObjectChecksums: init.fullObjectChecksums,
       ownedFile: init.ownedFile,
       readers: 0,
       removed: false,
@@ -1536,7 +1560,8 @@ export class ObjectServer {
       }
       obj.readers++;
       try {
-        await this.serveFound(res, entry, obj, fault, rangeHeader, ifMatch, req.headers['if-none-match'], signal);
+        const checksumMode = String(req.headers['x-amz-checksum-mode'] ?? '').toUpperCase() === 'ENABLED';
+        await this.serveFound(res, entry, obj, fault, rangeHeader, ifMatch, req.headers['if-none-match'], signal, checksumMode);
       } finally {
         obj.readers--;
         if (obj.removed && obj.readers === 0) this.unlinkOwned(obj.ownedFile);
@@ -1574,6 +1599,7 @@ export class ObjectServer {
     ifMatch: string | undefined,
     ifNoneMatch: string | undefined,
     signal: AbortSignal,
+    checksumMode = false,
   ): Promise<void> {
     // A big generated object's first ETag takes seconds; a client or server going away must
     // not wait for it.
@@ -1614,6 +1640,10 @@ export class ObjectServer {
       'x-amz-request-id': this.requestIdOf(entry),
     };
     if (resolved !== undefined) headers['Content-Range'] = `bytes ${start}-${end - 1}/${size}`;
+    else if (obj.fullObjectChecksums && checksumMode) {
+      for (const [algorithm, value] of Object.entries(obj.fullObjectChecksums)) headers[`x-amz-checksum-${algorithm}`] = value;
+      headers['x-amz-checksum-type'] = 'FULL_OBJECT';
+    }
     if (fault?.kind === 'bad-content-range') {
       // Name a range shifted by one byte (down when up would run past the end).
       status = 206;
