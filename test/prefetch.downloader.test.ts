@@ -359,6 +359,27 @@ describe('integrity', () => {
     expect(await exists(dest)).toBe(false);
   });
 
+  it('verifies a CRC32 alone from the writer thread\'s batch CRCs on a large object, and catches a wrong one', async () => {
+    const { crc32 } = await import('node:zlib');
+    const size = 64 * MiB + 12_345;
+    put('big-crc-src.bin', size, 31);
+    const bytes = server.objectBytes(BUCKET, 'big-crc-src.bin');
+    const sum = Buffer.alloc(4);
+    sum.writeUInt32BE(crc32(bytes));
+    server.putObject(BUCKET, 'big-crc.bin', bytes, { fullObjectChecksums: { crc32: sum.toString('base64') } });
+    const dest = path.join(dir, 'big-crc.bin');
+    const ok = await downloader().download(server.s3Url(BUCKET, 'big-crc.bin'), dest);
+    expect(ok.verified).toEqual(['size', 'crc32']);
+    expect(createHash('sha256').update(await readFile(dest)).digest('hex')).toBe(createHash('sha256').update(bytes).digest('hex'));
+    server.putObject(BUCKET, 'big-bad-crc.bin', bytes, { fullObjectChecksums: { crc32: 'AAAAAA==' } });
+    const bad = path.join(dir, 'big-bad-crc.bin');
+    const err = await caught(downloader().download(server.s3Url(BUCKET, 'big-bad-crc.bin'), bad));
+    expect(err.code).toBe('ERR_CHECKSUM_MISMATCH');
+    expect(err.message).toContain(`crc32 expected 00000000, got ${sum.toString('hex')}`);
+    expect(await exists(bad)).toBe(false);
+    expect(await exists(partialPaths(bad).temp)).toBe(false);
+  });
+
   it('skips the store\'s MD5 when told to, but still checks a checksum the caller gives', async () => {
     put('etag.bin', 3 * CHUNK + 1);
     const url = server.s3Url(BUCKET, 'etag.bin');

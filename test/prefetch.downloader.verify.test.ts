@@ -7,7 +7,17 @@ import zlib from 'node:zlib';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
-import { cheapestChecksum, compareChecksums, crc32c, createOrderedHasher, hashFile, InOrderHasher, WorkerHasher } from '../src/prefetch/verify.js';
+import {
+  cheapestChecksum,
+  compareChecksums,
+  crc32c,
+  crc32Combine,
+  createOrderedHasher,
+  hashFile,
+  InOrderHasher,
+  SegmentCrc32Hasher,
+  WorkerHasher,
+} from '../src/prefetch/verify.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -202,5 +212,80 @@ describe('cheapestChecksum', () => {
     expect(cheapestChecksum([crc32cSum, md5])).toEqual([md5]);
     expect(cheapestChecksum([crc32cSum])).toEqual([crc32cSum]);
     expect(cheapestChecksum([])).toEqual([]);
+  });
+});
+
+describe('crc32Combine', () => {
+  it('gives the CRC-32 of the concatenation from the two CRCs and the second length', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), fc.uint8Array({ maxLength: 300 }), (a, b) => {
+        const whole = zlib.crc32(Buffer.concat([a, b]));
+        expect(crc32Combine(zlib.crc32(a), zlib.crc32(b), b.length)).toBe(whole);
+      }),
+    );
+  });
+
+  it('is associative at lengths past 2^32, where halving by shifts would go wrong', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 2 ** 32 - 1 }),
+        fc.integer({ min: 0, max: 2 ** 32 - 1 }),
+        fc.integer({ min: 0, max: 2 ** 32 - 1 }),
+        fc.integer({ min: 2 ** 31, max: 2 ** 40 }),
+        fc.integer({ min: 2 ** 31, max: 2 ** 40 }),
+        (x, y, z, n1, n2) => {
+          expect(crc32Combine(crc32Combine(x, y, n1), z, n2)).toBe(crc32Combine(x, crc32Combine(y, z, n2), n1 + n2));
+        },
+      ),
+      { numRuns: 50 },
+    );
+  });
+
+  it('refuses a length that is not a non-negative integer', () => {
+    expect(() => crc32Combine(1, 2, -1)).toThrow(/non-negative integer/);
+    expect(() => crc32Combine(1, 2, 1.5)).toThrow(/non-negative integer/);
+  });
+});
+
+describe('SegmentCrc32Hasher', () => {
+  const data = randomBytes(100_000);
+  const crcOf = (start: number, end: number) => zlib.crc32(data.subarray(start, end));
+  const hex = (n: number) => n.toString(16).padStart(8, '0');
+
+  it('combines segments added in any order into the CRC-32 of the whole, reading nothing', async () => {
+    let readBack = 0;
+    const hasher = new SegmentCrc32Hasher(() => {
+      readBack++;
+      throw new Error('must not read back');
+    });
+    for (const [start, end] of [[60_000, 100_000], [0, 1], [1, 25_000], [25_000, 25_000], [25_000, 60_000]] as const) {
+      hasher.add(start, end - start, crcOf(start, end));
+    }
+    expect(hasher.bytesHashed).toBe(100_000);
+    expect((await hasher.finish(100_000)).get('crc32')).toBe(hex(zlib.crc32(data)));
+    expect(readBack).toBe(0);
+  });
+
+  it.each([
+    ['a gap', [[0, 40_000], [50_000, 100_000]]],
+    ['an overlap', [[0, 60_000], [50_000, 100_000]]],
+    ['a short end', [[0, 99_999]]],
+  ] as const)('reads the file back when the segments leave %s', async (_name, segments) => {
+    const file = path.join(dir, 'f');
+    await writeFile(file, data);
+    const fh = await open(file, 'r');
+    try {
+      let readBack = 0;
+      const hasher = new SegmentCrc32Hasher(() => {
+        readBack++;
+        return new InOrderHasher(fh, ['crc32']);
+      });
+      for (const [start, end] of segments) hasher.add(start, end - start, crcOf(start, end));
+      expect((await hasher.finish(100_000)).get('crc32')).toBe(hex(zlib.crc32(data)));
+      expect(readBack).toBe(1);
+      await hasher.stop();
+    } finally {
+      await fh.close();
+    }
   });
 });

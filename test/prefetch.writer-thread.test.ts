@@ -26,7 +26,7 @@ describe('WriterThread', () => {
       // Pieces of 4,096 bytes: every batch takes many writes, and most end mid-buffer.
       const writer = new WriterThread(fh.fd, (err) => err as Error, 4096);
       const cuts = [0, 1, 70_000, 70_001, 333_333, 600_000, 999_999, size];
-      const writes: Promise<void>[] = [];
+      const writes: Promise<unknown>[] = [];
       for (let i = cuts.length - 2; i >= 0; i--) {
         const start = cuts[i] as number;
         const end = cuts[i + 1] as number;
@@ -48,6 +48,24 @@ describe('WriterThread', () => {
       await fh.close();
     }
     expect((await readFile(file)).equals(data)).toBe(true);
+  });
+
+  it('computes each batch’s CRC-32 on the thread when asked, from the bytes it writes', async () => {
+    const { crc32 } = await import('node:zlib');
+    const fh = await open(path.join(dir, 'crc'), 'w+');
+    const data = randomBytes(300_001);
+    const plain = new WriterThread(fh.fd, (err) => err as Error);
+    const summing = new WriterThread(fh.fd, (err) => err as Error, 4096, true);
+    try {
+      expect(await plain.write([data], data.length, 0)).toBeUndefined();
+      const shared = sharedBuffer(data.length);
+      data.copy(shared);
+      expect(await summing.write([shared.subarray(0, 1000), shared.subarray(1000)], data.length, 0)).toBe(crc32(data));
+      expect(await summing.write([data.subarray(5)], data.length - 5, 5)).toBe(crc32(data.subarray(5)));
+    } finally {
+      await Promise.all([plain.close(), summing.close()]);
+      await fh.close();
+    }
   });
 
   it('maps a failed write to the caller’s error, and the next batch still runs', async () => {

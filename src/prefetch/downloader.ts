@@ -50,7 +50,9 @@
  *    and on failure or abort. At `connections` × `chunkSize` / 4 waiting bytes, lanes stop writing
  *    until it is done.
  * 6. **verification.** MD5, SHA-1, SHA-256, CRC32 and CRC32C (the cheapest one the stat offers,
- *    `cheapestChecksum`, and `expectedChecksum`) are computed in byte order by an `InOrderHasher` (`verify.ts`) that reads
+ *    `cheapestChecksum`, and `expectedChecksum`). A CRC-32 alone, on a download that starts from
+ *    nothing, is computed by the writer thread per batch and the batches' CRCs combined
+ *    (`SegmentCrc32Hasher`); otherwise they are computed in byte order by an `InOrderHasher` (`verify.ts`) that reads
  *    the contiguous completed prefix back from the page cache while the download continues, so it
  *    finishes soon after the last byte. Without checksums only the size is checked, and so it is
  *    when the caller turns off `verifySourceChecksums` (MD5 costs ~1.5 CPU s per GB).
@@ -130,7 +132,7 @@ import {
   tailOf,
   writeResumeState,
 } from './resume-state.js';
-import { cheapestChecksum, compareChecksums, createOrderedHasher, InOrderHasher, type OrderedHasher } from './verify.js';
+import { cheapestChecksum, compareChecksums, createOrderedHasher, InOrderHasher, type OrderedHasher, SegmentCrc32Hasher } from './verify.js';
 
 export interface ParallelDownloaderOptions {
   /** Lanes (range requests streaming at once) per download. (Default: `DEFAULTS.downloadConnections`) */
@@ -771,16 +773,23 @@ class Transfer {
     this.limiter = d.settingsOf.limiter ?? new ConcurrencyLimiter({ max: d.settingsOf.connections });
     // Every lane and look-ahead request listens on this signal: up to ~3 listeners per lane.
     setMaxListeners(Math.max(10, 4 * d.settingsOf.connections), this.control.signal);
-    this.hasher = createOrderedHasher({
-      fh,
-      path: d.paths.temp,
-      size: st.size,
-      algorithms: expected.map((c) => c.algorithm),
-    });
+    const readBack = () =>
+      createOrderedHasher({
+        fh,
+        path: d.paths.temp,
+        size: st.size,
+        algorithms: expected.map((c) => c.algorithm),
+      });
+    const threaded = st.size >= WRITER_THREAD_MIN_BYTES;
+    // CRC-32 alone, from nothing: the writer thread computes it per batch and nothing is read
+    // back (`SegmentCrc32Hasher`). A resumed download has bytes no writer of this run saw.
+    const fresh = completed.size === 0 && partial.size === 0;
+    const crcFromWrites = threaded && fresh && expected.length > 0 && expected.every((c) => c.algorithm === 'crc32');
+    this.hasher = crcFromWrites ? new SegmentCrc32Hasher(readBack) : readBack();
     // Last: a thread started before something above threw would have no owner to end it.
     const mapError = (err: unknown) => d.diskError(err);
     try {
-      this.writer = st.size >= WRITER_THREAD_MIN_BYTES ? new WriterThread(fh.fd, mapError) : new FileWriter(fh, mapError);
+      this.writer = threaded ? new WriterThread(fh.fd, mapError, undefined, crcFromWrites) : new FileWriter(fh, mapError);
     } catch (err) {
       void this.hasher.stop();
       throw err;
@@ -1067,7 +1076,8 @@ class Transfer {
         );
       }, stallTimeoutMs);
       const write = async (bufs: Buffer[], n: number) => {
-        await this.writer.write(bufs, n, state.offset);
+        const crc = await this.writer.write(bufs, n, state.offset);
+        if (crc !== undefined && this.hasher instanceof SegmentCrc32Hasher) this.hasher.add(state.offset, n, crc);
         state.offset += n;
         onWritten(state.offset);
       };

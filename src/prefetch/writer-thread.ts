@@ -46,11 +46,14 @@ const WORKER_SOURCE = `
 'use strict';
 const { workerData, parentPort } = require('node:worker_threads');
 const { writeSync } = require('node:fs');
-const { fd, pieceBytes } = workerData;
+const { crc32 } = require('node:zlib');
+const { fd, pieceBytes, withCrc32 } = workerData;
 parentPort.on('message', (m) => {
   let at = m.position;
+  let crc = 0;
   try {
     for (const part of m.parts) {
+      if (withCrc32) crc = crc32(part, crc);
       let off = 0;
       while (off < part.length) {
         const n = writeSync(fd, part, off, Math.min(pieceBytes, part.length - off), at);
@@ -60,7 +63,7 @@ parentPort.on('message', (m) => {
         at += n;
       }
     }
-    parentPort.postMessage({ id: m.id });
+    parentPort.postMessage(withCrc32 ? { id: m.id, crc } : { id: m.id });
   } catch (err) {
     const e = err || {};
     parentPort.postMessage({ id: m.id, error: { message: String(e.message || e), code: e.code, errno: e.errno, syscall: e.syscall } });
@@ -70,11 +73,12 @@ parentPort.on('message', (m) => {
 
 interface Outcome {
   readonly id: number;
+  readonly crc?: number;
   readonly error?: { readonly message: string; readonly code?: string; readonly errno?: number; readonly syscall?: string };
 }
 
 interface Pending {
-  readonly resolve: () => void;
+  readonly resolve: (crc: number | undefined) => void;
   readonly reject: (err: Error) => void;
   readonly staged: Buffer | undefined;
 }
@@ -99,14 +103,17 @@ export class WriterThread {
    * @param fd the open file's descriptor; it must stay open until `close()` resolves
    * @param mapError turns a failed write's error into the caller's (say, `ERR_NO_SPACE`)
    * @param pieceBytes largest single write
+   * @param withCrc32 also compute each batch's CRC-32 (zlib's) on the thread, from the bytes it
+   *   writes, and resolve `write()` with it (`SegmentCrc32Hasher` combines them)
    */
   constructor(
     fd: number,
     private readonly mapError: (err: unknown) => Error,
     pieceBytes: number = THREAD_WRITE_PIECE_BYTES,
+    withCrc32 = false,
   ) {
     if (!(pieceBytes > 0)) throw new RangeError(`piece size must be positive, got ${pieceBytes}`);
-    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { fd, pieceBytes } });
+    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { fd, pieceBytes, withCrc32 } });
     this.worker.unref();
     this.worker.on('message', (m: Outcome) => this.settle(m));
     this.worker.on('error', (err) => this.breakDown(err));
@@ -114,10 +121,11 @@ export class WriterThread {
   }
 
   /**
-   * Writes `bufs` (`total` bytes together) at `position`; resolves when every byte is written,
-   * rejects with the mapped error of the write that failed.
+   * Writes `bufs` (`total` bytes together) at `position`; resolves when every byte is written
+   * (with the batch's CRC-32 when the thread computes them), rejects with the mapped error of
+   * the write that failed.
    */
-  write(bufs: readonly Buffer[], total: number, position: number): Promise<void> {
+  write(bufs: readonly Buffer[], total: number, position: number): Promise<number | undefined> {
     const written = bufs.reduce((sum, b) => sum + b.length, 0);
     if (written !== total) return Promise.reject(new RangeError(`write of ${total} bytes was given ${written}`));
     if (this.closing) return Promise.reject(new RoboflowError('ERR_ABORTED', 'the writer is closed'));
@@ -134,7 +142,7 @@ export class WriterThread {
       parts = [staged.subarray(0, total)];
     }
     const id = this.nextId++;
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<number | undefined>((resolve, reject) => {
       if (this.pending.size === 0) this.worker.ref();
       this.pending.set(id, { resolve, reject, staged });
       this.worker.postMessage({ id, position, parts });
@@ -146,7 +154,7 @@ export class WriterThread {
     if (!p) return;
     this.forget(m.id, p);
     if (m.error === undefined) {
-      p.resolve();
+      p.resolve(m.crc);
       return;
     }
     p.reject(this.mapError(Object.assign(new Error(m.error.message), m.error)));
