@@ -124,6 +124,19 @@ describe('goals', () => {
     const both = bench({ download: { conditions: [condition('uncapped', [run('roboflow', 800, 0.9, 80), run('curl', 640, 1.0, 10)])] } });
     expect(evaluateGoals(picked(both))[1]!.met).toBe(true);
   });
+  it('uncapped: holds the run that verifies integrity against the best peer, not --no-checksum', () => {
+    const r = bench({
+      download: {
+        conditions: [
+          condition('uncapped', [run('roboflow', 600, 1.5, 80, { verified: ['size', 'crc32'] }), run('roboflow-no-checksum', 900, 0.8, 80), run('curl', 700, 1.0, 10)]),
+        ],
+      },
+    });
+    const g = evaluateGoals(picked(r))[1]!;
+    expect(g.description).toContain('while verifying integrity (crc32)');
+    expect(g.measured).toBe('600 MB/s, 1.50 CPU s/GB');
+    expect(g.met).toBe(false);
+  });
   it('a peer with a wrong SHA-256 is not the best peer', () => {
     const sums = conditionSummaries(condition('uncapped', [run('roboflow', 500, 1, 80), run('curl', 900, 1, 10, { sha: false })]), ['roboflow', 'curl']);
     expect(bestPeer(sums)).toBeUndefined();

@@ -5,6 +5,7 @@ import fs from 'node:fs/promises';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
@@ -905,7 +906,9 @@ describe('ObjectServer', () => {
 
     it('runs as a standalone process that prints its endpoint and exits on SIGTERM', async () => {
       const main = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../dist/testing/object-server-main.js');
-      const child = spawn(process.execPath, [main, '--rate', '64M', '--latency', '1', '--object', 'bench/data.bin=generated:1M:5'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(process.execPath, [main, '--rate', '64M', '--latency', '1', '--full-object-crc32', '--object', 'bench/data.bin=generated:1M:5'], {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
       try {
         const line = await new Promise<string>((resolve, reject) => {
           const rl = createInterface({ input: child.stdout });
@@ -922,6 +925,13 @@ describe('ObjectServer', () => {
         expect(r.status).toBe(200);
         expect(r.headers.etag).toBe(info.objects[0]?.etag);
         expect(sha256(r.body)).toBe(await generatedSha256(MiB, 5));
+        // The FULL_OBJECT CRC32 only when asked for, as S3 does; it is the content's.
+        expect(r.headers['x-amz-checksum-crc32']).toBeUndefined();
+        const withMode = await raw(info.objects[0]?.url ?? '', { method: 'HEAD', headers: { 'x-amz-checksum-mode': 'ENABLED' } });
+        expect(withMode.headers['x-amz-checksum-type']).toBe('FULL_OBJECT');
+        const crc = Buffer.alloc(4);
+        crc.writeUInt32BE(zlib.crc32(r.body));
+        expect(withMode.headers['x-amz-checksum-crc32']).toBe(crc.toString('base64'));
         const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
         child.kill('SIGTERM');
         expect(await exited).toBe(0);

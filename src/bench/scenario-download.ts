@@ -54,6 +54,9 @@ export async function runDownloadScenario(
       ...(capped ? { ratePerConnection: opts.ratePerConnection } : {}),
       latencyMs: capped ? opts.latencyMs : 0,
       objects,
+      // As S3 keeps for objects uploaded by current AWS SDKs (a CRC32 by default); roboflow
+      // verifies the cheapest checksum offered, rclone the MD5 ETag.
+      fullObjectCrc32: true,
     });
     const runs: ToolRun[] = [];
     const startupRuns: ToolRun[] = [];

@@ -24,6 +24,8 @@ export interface ServerProcessOptions {
   readonly ratePerConnection?: number;
   readonly latencyMs: number;
   readonly objects: readonly ServedObject[];
+  /** Give every object the FULL_OBJECT CRC32 S3 keeps for objects uploaded by current AWS SDKs. */
+  readonly fullObjectCrc32?: boolean;
 }
 
 const START_TIMEOUT_MS = 120_000;
@@ -51,6 +53,7 @@ export class ServerProcess {
     if (opts.ratePerConnection !== undefined) args.push('--rate', String(opts.ratePerConnection));
     const cache = Math.min(SERVER_CACHE_LIMIT, opts.objects.reduce((sum, o) => sum + o.size, 0));
     if (cache > 0) args.push('--cache', String(cache));
+    if (opts.fullObjectCrc32) args.push('--full-object-crc32');
     for (const o of opts.objects) args.push('--object', `${o.bucket}/${o.key}=generated:${o.size}:${o.seed}`);
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';

@@ -136,7 +136,7 @@ export function downloadTools(): ToolSpec[] {
   return [
     roboflowTool(ROBOFLOW_ID, 'roboflow 16 × 8 MiB', 16, '8MiB'),
     // What the peers that verify nothing (axel, aria2c, curl, rclone --ignore-checksum) are fairly
-    // compared with: the same download without the MD5 of the ETag (~1.5 CPU s per GB).
+    // compared with: the same download without verifying the store's checksum.
     roboflowTool(ROBOFLOW_NO_CHECKSUM_ID, 'roboflow 16 × 8 MiB --no-checksum', 16, '8MiB', ['--no-checksum']),
     roboflowTool('roboflow-1', 'roboflow 1 connection', 1, '8MiB'),
     {

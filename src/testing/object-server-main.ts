@@ -4,15 +4,20 @@
  * budget (event loop) with the client they measure:
  *
  *   node dist/testing/object-server-main.js [--host H] [--port P] [--rate BYTES] [--latency MS]
- *     [--max-concurrent N] [--cache BYTES] [--access-key ID --secret-key SECRET]
+ *     [--max-concurrent N] [--cache BYTES] [--access-key ID --secret-key SECRET] [--full-object-crc32]
  *     [--object bucket/key=generated:SIZE:SEED] [--object bucket/key=file:PATH] ...
  *
  * Prints one JSON line `{"endpoint": "...", "objects": [...]}` on stdout once listening, then
  * serves until SIGTERM or SIGINT. Sizes accept the suffixes k, M, G (powers of 1024). `--cache`
  * keeps that much generated content in memory, so serving it again costs no computation.
+ * `--full-object-crc32` gives every object the FULL_OBJECT CRC32 that S3 stores for objects
+ * uploaded by current AWS SDKs (they send one by default), served to requests that ask for it.
  */
 
+import { createReadStream } from 'node:fs';
+import zlib from 'node:zlib';
 import { RoboflowError } from '../errors.js';
+import { generatedContent } from './content.js';
 import { ObjectServer, type ObjectBody, type ObjectServerOptions } from './object-server.js';
 
 interface ObjectSpec {
@@ -45,8 +50,25 @@ function parseObject(raw: string): ObjectSpec {
   return { bucket, key, body: { generated: { size: parseSize('--object', m[1] ?? ''), seed: Number(m[2]) } } };
 }
 
-function parseArgs(argv: readonly string[]): { opts: ObjectServerOptions; objects: ObjectSpec[] } {
+/** The CRC32 of an object's content, base64 as S3 sends it. */
+async function crc32Base64(body: ObjectBody): Promise<string> {
+  let crc = 0;
+  if (Buffer.isBuffer(body)) crc = zlib.crc32(body);
+  else if ('generated' in body) {
+    const { size, seed } = body.generated;
+    const step = 8 * 2 ** 20;
+    for (let at = 0; at < size; at += step) crc = zlib.crc32(generatedContent(seed, at, Math.min(size, at + step)), crc);
+  } else {
+    for await (const chunk of createReadStream(body.file)) crc = zlib.crc32(chunk as Buffer, crc);
+  }
+  const out = Buffer.alloc(4);
+  out.writeUInt32BE(crc >>> 0);
+  return out.toString('base64');
+}
+
+function parseArgs(argv: readonly string[]): { opts: ObjectServerOptions; objects: ObjectSpec[]; fullObjectCrc32: boolean } {
   const opts: ObjectServerOptions = {};
+  let fullObjectCrc32 = false;
   const objects: ObjectSpec[] = [];
   let accessKeyId: string | undefined;
   let secretAccessKey: string | undefined;
@@ -82,6 +104,9 @@ function parseArgs(argv: readonly string[]): { opts: ObjectServerOptions; object
       case '--cache':
         opts.generatedCacheBytes = parseSize(flag, value());
         break;
+      case '--full-object-crc32':
+        fullObjectCrc32 = true;
+        break;
       case '--access-key':
         accessKeyId = value();
         break;
@@ -95,7 +120,8 @@ function parseArgs(argv: readonly string[]): { opts: ObjectServerOptions; object
       case '-h':
         process.stdout.write(
           'usage: object-server-main [--host H] [--port P] [--rate BYTES] [--latency MS] [--max-concurrent N] [--cache BYTES]\n' +
-            '                          [--access-key ID --secret-key SECRET] [--object bucket/key=generated:SIZE:SEED | bucket/key=file:PATH]...\n',
+            '                          [--access-key ID --secret-key SECRET] [--full-object-crc32]\n' +
+            '                          [--object bucket/key=generated:SIZE:SEED | bucket/key=file:PATH]...\n',
         );
         process.exit(0);
         break;
@@ -107,15 +133,16 @@ function parseArgs(argv: readonly string[]): { opts: ObjectServerOptions; object
     throw new RoboflowError('ERR_CONFIG', '--access-key and --secret-key must be given together');
   }
   if (accessKeyId !== undefined && secretAccessKey !== undefined) opts.credentials = { accessKeyId, secretAccessKey };
-  return { opts, objects };
+  return { opts, objects, fullObjectCrc32 };
 }
 
 async function main(): Promise<void> {
-  const { opts, objects } = parseArgs(process.argv.slice(2));
+  const { opts, objects, fullObjectCrc32 } = parseArgs(process.argv.slice(2));
   const server = await ObjectServer.start(opts);
   const listed = [];
   for (const o of objects) {
-    const { size } = server.putObject(o.bucket, o.key, o.body);
+    const fullObjectChecksums = fullObjectCrc32 ? { crc32: await crc32Base64(o.body) } : undefined;
+    const { size } = server.putObject(o.bucket, o.key, o.body, fullObjectChecksums ? { fullObjectChecksums } : {});
     // The ETag (MD5) of a big generated object takes seconds; pay it before announcing the
     // endpoint so a benchmark's first request does not.
     const etag = await server.objectEtag(o.bucket, o.key);
