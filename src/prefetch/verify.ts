@@ -69,13 +69,18 @@ interface Digest {
   hex(): string;
 }
 
+/** A CRC as its digest is written: eight lower-case hex digits. */
+function crcHex(crc: number): string {
+  return (crc >>> 0).toString(16).padStart(8, '0');
+}
+
 function crcDigest(step: (buf: Uint8Array, crc: number) => number): Digest {
   let crc = 0;
   return {
     update(buf) {
       crc = step(buf, crc);
     },
-    hex: () => crc.toString(16).padStart(8, '0'),
+    hex: () => crcHex(crc),
   };
 }
 
@@ -305,7 +310,7 @@ export class SegmentCrc32Hasher implements OrderedHasher {
 
   async finish(size: number): Promise<Map<ChecksumAlgorithm, string>> {
     const crc = this.combined(size);
-    if (crc !== undefined) return new Map([['crc32', crc.toString(16).padStart(8, '0')]]);
+    if (crc !== undefined) return new Map([['crc32', crcHex(crc)]]);
     this.fallback ??= this.readBack();
     return this.fallback.finish(size);
   }
