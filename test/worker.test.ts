@@ -4,9 +4,10 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { pathToFileURL } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { serverProcessStore } from '../src/bench/scenario-prefetch.js';
 import { formatComparison, runPrefetchComparison } from '../src/demo.js';
 import { channels, type JobFinishedEvent } from '../src/diagnostics.js';
 import { abortError } from '../src/errors.js';
@@ -332,6 +333,49 @@ describe('runPrefetchComparison', () => {
     expect(text).toMatch(/prefetch \(2 slots\)/);
     expect(progress[0]).toMatch(/writing 3 sample MCAP episodes/);
     // Everything it made is gone.
+    expect((await readdir(dir)).filter((f) => f.startsWith('roboflow-demo-'))).toEqual([]);
+  });
+
+  it('downloads from a store the caller starts: the bench serves files and generated objects from a process of its own, and stops it', async () => {
+    const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+    for (const content of ['mcap', 'generated'] as const) {
+      const started: { urls: string[]; closed: boolean }[] = [];
+      const start = serverProcessStore(root);
+      const c = await runPrefetchComparison({
+        jobs: 2,
+        sizeBytes: 1 * MiB,
+        ratePerConn: 8 * MiB,
+        latencyMs: 2,
+        connections: 2,
+        chunkSize: 256 * KiB,
+        tempDir: dir,
+        processor: content === 'mcap' ? { kind: 'mcap-summary', processMs: 10, burn: 'wait' } : { kind: 'checksum' },
+        content,
+        startStore: async (o) => {
+          expect(o.ratePerConn).toBe(8 * MiB);
+          expect(o.latencyMs).toBe(2);
+          expect(o.objects.map((x) => ('file' in x.source ? 'file' : 'generated'))).toEqual(content === 'mcap' ? ['file', 'file'] : ['generated', 'generated']);
+          const store = await start(o);
+          const record = { urls: o.objects.map((x) => store.httpUrl(x.bucket, x.key)), closed: false };
+          started.push(record);
+          const res = await fetch(record.urls[0]!, { method: 'HEAD' });
+          expect(res.status).toBe(200);
+          return {
+            httpUrl: (b, k) => store.httpUrl(b, k),
+            close: async () => {
+              await store.close();
+              record.closed = true;
+            },
+          };
+        },
+      });
+      expect(c.prefetch.summary).toMatchObject({ jobs: 2, done: 2 });
+      expect(c.sequential.summary).toMatchObject({ jobs: 2, done: 2 });
+      expect(started).toHaveLength(1);
+      expect(started[0]!.closed).toBe(true);
+      // Stopped means stopped: the endpoint refuses connections.
+      await expect(fetch(started[0]!.urls[0]!, { method: 'HEAD' })).rejects.toThrow();
+    }
     expect((await readdir(dir)).filter((f) => f.startsWith('roboflow-demo-'))).toEqual([]);
   });
 });

@@ -8,12 +8,16 @@
  * real `mcap-summary` of an MCAP episode, then busy on the CPU until P has passed: it competes
  * with the downloads for the two cores). D is calibrated first by timing downloads alone.
  *
- * The worker runs in the bench's process (the comparison is about wall time, not CPU).
+ * The worker runs in the bench's process (the comparison is about wall time, not CPU); the object
+ * server runs in a process of its own, as in the other scenarios: a store is remote, and serving
+ * from the worker's event loop would charge the store's sending to the worker's downloads and
+ * processing. It still shares the two cores.
  */
 
-import { runPrefetchComparison, type ComparisonProcessor } from '../demo.js';
+import { runPrefetchComparison, type ComparisonProcessor, type StartComparisonStore } from '../demo.js';
 import type { PrefetchCase, PrefetchRun, PrefetchScenario } from './results.js';
 import type { BenchContext } from './runner.js';
+import { ServerProcess, type ServedFile, type ServedObject } from './server-process.js';
 
 export interface PrefetchPlan {
   readonly jobs: number;
@@ -49,6 +53,26 @@ export function processorFor(kind: PrefetchProcessorKind, processMs: number): Co
   }
 }
 
+/** The comparison's store as a `ServerProcess` of its own (see the module comment). */
+export function serverProcessStore(root: string): StartComparisonStore {
+  return async ({ objects, ratePerConn, latencyMs }) => {
+    const generated: ServedObject[] = [];
+    const files: ServedFile[] = [];
+    for (const o of objects) {
+      if ('file' in o.source) files.push({ bucket: o.bucket, key: o.key, path: o.source.file });
+      else generated.push({ bucket: o.bucket, key: o.key, ...o.source.generated });
+    }
+    const server = await ServerProcess.start({
+      root,
+      ...(ratePerConn !== null ? { ratePerConnection: ratePerConn } : {}),
+      latencyMs,
+      objects: generated,
+      files,
+    });
+    return { httpUrl: (bucket, key) => server.httpUrl(bucket, key), close: () => server.close() };
+  };
+}
+
 export async function runPrefetchScenario(ctx: BenchContext, plan: PrefetchPlan): Promise<PrefetchScenario> {
   const common = {
     sizeBytes: plan.objectSize,
@@ -56,6 +80,7 @@ export async function runPrefetchScenario(ctx: BenchContext, plan: PrefetchPlan)
     latencyMs: plan.latencyMs,
     connections: plan.connections,
     tempDir: ctx.scratch,
+    startStore: serverProcessStore(ctx.root),
     signal: ctx.signal,
   };
   ctx.log('prefetch: calibrating D (download time of one job, alone)');
@@ -111,7 +136,7 @@ export async function runPrefetchScenario(ctx: BenchContext, plan: PrefetchPlan)
     source:
       `Each case runs ${plan.jobs} jobs of ${(plan.objectSize / 2 ** 20).toFixed(0)} MiB through a real Worker (SQLite queue, ${plan.connections} connections at ` +
       `${(plan.ratePerConnection / 1e6).toFixed(0)} MB/s each, ${plan.latencyMs} ms first-byte latency), once with 2 prefetch slots and once with 0 (download, then process), ` +
-      `via runPrefetchComparison (src/demo.ts). 'wait': the sleep processor idles for P. 'cpu': the real mcap-summary of an MCAP episode, then a child process busy on the CPU until P has passed ` +
+      `via runPrefetchComparison (src/demo.ts), the object server in a process of its own. 'wait': the sleep processor idles for P. 'cpu': the real mcap-summary of an MCAP episode, then a child process busy on the CPU until P has passed ` +
       `(heavy processing runs outside the worker's event loop, as exec does), competing with the downloads for the two cores. 'checksum': the real checksum processor (SHA-256 of the input). P is set from D ≈ ${d.toFixed(2)} s, calibrated before the cases; ` +
       'the table shows D and P as measured in each sequential run.',
   };

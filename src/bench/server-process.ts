@@ -17,6 +17,13 @@ export interface ServedObject {
   readonly seed: number;
 }
 
+/** An object served from a file (an MCAP episode written beforehand). */
+export interface ServedFile {
+  readonly bucket: string;
+  readonly key: string;
+  readonly path: string;
+}
+
 export interface ServerProcessOptions {
   /** Repository root (where `dist/` is). */
   readonly root: string;
@@ -24,6 +31,7 @@ export interface ServerProcessOptions {
   readonly ratePerConnection?: number;
   readonly latencyMs: number;
   readonly objects: readonly ServedObject[];
+  readonly files?: readonly ServedFile[];
   /** Give every object the FULL_OBJECT CRC32 S3 keeps for objects uploaded by current AWS SDKs. */
   readonly fullObjectCrc32?: boolean;
 }
@@ -55,6 +63,7 @@ export class ServerProcess {
     if (cache > 0) args.push('--cache', String(cache));
     if (opts.fullObjectCrc32) args.push('--full-object-crc32');
     for (const o of opts.objects) args.push('--object', `${o.bucket}/${o.key}=generated:${o.size}:${o.seed}`);
+    for (const f of opts.files ?? []) args.push('--object', `${f.bucket}/${f.key}=file:${f.path}`);
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let stderr = '';
     child.stderr?.on('data', (c: Buffer) => {
@@ -88,7 +97,7 @@ export class ServerProcess {
     child.stdout?.resume();
     const server = new ServerProcess(child, endpoint);
     try {
-      for (const o of opts.objects) await server.head(o.bucket, o.key);
+      for (const o of [...opts.objects, ...(opts.files ?? [])]) await server.head(o.bucket, o.key);
     } catch (err) {
       await server.close();
       throw err;
