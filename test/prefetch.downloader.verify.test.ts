@@ -12,6 +12,7 @@ import {
   compareChecksums,
   crc32c,
   crc32Combine,
+  crc32OfRange,
   createOrderedHasher,
   hashFile,
   InOrderHasher,
@@ -264,6 +265,73 @@ describe('SegmentCrc32Hasher', () => {
     expect(hasher.bytesHashed).toBe(100_000);
     expect((await hasher.finish(100_000)).get('crc32')).toBe(hex(zlib.crc32(data)));
     expect(readBack).toBe(0);
+  });
+
+  it('reads only the gaps the segments leave, when it can read ranges (a resumed download)', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.uniqueArray(fc.integer({ min: 1, max: 99_999 }), { maxLength: 12 }), fc.array(fc.boolean(), { minLength: 13, maxLength: 13 }), async (cuts, written) => {
+        const bounds = [0, ...[...cuts].sort((a, b) => a - b), 100_000];
+        const reads: [number, number][] = [];
+        const hasher = new SegmentCrc32Hasher(
+          () => {
+            throw new Error('must not read everything back');
+          },
+          async (position, bytes) => {
+            reads.push([position, bytes]);
+            return crcOf(position, position + bytes);
+          },
+        );
+        let gaps = 0;
+        for (let i = 0; i + 1 < bounds.length; i++) {
+          const [start, end] = [bounds[i]!, bounds[i + 1]!];
+          if (written[i]) hasher.add(start, end - start, crcOf(start, end));
+          else gaps += end - start;
+        }
+        expect((await hasher.finish(100_000)).get('crc32')).toBe(hex(zlib.crc32(data)));
+        expect(reads.reduce((n, [, b]) => n + b, 0)).toBe(gaps);
+        expect(hasher.bytesHashed).toBe(100_000);
+      }),
+      { numRuns: 100 },
+    );
+  });
+
+  it('reads everything back on an overlap even when it can read ranges', async () => {
+    const file = path.join(dir, 'f');
+    await writeFile(file, data);
+    const fh = await open(file, 'r');
+    try {
+      let readBack = 0;
+      const hasher = new SegmentCrc32Hasher(
+        () => {
+          readBack++;
+          return new InOrderHasher(fh, ['crc32']);
+        },
+        (position, bytes) => crc32OfRange(fh, position, bytes),
+      );
+      for (const [start, end] of [[0, 60_000], [50_000, 90_000]] as const) hasher.add(start, end - start, crcOf(start, end));
+      expect((await hasher.finish(100_000)).get('crc32')).toBe(hex(zlib.crc32(data)));
+      expect(readBack).toBe(1);
+      await hasher.stop();
+    } finally {
+      await fh.close();
+    }
+  });
+
+  it('crc32OfRange gives the CRC-32 of a range of a file, and an ERR_IO error past its end', async () => {
+    const file = path.join(dir, 'r');
+    await writeFile(file, data);
+    const fh = await open(file, 'r');
+    try {
+      expect(await crc32OfRange(fh, 0, 100_000)).toBe(zlib.crc32(data));
+      expect(await crc32OfRange(fh, 12_345, 50_000)).toBe(crcOf(12_345, 62_345));
+      expect(await crc32OfRange(fh, 7, 0)).toBe(0);
+      const err = await crc32OfRange(fh, 90_000, 20_000).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(RoboflowError);
+      expect((err as RoboflowError).code).toBe('ERR_IO');
+      expect((err as RoboflowError).message).toMatch(/ended at 100000 bytes/);
+    } finally {
+      await fh.close();
+    }
   });
 
   it.each([

@@ -50,9 +50,9 @@
  *    and on failure or abort. At `connections` × `chunkSize` / 4 waiting bytes, lanes stop writing
  *    until it is done.
  * 6. **verification.** MD5, SHA-1, SHA-256, CRC32 and CRC32C (the cheapest one the stat offers,
- *    `cheapestChecksum`, and `expectedChecksum`). A CRC-32 alone, on a download that starts from
- *    nothing, is computed by the writer thread per batch and the batches' CRCs combined
- *    (`SegmentCrc32Hasher`); otherwise they are computed in byte order by an `InOrderHasher` (`verify.ts`) that reads
+ *    `cheapestChecksum`, and `expectedChecksum`). A CRC-32 alone is computed by the writer thread
+ *    per batch and the batches' CRCs combined (`SegmentCrc32Hasher`); a resumed download reads
+ *    back only the bytes it had before; otherwise they are computed in byte order by an `InOrderHasher` (`verify.ts`) that reads
  *    the contiguous completed prefix back from the page cache while the download continues, so it
  *    finishes soon after the last byte. Without checksums only the size is checked, and so it is
  *    when the caller turns off `verifySourceChecksums` (MD5 costs ~1.5 CPU s per GB).
@@ -132,7 +132,7 @@ import {
   tailOf,
   writeResumeState,
 } from './resume-state.js';
-import { cheapestChecksum, compareChecksums, createOrderedHasher, InOrderHasher, type OrderedHasher, SegmentCrc32Hasher } from './verify.js';
+import { cheapestChecksum, compareChecksums, crc32OfRange, createOrderedHasher, InOrderHasher, type OrderedHasher, SegmentCrc32Hasher } from './verify.js';
 
 export interface ParallelDownloaderOptions {
   /** Lanes (range requests streaming at once) per download. (Default: `DEFAULTS.downloadConnections`) */
@@ -781,11 +781,10 @@ class Transfer {
         algorithms: expected.map((c) => c.algorithm),
       });
     const threaded = st.size >= WRITER_THREAD_MIN_BYTES;
-    // CRC-32 alone, from nothing: the writer thread computes it per batch and nothing is read
-    // back (`SegmentCrc32Hasher`). A resumed download has bytes no writer of this run saw.
-    const fresh = completed.size === 0 && partial.size === 0;
-    const crcFromWrites = threaded && fresh && expected.length > 0 && expected.every((c) => c.algorithm === 'crc32');
-    this.hasher = crcFromWrites ? new SegmentCrc32Hasher(readBack) : readBack();
+    // CRC-32 alone: the writer thread computes it per batch and what this run writes is not read
+    // back (`SegmentCrc32Hasher`); only the bytes a resumed download already had are.
+    const crcFromWrites = threaded && expected.length > 0 && expected.every((c) => c.algorithm === 'crc32');
+    this.hasher = crcFromWrites ? new SegmentCrc32Hasher(readBack, (position, bytes) => crc32OfRange(fh, position, bytes)) : readBack();
     // Last: a thread started before something above threw would have no owner to end it.
     const mapError = (err: unknown) => d.diskError(err);
     try {
