@@ -1,11 +1,12 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { createReadStream } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { crc32 } from 'node:zlib';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { channels } from '../src/diagnostics.js';
 import { RoboflowError } from '../src/errors.js';
@@ -70,6 +71,37 @@ async function sha256File(file: string): Promise<string> {
 
 function put(key: string, size: number, seed = size + 1): void {
   server.putObject(BUCKET, key, { generated: { size, seed } });
+}
+
+/** A generated object with the FULL_OBJECT CRC32 current SDKs upload; its bytes and the CRC32. */
+function putWithCrc32(key: string, size: number, seed: number): { bytes: Buffer; sum: Buffer } {
+  put(`${key}.src`, size, seed);
+  const bytes = server.objectBytes(BUCKET, `${key}.src`);
+  const sum = Buffer.alloc(4);
+  sum.writeUInt32BE(crc32(bytes));
+  server.putObject(BUCKET, key, bytes, { fullObjectChecksums: { crc32: sum.toString('base64') } });
+  return { bytes, sum };
+}
+
+/**
+ * Downloads `url` at 1 MiB/s per connection and aborts once 3 chunks are recorded as durable;
+ * expects ERR_ABORTED, lifts the rate cap, and returns the resume state left behind.
+ */
+async function interruptedDownload(url: string, dest: string) {
+  server.setRateLimit(1 * MiB);
+  const ac = new AbortController();
+  const running = downloader().download(url, dest, { signal: ac.signal });
+  for (;;) {
+    const st = await readResumeState(partialPaths(dest).state);
+    if (st && st.completed.size >= 3) break;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  ac.abort();
+  expect((await caught(running)).code).toBe('ERR_ABORTED');
+  server.setRateLimit(undefined);
+  const state = await readResumeState(partialPaths(dest).state);
+  expect(state).toBeTruthy();
+  return state!;
 }
 
 function gets(key?: string) {
@@ -326,7 +358,6 @@ describe('integrity', () => {
   it('verifies every algorithm it is given', async () => {
     put('ok.bin', 5 * CHUNK + 3);
     const bytes = server.objectBytes(BUCKET, 'ok.bin');
-    const { crc32 } = await import('node:zlib');
     const { crc32c } = await import('../src/prefetch/verify.js');
     for (const [algorithm, hex] of [
       ['sha256', createHash('sha256').update(bytes).digest('hex')],
@@ -342,7 +373,6 @@ describe('integrity', () => {
   });
 
   it('verifies the cheapest checksum the store offers: a FULL_OBJECT CRC32 instead of the MD5 ETag', async () => {
-    const { crc32 } = await import('node:zlib');
     const bytes = Buffer.from(Array.from({ length: 3 * CHUNK + 5 }, (_, i) => (i * 7) & 0xff));
     const sum = Buffer.alloc(4);
     sum.writeUInt32BE(crc32(bytes));
@@ -360,13 +390,7 @@ describe('integrity', () => {
   });
 
   it('verifies a CRC32 alone from the writer thread\'s batch CRCs on a large object, and catches a wrong one', async () => {
-    const { crc32 } = await import('node:zlib');
-    const size = 64 * MiB + 12_345;
-    put('big-crc-src.bin', size, 31);
-    const bytes = server.objectBytes(BUCKET, 'big-crc-src.bin');
-    const sum = Buffer.alloc(4);
-    sum.writeUInt32BE(crc32(bytes));
-    server.putObject(BUCKET, 'big-crc.bin', bytes, { fullObjectChecksums: { crc32: sum.toString('base64') } });
+    const { bytes, sum } = putWithCrc32('big-crc.bin', 64 * MiB + 12_345, 31);
     const dest = path.join(dir, 'big-crc.bin');
     const ok = await downloader().download(server.s3Url(BUCKET, 'big-crc.bin'), dest);
     expect(ok.verified).toEqual(['size', 'crc32']);
@@ -381,32 +405,10 @@ describe('integrity', () => {
   });
 
   it('verifies a resumed large CRC32 download from this run\'s batch CRCs plus the bytes it had, and catches damage to those', async () => {
-    const { crc32 } = await import('node:zlib');
-    const size = 64 * MiB + 777;
-    put('resume-crc-src.bin', size, 37);
-    const bytes = server.objectBytes(BUCKET, 'resume-crc-src.bin');
-    const sum = Buffer.alloc(4);
-    sum.writeUInt32BE(crc32(bytes));
-    server.putObject(BUCKET, 'resume-crc.bin', bytes, { fullObjectChecksums: { crc32: sum.toString('base64') } });
+    const { bytes } = putWithCrc32('resume-crc.bin', 64 * MiB + 777, 37);
     const url = server.s3Url(BUCKET, 'resume-crc.bin');
-    /** Starts a download and aborts it once a few chunks are durable; returns the state then. */
-    const interrupted = async (dest: string) => {
-      server.setRateLimit(1 * MiB);
-      const ac = new AbortController();
-      const running = downloader().download(url, dest, { signal: ac.signal });
-      for (;;) {
-        const st = await readResumeState(partialPaths(dest).state);
-        if (st && st.completed.size >= 3) break;
-        await new Promise((r) => setTimeout(r, 20));
-      }
-      ac.abort();
-      expect((await caught(running)).code).toBe('ERR_ABORTED');
-      server.setRateLimit(undefined);
-      return (await readResumeState(partialPaths(dest).state))!;
-    };
-
     const dest = path.join(dir, 'resume-crc.bin');
-    await interrupted(dest);
+    await interruptedDownload(url, dest);
     const ok = await downloader().resume(url, dest);
     expect(ok.resumedBytes).toBeGreaterThan(0);
     expect(ok.verified).toEqual(['size', 'crc32']);
@@ -415,9 +417,9 @@ describe('integrity', () => {
     // A byte of what the first run made durable changes before the resume: no batch of the second
     // run covers it, so it is read back, and the CRC32 catches it.
     const damaged = path.join(dir, 'resume-crc-damaged.bin');
-    const state = await interrupted(damaged);
+    const state = await interruptedDownload(url, damaged);
     const first = Math.min(...state.completed);
-    const fh = await (await import('node:fs/promises')).open(partialPaths(damaged).temp, 'r+');
+    const fh = await open(partialPaths(damaged).temp, 'r+');
     try {
       const at = first * CHUNK + 100;
       const b = Buffer.alloc(1);
@@ -489,29 +491,16 @@ describe('resume', () => {
   it('aborts on the signal, keeps the partial, and resume() finishes it', async () => {
     const size = 48 * CHUNK;
     put('abort.bin', size);
-    server.setRateLimit(1 * MiB);
     const dest = path.join(dir, 'abort.bin');
     const url = server.httpUrl(BUCKET, 'abort.bin');
-    const ac = new AbortController();
-    const running = downloader().download(url, dest, { signal: ac.signal });
-    // Wait until a few chunks are recorded as durable.
-    for (;;) {
-      const st = await readResumeState(partialPaths(dest).state);
-      if (st && st.completed.size >= 3) break;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    ac.abort();
-    const err = await caught(running);
-    expect(err.code).toBe('ERR_ABORTED');
+    const state = await interruptedDownload(url, dest);
     expect(await exists(dest)).toBe(false);
-    const state = await readResumeState(partialPaths(dest).state);
-    expect(state!.completed.size).toBeGreaterThanOrEqual(3);
+    expect(state.completed.size).toBeGreaterThanOrEqual(3);
 
-    server.setRateLimit(undefined);
     server.clearRequests();
     const result = await downloader().resume(url, dest);
     expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'abort.bin'));
-    expect(result.resumedBytes).toBeGreaterThanOrEqual(state!.completed.size * CHUNK);
+    expect(result.resumedBytes).toBeGreaterThanOrEqual(state.completed.size * CHUNK);
     // The second run fetched exactly the chunks the first had not recorded.
     expect(server.bytesServed(BUCKET, 'abort.bin')).toBe(size - result.resumedBytes);
     expect(await exists(partialPaths(dest).state)).toBe(false);
