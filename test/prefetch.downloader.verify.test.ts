@@ -295,6 +295,64 @@ describe('SegmentCrc32Hasher', () => {
     );
   });
 
+  it('reads the ranges it is told the file already holds in the background, and only the rest of the gaps at the end', async () => {
+    const reads: [number, number][] = [];
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const hasher = new SegmentCrc32Hasher(
+      () => {
+        throw new Error('must not read everything back');
+      },
+      async (position, bytes) => {
+        await gate;
+        reads.push([position, bytes]);
+        return crcOf(position, position + bytes);
+      },
+    );
+    hasher.readAhead([
+      { start: 0, end: 10_000 },
+      { start: 30_000, end: 45_000 },
+    ]);
+    expect(() => hasher.readAhead([])).toThrow(/once/);
+    hasher.add(10_000, 20_000, crcOf(10_000, 30_000));
+    hasher.add(45_000, 50_000, crcOf(45_000, 95_000));
+    release();
+    const got = await hasher.finish(100_000);
+    expect(got.get('crc32')).toBe(hex(zlib.crc32(data)));
+    // The two named ranges first, then the one gap nobody named (the last 5000 bytes).
+    expect(reads).toEqual([[0, 10_000], [30_000, 15_000], [95_000, 5_000]]);
+    expect(hasher.bytesHashed).toBe(100_000);
+  });
+
+  it('reports a failed background read from finish(), and stop() waits for the reading', async () => {
+    const failing = new SegmentCrc32Hasher(
+      () => {
+        throw new Error('must not read everything back');
+      },
+      async () => {
+        throw new RoboflowError('ERR_IO', 'disk went away');
+      },
+    );
+    failing.readAhead([{ start: 0, end: 10 }]);
+    await expect(failing.finish(10)).rejects.toThrow(/disk went away/);
+    let reading = 0;
+    const slow = new SegmentCrc32Hasher(
+      () => {
+        throw new Error('unused');
+      },
+      async (position, bytes) => {
+        reading++;
+        await new Promise((r) => setTimeout(r, 30));
+        reading--;
+        return crcOf(position, position + bytes);
+      },
+    );
+    slow.readAhead([{ start: 0, end: 10 }, { start: 10, end: 20 }]);
+    await new Promise((r) => setTimeout(r, 5));
+    await slow.stop();
+    expect(reading).toBe(0);
+  });
+
   it('reads everything back on an overlap even when it can read ranges', async () => {
     const file = path.join(dir, 'f');
     await writeFile(file, data);

@@ -784,7 +784,20 @@ class Transfer {
     // CRC-32 alone: the writer thread computes it per batch and what this run writes is not read
     // back (`SegmentCrc32Hasher`); only the bytes a resumed download already had are.
     const crcFromWrites = threaded && expected.length > 0 && expected.every((c) => c.algorithm === 'crc32');
-    this.hasher = crcFromWrites ? new SegmentCrc32Hasher(readBack, (position, bytes) => crc32OfRange(fh, position, bytes)) : readBack();
+    if (crcFromWrites) {
+      const hasher = new SegmentCrc32Hasher(readBack, (position, bytes) => crc32OfRange(fh, position, bytes));
+      // What a resumed download already had, read while this run fetches the rest.
+      const had: ByteRange[] = [];
+      for (let i = 0; i < plan.count; i++) {
+        const r = plan.range(i);
+        const durable = completed.has(i) ? r.end - r.start : (partial.get(i) ?? 0);
+        if (durable > 0) had.push({ start: r.start, end: r.start + durable });
+      }
+      if (had.length > 0) hasher.readAhead(had);
+      this.hasher = hasher;
+    } else {
+      this.hasher = readBack();
+    }
     // Last: a thread started before something above threw would have no owner to end it.
     const mapError = (err: unknown) => d.diskError(err);
     try {

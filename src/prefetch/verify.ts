@@ -11,7 +11,7 @@ import { open } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import zlib from 'node:zlib';
 import { RoboflowError } from '../errors.js';
-import type { Checksum, ChecksumAlgorithm } from '../types.js';
+import type { ByteRange, Checksum, ChecksumAlgorithm } from '../types.js';
 
 /** Block read back per step: large enough to amortise the read call, small enough to interleave. */
 const HASH_BLOCK_BYTES = 2 * 1024 * 1024;
@@ -305,7 +305,8 @@ export async function crc32OfRange(fh: FileHandle, position: number, bytes: numb
  * checksum to verify.
  *
  * What the batches leave uncovered (the bytes a resumed download had before this run) is read
- * from the file by `readRange`, when given: a resume at 90 % reads 10 %, not everything. If
+ * from the file by `readRange`, when given: a resume from 10 % reads those 10 %, not everything,
+ * in the background from the start when the caller names them (`readAhead`), else at the end. If
  * batches overlap, or there are gaps and no `readRange`, the whole file is read back by the
  * hasher `readBack` makes instead, so a gap can never pass as verified.
  */
@@ -315,6 +316,10 @@ export class SegmentCrc32Hasher implements OrderedHasher {
   private covered = 0;
   private gapBytesRead = 0;
   private fallback: OrderedHasher | undefined;
+  /** `readAhead`'s background reading; settles without rejecting (its error is kept). */
+  private reading: Promise<void> | undefined;
+  private readFailure: unknown;
+  private stopped = false;
 
   constructor(
     private readonly readBack: () => OrderedHasher,
@@ -336,7 +341,30 @@ export class SegmentCrc32Hasher implements OrderedHasher {
     // Nothing to read as the prefix grows: the segments arrive with the writes.
   }
 
+  /**
+   * Starts reading `ranges` (bytes the file already holds, which no batch of this run will
+   * write: a resumed download's durable chunks) in the background, so that `finish()` does not
+   * read them after the last byte arrives. Needs `readRange`; call at most once.
+   */
+  readAhead(ranges: readonly ByteRange[]): void {
+    const readRange = this.readRange;
+    if (readRange === undefined || this.reading !== undefined) throw new Error('readAhead needs readRange and runs once');
+    this.reading = (async () => {
+      for (const r of ranges) {
+        if (this.stopped) return;
+        const bytes = r.end - r.start;
+        const crc = await readRange(r.start, bytes);
+        this.segments.push({ position: r.start, bytes, crc });
+        this.gapBytesRead += bytes;
+      }
+    })().catch((err: unknown) => {
+      this.readFailure = err;
+    });
+  }
+
   async finish(size: number): Promise<Map<ChecksumAlgorithm, string>> {
+    await this.reading;
+    if (this.readFailure !== undefined) throw this.readFailure;
     const crc = await this.combined(size);
     if (crc !== undefined) return new Map([['crc32', crcHex(crc)]]);
     this.fallback ??= this.readBack();
@@ -369,6 +397,8 @@ export class SegmentCrc32Hasher implements OrderedHasher {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
+    await this.reading;
     await this.fallback?.stop();
   }
 }
