@@ -74,7 +74,7 @@ export const startInProcessStore: StartComparisonStore = async ({ objects, rateP
     firstByteLatencyMs: latencyMs,
   });
   for (const o of objects) server.putObject(o.bucket, o.key, o.source);
-  return { httpUrl: (bucket, key) => server.httpUrl(bucket, key), close: () => server.close() };
+  return server;
 };
 
 export interface PrefetchComparisonOptions {

@@ -69,7 +69,7 @@ export function serverProcessStore(root: string): StartComparisonStore {
       objects: generated,
       files,
     });
-    return { httpUrl: (bucket, key) => server.httpUrl(bucket, key), close: () => server.close() };
+    return server;
   };
 }
 

@@ -313,8 +313,8 @@ export async function crc32OfRange(fh: FileHandle, position: number, bytes: numb
 export class SegmentCrc32Hasher implements OrderedHasher {
   readonly idle = false;
   private readonly segments: { readonly position: number; readonly bytes: number; readonly crc: number }[] = [];
+  /** Bytes the segments hold: written by this run, read ahead, or read from a gap. */
   private covered = 0;
-  private gapBytesRead = 0;
   private fallback: OrderedHasher | undefined;
   /** `readAhead`'s background reading; settles without rejecting (its error is kept). */
   private reading: Promise<void> | undefined;
@@ -327,7 +327,7 @@ export class SegmentCrc32Hasher implements OrderedHasher {
   ) {}
 
   get bytesHashed(): number {
-    return this.fallback?.bytesHashed ?? this.covered + this.gapBytesRead;
+    return this.fallback?.bytesHashed ?? this.covered;
   }
 
   /** `bytes` bytes at `position` were written, and their CRC-32 is `crc`. */
@@ -352,10 +352,7 @@ export class SegmentCrc32Hasher implements OrderedHasher {
     this.reading = (async () => {
       for (const r of ranges) {
         if (this.stopped) return;
-        const bytes = r.end - r.start;
-        const crc = await readRange(r.start, bytes);
-        this.segments.push({ position: r.start, bytes, crc });
-        this.gapBytesRead += bytes;
+        this.add(r.start, r.end - r.start, await readRange(r.start, r.end - r.start));
       }
     })().catch((err: unknown) => {
       this.readFailure = err;
@@ -383,7 +380,7 @@ export class SegmentCrc32Hasher implements OrderedHasher {
       if (end === at) return true;
       if (end < at || this.readRange === undefined) return false;
       crc = crc32Combine(crc, await this.readRange(at, end - at), end - at);
-      this.gapBytesRead += end - at;
+      this.covered += end - at;
       at = end;
       return true;
     };
