@@ -7,7 +7,7 @@
 // 0.19 s for a 1 MiB object on a 2-core VM), which every short download pays. The library
 // (dist/index.js) stays unbundled: its users bundle it themselves if they want.
 //
-// Kept outside the bundle: native addons (better-sqlite3), packages that start worker threads
+// Kept outside the bundle: native addons (better-sqlite3, @node-rs/crc32), packages that start worker threads
 // from their own files (pino and its transports) and drivers with optional native parts (pg).
 // They are loaded from node_modules as before, and only by the commands that need them.
 import { chmod, rm } from 'node:fs/promises';
@@ -26,7 +26,7 @@ const result = await build({
   target: 'node20',
   // The ES module builds of the SDK: its CommonJS builds lose named exports across dynamic imports.
   mainFields: ['module', 'main'],
-  external: ['better-sqlite3', 'pg', 'pg-native', 'pino', 'pino-pretty', 'thread-stream', 'prom-client'],
+  external: ['@node-rs/crc32', 'better-sqlite3', 'pg', 'pg-native', 'pino', 'pino-pretty', 'thread-stream', 'prom-client'],
   // CommonJS modules inside the bundle call require() for Node built-ins.
   banner: { js: "import { createRequire as __roboflowRequire } from 'node:module'; const require = __roboflowRequire(import.meta.url);" },
   logLevel: 'warning',

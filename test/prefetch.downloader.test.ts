@@ -358,7 +358,7 @@ describe('integrity', () => {
   it('verifies every algorithm it is given', async () => {
     put('ok.bin', 5 * CHUNK + 3);
     const bytes = server.objectBytes(BUCKET, 'ok.bin');
-    const { crc32c } = await import('../src/prefetch/verify.js');
+    const { crc32c } = await import('../src/prefetch/crc.js');
     for (const [algorithm, hex] of [
       ['sha256', createHash('sha256').update(bytes).digest('hex')],
       ['sha1', createHash('sha1').update(bytes).digest('hex')],

@@ -7,11 +7,10 @@ import zlib from 'node:zlib';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
+import { crc32c, crc32Combine, nativeCrc, nativeCrcModule, portableCrc } from '../src/prefetch/crc.js';
 import {
   cheapestChecksum,
   compareChecksums,
-  crc32c,
-  crc32Combine,
   crc32OfRange,
   createOrderedHasher,
   hashFile,
@@ -38,23 +37,52 @@ function crc32cReference(buf: Uint8Array): number {
   return (c ^ 0xffffffff) >>> 0;
 }
 
-describe('crc32c', () => {
+const implementations = [portableCrc, ...(nativeCrc ? [nativeCrc] : [])];
+
+describe.each(implementations.map((impl) => [impl.name, impl] as const))('crc32c (%s)', (_name, impl) => {
   it('matches the published check value and test vectors', () => {
-    expect(crc32c(Buffer.from('123456789'))).toBe(0xe3069283);
-    expect(crc32c(Buffer.alloc(0))).toBe(0);
+    expect(impl.crc32c(Buffer.from('123456789'))).toBe(0xe3069283);
+    expect(impl.crc32c(Buffer.alloc(0))).toBe(0);
     // RFC 3720 B.4: 32 bytes of zeros, of 0xff.
-    expect(crc32c(Buffer.alloc(32, 0))).toBe(0x8a9136aa);
-    expect(crc32c(Buffer.alloc(32, 0xff))).toBe(0x62a8ab43);
+    expect(impl.crc32c(Buffer.alloc(32, 0))).toBe(0x8a9136aa);
+    expect(impl.crc32c(Buffer.alloc(32, 0xff))).toBe(0x62a8ab43);
   });
 
   it('agrees with the bitwise definition and continues across splits', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 300 }), fc.nat(), (bytes, cut) => {
         const at = bytes.length === 0 ? 0 : cut % (bytes.length + 1);
-        expect(crc32c(bytes)).toBe(crc32cReference(bytes));
-        expect(crc32c(bytes.subarray(at), crc32c(bytes.subarray(0, at)))).toBe(crc32c(bytes));
+        expect(impl.crc32c(bytes)).toBe(crc32cReference(bytes));
+        expect(impl.crc32c(bytes.subarray(at), impl.crc32c(bytes.subarray(0, at)))).toBe(impl.crc32c(bytes));
       }),
     );
+  });
+});
+
+describe.each(implementations.map((impl) => [impl.name, impl] as const))('crc32 (%s)', (_name, impl) => {
+  it('agrees with zlib and continues across splits, on shared memory too', () => {
+    expect(impl.crc32(Buffer.from('123456789'))).toBe(0xcbf43926);
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), fc.nat(), (bytes, cut) => {
+        const at = bytes.length === 0 ? 0 : cut % (bytes.length + 1);
+        const shared = new Uint8Array(new SharedArrayBuffer(bytes.length + 3), 3);
+        shared.set(bytes);
+        expect(impl.crc32(shared)).toBe(zlib.crc32(bytes));
+        expect(impl.crc32(bytes.subarray(at), impl.crc32(bytes.subarray(0, at)))).toBe(zlib.crc32(bytes));
+      }),
+    );
+  });
+});
+
+describe('native CRCs', () => {
+  it('load on the platforms the package ships binaries for', () => {
+    // The CI machines are linux x64 (glibc): losing the binary there would silently cost
+    // ~0.4 CPU s per GB of CRC-32 and ~3 of CRC-32C.
+    if (process.platform === 'linux' && process.arch === 'x64') {
+      expect(nativeCrc?.name).toBe('native');
+      expect(nativeCrcModule).toMatch(/@node-rs[\\/]crc32/);
+    }
+    expect(crc32c).toBe((nativeCrc ?? portableCrc).crc32c);
   });
 });
 
@@ -144,7 +172,8 @@ describe('WorkerHasher', () => {
       const b = createOrderedHasher({ fh, path: file, size: big, algorithms: ['md5', 'crc32c'] });
       const c = createOrderedHasher({ fh, path: file, size: 1, algorithms: ['md5'] });
       expect(a).toBeInstanceOf(WorkerHasher);
-      expect(b).toBeInstanceOf(InOrderHasher);
+      // CRC-32C runs on a thread only where it is native.
+      expect(b).toBeInstanceOf(nativeCrcModule !== undefined ? WorkerHasher : InOrderHasher);
       expect(c).toBeInstanceOf(InOrderHasher);
       await Promise.all([a.stop(), b.stop(), c.stop()]);
     } finally {
@@ -210,7 +239,9 @@ describe('cheapestChecksum', () => {
     const crc32cSum = { algorithm: 'crc32c', hex: 'dd' } as const;
     expect(cheapestChecksum([md5, sha256, crc32cSum, crc32])).toEqual([crc32]);
     expect(cheapestChecksum([md5, sha256])).toEqual([sha256]);
-    expect(cheapestChecksum([crc32cSum, md5])).toEqual([md5]);
+    // CRC-32C is cheap only where it is native.
+    expect(cheapestChecksum([crc32cSum, md5])).toEqual([nativeCrcModule !== undefined ? crc32cSum : md5]);
+    expect(cheapestChecksum([crc32cSum, crc32])).toEqual([crc32]);
     expect(cheapestChecksum([crc32cSum])).toEqual([crc32cSum]);
     expect(cheapestChecksum([])).toEqual([]);
   });
@@ -224,6 +255,16 @@ describe('crc32Combine', () => {
         expect(crc32Combine(zlib.crc32(a), zlib.crc32(b), b.length)).toBe(whole);
       }),
     );
+  });
+
+  it('is right for lengths of many bits (multi-MiB segments)', () => {
+    const whole = randomBytes(3 * 1024 * 1024 + 4099);
+    for (const cut of [1, 65_537, 2 * 1024 * 1024 + 3]) {
+      const a = whole.subarray(0, cut);
+      const b = whole.subarray(cut);
+      expect(crc32Combine(zlib.crc32(a), zlib.crc32(b), b.length)).toBe(zlib.crc32(whole));
+    }
+    expect(crc32Combine(0x12345678, 0, 0)).toBe(0x12345678);
   });
 
   it('is associative at lengths past 2^32, where halving by shifts would go wrong', () => {

@@ -245,6 +245,20 @@ describe('Http1Pool: bodies framed by Content-Length', () => {
     expect(srv.requests[0]?.headers).toEqual({ 'x-test': 'one', host: `127.0.0.1:${srv.port}` });
   });
 
+  it('parses a head longer than one head read (20 KiB of headers) sent with its body in one write', async () => {
+    const big = 'v'.repeat(1000);
+    const headers: Record<string, string | number> = { 'content-length': odd.length };
+    for (let i = 0; i < 20; i++) headers[`x-amz-meta-h${i}`] = big;
+    const srv = await startServer((_req, socket) => void socket.write(Buffer.concat([Buffer.from(head(200, headers), 'latin1'), odd])));
+    const pool = newPool(srv.origin);
+    for (let round = 0; round < 2; round++) {
+      const res = await get(pool, '/x');
+      expect(res.headers['x-amz-meta-h19']).toBe(big);
+      expect((await fillAll(res.body)).bytes.equals(odd)).toBe(true);
+    }
+    expect(srv.connections).toBe(1);
+  });
+
   it('reads the same body as a stream byte-exact; fill() after streaming throws, streaming after fill() fails', async () => {
     const srv = await startServer(serveBodies({ '/a': data }));
     const pool = newPool(srv.origin);

@@ -9,59 +9,12 @@ import { createHash, type Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
-import zlib from 'node:zlib';
 import { RoboflowError } from '../errors.js';
 import type { ByteRange, Checksum, ChecksumAlgorithm } from '../types.js';
+import { crc32, crc32c, crc32Combine, nativeCrcModule, THREAD_CRC_SOURCE } from './crc.js';
 
 /** Block read back per step: large enough to amortise the read call, small enough to interleave. */
 const HASH_BLOCK_BYTES = 2 * 1024 * 1024;
-
-// CRC-32C (Castagnoli), reflected polynomial 0x82F63B78, slice-by-8 tables.
-let crc32cTables: Uint32Array[] | undefined;
-function tables(): Uint32Array[] {
-  if (crc32cTables) return crc32cTables;
-  const t: Uint32Array[] = Array.from({ length: 8 }, () => new Uint32Array(256));
-  const t0 = t[0] as Uint32Array;
-  for (let i = 0; i < 256; i++) {
-    let c = i;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0x82f63b78 ^ (c >>> 1) : c >>> 1;
-    t0[i] = c >>> 0;
-  }
-  for (let i = 0; i < 256; i++) {
-    let c = t0[i] as number;
-    for (let s = 1; s < 8; s++) {
-      c = (t0[c & 0xff] as number) ^ (c >>> 8);
-      (t[s] as Uint32Array)[i] = c >>> 0;
-    }
-  }
-  crc32cTables = t;
-  return t;
-}
-
-/** Continues a CRC-32C over `buf` from the running value `crc` (0 to start). */
-export function crc32c(buf: Uint8Array, crc = 0): number {
-  const [t0, t1, t2, t3, t4, t5, t6, t7] = tables() as [
-    Uint32Array, Uint32Array, Uint32Array, Uint32Array,
-    Uint32Array, Uint32Array, Uint32Array, Uint32Array,
-  ];
-  let c = ~crc >>> 0;
-  let i = 0;
-  const n = buf.length;
-  for (; i + 8 <= n; i += 8) {
-    const a = (c ^ ((buf[i] as number) | ((buf[i + 1] as number) << 8) | ((buf[i + 2] as number) << 16) | ((buf[i + 3] as number) << 24))) >>> 0;
-    c =
-      (t7[a & 0xff] as number) ^
-      (t6[(a >>> 8) & 0xff] as number) ^
-      (t5[(a >>> 16) & 0xff] as number) ^
-      (t4[a >>> 24] as number) ^
-      (t3[buf[i + 4] as number] as number) ^
-      (t2[buf[i + 5] as number] as number) ^
-      (t1[buf[i + 6] as number] as number) ^
-      (t0[buf[i + 7] as number] as number);
-  }
-  for (; i < n; i++) c = (t0[(c ^ (buf[i] as number)) & 0xff] as number) ^ (c >>> 8);
-  return ~c >>> 0;
-}
 
 /** An incremental digest with one interface over the crypto hashes and the two CRCs. */
 interface Digest {
@@ -93,7 +46,7 @@ function newDigest(algorithm: ChecksumAlgorithm): Digest {
       return { update: (buf) => void h.update(buf), hex: () => h.digest('hex') };
     }
     case 'crc32':
-      return crcDigest((buf, crc) => zlib.crc32(buf, crc));
+      return crcDigest(crc32);
     case 'crc32c':
       return crcDigest(crc32c);
     default: {
@@ -103,57 +56,15 @@ function newDigest(algorithm: ChecksumAlgorithm): Digest {
   }
 }
 
-/** The product of a 32×32 matrix over GF(2) (one column per bit) and a vector. */
-function gf2Times(mat: Uint32Array, vec: number): number {
-  let sum = 0;
-  for (let i = 0; vec !== 0; i++, vec >>>= 1) if (vec & 1) sum ^= mat[i] as number;
-  return sum >>> 0;
-}
-
-function gf2Square(square: Uint32Array, mat: Uint32Array): void {
-  for (let n = 0; n < 32; n++) square[n] = gf2Times(mat, mat[n] as number);
-}
-
 /**
- * The CRC-32 of A‖B from crc(A), crc(B) and B's length, without B's bytes: zlib's
- * `crc32_combine` (Node exposes `crc32` but not this). It appends `len2` zero bits to crc(A) by
- * squaring the shift-by-one-bit operator, so it costs O(log len2) 32×32 matrix products.
- */
-export function crc32Combine(crc1: number, crc2: number, len2: number): number {
-  if (!(Number.isSafeInteger(len2) && len2 >= 0)) throw new RangeError(`length must be a non-negative integer, got ${len2}`);
-  if (len2 === 0) return crc1 >>> 0;
-  const even = new Uint32Array(32);
-  const odd = new Uint32Array(32);
-  // The operator for one zero bit: the reflected polynomial, then a shift.
-  odd[0] = 0xedb88320;
-  for (let n = 1, row = 1; n < 32; n++, row = (row << 1) >>> 0) odd[n] = row;
-  gf2Square(even, odd); // two zero bits
-  gf2Square(odd, even); // four
-  let c = crc1 >>> 0;
-  let len = len2;
-  // Each round squares the operator (eight zero bits first, one byte) and applies it where the
-  // length has a one bit. Halving by division: the length may pass 2^31.
-  for (;;) {
-    gf2Square(even, odd);
-    if (len % 2 === 1) c = gf2Times(even, c);
-    len = Math.floor(len / 2);
-    if (len === 0) break;
-    gf2Square(odd, even);
-    if (len % 2 === 1) c = gf2Times(odd, c);
-    len = Math.floor(len / 2);
-    if (len === 0) break;
-  }
-  return (c ^ crc2) >>> 0;
-}
-
-/**
- * The store's checksums from cheapest to dearest to verify, measured on the benchmark machine
- * (2-core AMD EPYC with SHA extensions, Node 20, CPU s per GB on one core): CRC32 0.43 (zlib, on
- * the hashing thread), SHA-1 0.69, SHA-256 0.74, MD5 1.76, CRC32C 3.0 (ours, in JavaScript, on the
- * event loop). Any one of them catches what a transfer corrupts; verifying a second one as well
+ * The store's checksums from cheapest to dearest to verify, measured on the benchmark machines
+ * (2 cores, Node 20, CPU s per GB on one core): CRC32 0.07 native, 0.43 zlib; CRC32C 0.09 native,
+ * 3.0 in JavaScript; SHA-1 0.69, SHA-256 0.74, MD5 1.5–1.76 (`crc.ts` says which CRCs are
+ * native). Any one of them catches what a transfer corrupts; verifying a second one as well
  * doubles the cost and catches nothing more.
  */
-export const CHECKSUM_PREFERENCE: readonly ChecksumAlgorithm[] = ['crc32', 'sha1', 'sha256', 'md5', 'crc32c'];
+export const CHECKSUM_PREFERENCE: readonly ChecksumAlgorithm[] =
+  nativeCrcModule !== undefined ? ['crc32', 'crc32c', 'sha1', 'sha256', 'md5'] : ['crc32', 'sha1', 'sha256', 'md5', 'crc32c'];
 
 /** The one checksum of `offered` worth verifying: the cheapest (see `CHECKSUM_PREFERENCE`). */
 export function cheapestChecksum(offered: readonly Checksum[]): Checksum[] {
@@ -183,8 +94,11 @@ export interface OrderedHasher {
  * MD5). Below it, a thread's start-up (tens of ms) is not worth it.
  */
 export const HASH_WORKER_MIN_BYTES = 64 * 1024 * 1024;
-/** What Node computes natively in a worker; CRC-32C is ours and stays on the main thread. */
-const WORKER_ALGORITHMS: ReadonlySet<ChecksumAlgorithm> = new Set(['md5', 'sha1', 'sha256', 'crc32']);
+/** What a thread computes natively; CRC-32C only with the native CRCs (else it is ours, in
+ * JavaScript, and stays on the main thread). */
+const WORKER_ALGORITHMS: ReadonlySet<ChecksumAlgorithm> = new Set<ChecksumAlgorithm>(
+  nativeCrcModule !== undefined ? ['md5', 'sha1', 'sha256', 'crc32', 'crc32c'] : ['md5', 'sha1', 'sha256', 'crc32'],
+);
 
 /**
  * The hasher for a download: on a worker thread for large files when every algorithm is native,
@@ -292,7 +206,7 @@ export async function crc32OfRange(fh: FileHandle, position: number, bytes: numb
     if (bytesRead === 0) {
       throw new RoboflowError('ERR_IO', `temp file ended at ${position + at} bytes while computing the CRC-32 up to ${position + bytes}`);
     }
-    crc = zlib.crc32(block.subarray(0, bytesRead), crc);
+    crc = crc32(block.subarray(0, bytesRead), crc);
     at += bytesRead;
   }
   return crc;
@@ -424,13 +338,14 @@ const WORKER_SOURCE = `
 const { workerData, parentPort } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const { openSync, readSync, closeSync } = require('node:fs');
-const { crc32 } = require('node:zlib');
+${THREAD_CRC_SOURCE}
 const { path, size, algorithms, blockBytes } = workerData;
 const ctl = new BigInt64Array(workerData.control);
 const digests = algorithms.map((algorithm) => {
-  if (algorithm === 'crc32') {
+  if (algorithm === 'crc32' || algorithm === 'crc32c') {
+    const step = algorithm === 'crc32' ? crc32 : crc32c;
     let c = 0;
-    return { algorithm, update: (b) => { c = crc32(b, c); }, hex: () => c.toString(16).padStart(8, '0') };
+    return { algorithm, update: (b) => { c = step(b, c); }, hex: () => c.toString(16).padStart(8, '0') };
   }
   const h = createHash(algorithm);
   return { algorithm, update: (b) => h.update(b), hex: () => h.digest('hex') };
@@ -491,7 +406,7 @@ export class WorkerHasher implements OrderedHasher {
   ) {
     this.worker = new Worker(WORKER_SOURCE, {
       eval: true,
-      workerData: { control: this.control.buffer, path: file, size, algorithms, blockBytes: HASH_BLOCK_BYTES },
+      workerData: { control: this.control.buffer, path: file, size, algorithms, blockBytes: HASH_BLOCK_BYTES, crcModule: nativeCrcModule },
     });
     this.worker.unref();
     this.outcome = new Promise<WorkerOutcome>((resolve) => {

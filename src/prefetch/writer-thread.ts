@@ -23,6 +23,7 @@
 
 import { Worker } from 'node:worker_threads';
 import { RoboflowError } from '../errors.js';
+import { nativeCrcModule, THREAD_CRC_SOURCE } from './crc.js';
 
 /** Largest single write from the thread (see the top of this file). */
 export const THREAD_WRITE_PIECE_BYTES = 32 * 1024;
@@ -46,19 +47,20 @@ const WORKER_SOURCE = `
 'use strict';
 const { workerData, parentPort } = require('node:worker_threads');
 const { writeSync } = require('node:fs');
-const { crc32 } = require('node:zlib');
+${THREAD_CRC_SOURCE}
 const { fd, pieceBytes, withCrc32 } = workerData;
 parentPort.on('message', (m) => {
   let at = m.position;
   let crc = 0;
   try {
     for (const part of m.parts) {
-      if (withCrc32) crc = crc32(part, crc);
       let off = 0;
       while (off < part.length) {
         const n = writeSync(fd, part, off, Math.min(pieceBytes, part.length - off), at);
         // A file system that accepts nothing and reports no error would otherwise loop forever.
         if (n <= 0) throw Object.assign(new Error('write at ' + at + ' wrote nothing'), { code: 'EIO' });
+        // Piece by piece, right after its write: the bytes are still in the CPU's cache.
+        if (withCrc32) crc = crc32(part.subarray(off, off + n), crc);
         off += n;
         at += n;
       }
@@ -103,7 +105,7 @@ export class WriterThread {
    * @param fd the open file's descriptor; it must stay open until `close()` resolves
    * @param mapError turns a failed write's error into the caller's (say, `ERR_NO_SPACE`)
    * @param pieceBytes largest single write
-   * @param withCrc32 also compute each batch's CRC-32 (zlib's) on the thread, from the bytes it
+   * @param withCrc32 also compute each batch's CRC-32 (`crc.ts`) on the thread, from the bytes it
    *   writes, and resolve `write()` with it (`SegmentCrc32Hasher` combines them)
    */
   constructor(
@@ -113,7 +115,7 @@ export class WriterThread {
     withCrc32 = false,
   ) {
     if (!(pieceBytes > 0)) throw new RangeError(`piece size must be positive, got ${pieceBytes}`);
-    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { fd, pieceBytes, withCrc32 } });
+    this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { fd, pieceBytes, withCrc32, crcModule: nativeCrcModule } });
     this.worker.unref();
     this.worker.on('message', (m: Outcome) => this.settle(m));
     this.worker.on('error', (err) => this.breakDown(err));
