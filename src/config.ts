@@ -42,7 +42,7 @@ import { processorNames } from './processors/index.js';
 import { REDACTED, redactUrl, redactUrlsInText } from './redact.js';
 import { parseCidr } from './security/address.js';
 import { compileAllowlist, compilePolicy, type PolicyOptions, type SecurityPolicy } from './security/policy.js';
-import type { PrefetchConfig, StorageOptions } from './types.js';
+import type { Durability, PrefetchConfig, StorageOptions } from './types.js';
 import { DURATION_SYNTAX, SIZE_SYNTAX, formatDuration, formatSize, parseDuration, parseSize } from './units.js';
 
 const KiB = 1024;
@@ -321,6 +321,7 @@ function field<S extends z.ZodType>(
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+const DURABILITIES = ['disk', 'process'] as const satisfies readonly Durability[];
 
 const FIELDS = {
   slots: field(count(0, 64), {
@@ -357,6 +358,12 @@ const FIELDS = {
     doc: 'Free space left untouched on the buffer file system when no budget is set.',
     env: 'ROBOFLOW_BUFFER_RESERVE',
     default: DEFAULTS.bufferReserveBytes,
+  }),
+  durability: field(oneOf(DURABILITIES), {
+    doc: 'What a download survives: disk (a power cut: fdatasync before counting bytes and before the rename) or process (the process being killed, not the machine: no fdatasync; for scratch inputs on disks slower than the network).',
+    env: 'ROBOFLOW_DURABILITY',
+    default: DEFAULTS.durability,
+    flag: { spec: '--durability <mode>' },
   }),
   rangeMaxAttempts: field(count(1, 100), {
     doc: 'Attempts per range, first included, before a download fails.',

@@ -14,6 +14,9 @@
  *   a complete, verified temp file is renamed to `dest`.
  * - **state file**: `<dest>.roboflow-state.json`, beside the temp file; records which ranges are
  *   durably written so a download can resume after a crash.
+ * - **durability**: what a download's bytes survive. `disk`: a power cut (fdatasync before the
+ *   state file counts them, and before the rename). `process`: the process being killed, not the
+ *   machine (the bytes live in the page cache until the kernel writes them back).
  * - **job**: one unit of work in the job queue: input URLs, an output prefix, a processor.
  * - **attempt**: one start of processing of a job. Claiming a job for prefetch is not an attempt.
  * - **lease**: a worker's time-limited claim on a job (owner + expiry), renewed by heartbeats. A
@@ -121,6 +124,14 @@ export interface RetryOptions {
   readonly maxDelayMs: number;
 }
 
+/**
+ * What a download survives (see the glossary). `disk` pays a flush of every byte to the disk
+ * before the call returns; `process` does not, so a download runs at network speed on a disk
+ * slower than the network, and a power cut or kernel crash loses it (the partial download of
+ * another boot is discarded, never resumed).
+ */
+export type Durability = 'disk' | 'process';
+
 export interface DownloadOptions {
   readonly connections?: number;
   readonly chunkSize?: number;
@@ -143,6 +154,8 @@ export interface DownloadOptions {
   readonly progressIntervalMs?: number;
   /** Keep the temp and state files when the download fails, so it can resume (default true). */
   readonly keepPartial?: boolean;
+  /** What the download survives. (Default: `DEFAULTS.durability`, `disk`) */
+  readonly durability?: Durability;
 }
 
 export interface DownloadProgress {

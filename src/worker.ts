@@ -64,7 +64,7 @@ import { redactText } from './redact.js';
 import { compilePolicy, type SecurityPolicy } from './security/policy.js';
 import { StorageClients } from './storage/index.js';
 import { uploadDirectory, type DirectoryUploadResult } from './storage/upload.js';
-import type { JobQueue, JobRecord, JobStatus, Processor, StorageOptions } from './types.js';
+import type { Durability, JobQueue, JobRecord, JobStatus, Processor, StorageOptions } from './types.js';
 
 /** The configuration keys the worker reads; `Config` from `src/config.ts` has all of them. */
 export interface WorkerSettings {
@@ -74,6 +74,7 @@ export interface WorkerSettings {
   readonly bufferDir: string;
   readonly bufferBudgetBytes: number | null;
   readonly bufferReserveBytes: number;
+  readonly durability: Durability;
   readonly rangeMaxAttempts: number;
   readonly retryBaseDelayMs: number;
   readonly retryMaxDelayMs: number;
@@ -209,6 +210,7 @@ function resolveSettings(config: Partial<WorkerSettings> | undefined): WorkerSet
     bufferDir: pick('bufferDir'),
     bufferBudgetBytes: config?.bufferBudgetBytes === undefined ? DEFAULTS.bufferBudgetBytes : config.bufferBudgetBytes,
     bufferReserveBytes: pick('bufferReserveBytes'),
+    durability: pick('durability'),
     rangeMaxAttempts: pick('rangeMaxAttempts'),
     retryBaseDelayMs: pick('retryBaseDelayMs'),
     retryMaxDelayMs: pick('retryMaxDelayMs'),
@@ -398,6 +400,7 @@ export class Worker {
       stallTimeoutMs: s.stallTimeoutMs,
       progressIntervalMs: s.progressIntervalMs,
       retry: { maxAttempts: s.rangeMaxAttempts, baseDelayMs: s.retryBaseDelayMs, maxDelayMs: s.retryMaxDelayMs },
+      durability: s.durability,
       clients,
     });
     this.#downloader = downloader;

@@ -222,6 +222,15 @@ describe('loadConfig errors', () => {
     expect(retry.message).toContain('retryBaseDelayMs must not exceed retryMaxDelayMs');
   });
 
+  it('reads durability from the environment and refuses a mode it does not know', async () => {
+    expect((await loadConfig({ env: {}, cwd: dir })).config.durability).toBe('disk');
+    const { config, sources } = await loadConfig({ env: { ROBOFLOW_DURABILITY: 'process' }, cwd: dir });
+    expect(config.durability).toBe('process');
+    expect(sources.durability.layer).toBe('env');
+    const err = await configError(loadConfig({ env: {}, cwd: dir, flags: { durability: 'none' } }));
+    expect(err.message).toMatch(/durability: "none" from flag --durability is not one of the allowed values; allowed: one of disk, process/);
+  });
+
   it('lists every problem at once, one per line', async () => {
     const cfg = await file('roboflow.json', JSON.stringify({ slots: -1, chunkSize: true, logLevel: 'loud', typo: 1 }));
     const err = await configError(

@@ -17,10 +17,10 @@ import {
   partialPaths,
   removePartial,
 } from '../src/prefetch/downloader.js';
-import { readResumeState, STATE_VERSION, writeResumeState } from '../src/prefetch/resume-state.js';
+import { pageCacheBootId, readResumeState, STATE_VERSION, writeResumeState } from '../src/prefetch/resume-state.js';
 import { ChunkSet } from '../src/prefetch/ranges.js';
 import { ObjectServer } from '../src/testing/object-server.js';
-import type { DownloadProgress } from '../src/types.js';
+import type { DownloadOptions, DownloadProgress } from '../src/types.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -87,10 +87,10 @@ function putWithCrc32(key: string, size: number, seed: number): { bytes: Buffer;
  * Downloads `url` at 1 MiB/s per connection and aborts once 3 chunks are recorded as durable;
  * expects ERR_ABORTED, lifts the rate cap, and returns the resume state left behind.
  */
-async function interruptedDownload(url: string, dest: string) {
+async function interruptedDownload(url: string, dest: string, opts: DownloadOptions = {}) {
   server.setRateLimit(1 * MiB);
   const ac = new AbortController();
-  const running = downloader().download(url, dest, { signal: ac.signal });
+  const running = downloader().download(url, dest, { ...opts, signal: ac.signal });
   for (;;) {
     const st = await readResumeState(partialPaths(dest).state);
     if (st && st.completed.size >= 3) break;
@@ -505,6 +505,36 @@ describe('resume', () => {
     expect(server.bytesServed(BUCKET, 'abort.bin')).toBe(size - result.resumedBytes);
     expect(await exists(partialPaths(dest).state)).toBe(false);
     expect(await exists(partialPaths(dest).temp)).toBe(false);
+    // The bytes were fdatasynced: the state holds in any boot.
+    expect(state.bootId).toBeUndefined();
+  });
+
+  it("with durability 'process' the state names this boot, and a resume in this boot uses it", async () => {
+    const size = 48 * CHUNK;
+    put('process.bin', size);
+    const dest = path.join(dir, 'process.bin');
+    const url = server.httpUrl(BUCKET, 'process.bin');
+    const state = await interruptedDownload(url, dest, { durability: 'process' });
+    expect(state.bootId).toBe(pageCacheBootId());
+    server.clearRequests();
+    const result = await downloader().resume(url, dest, { durability: 'process' });
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'process.bin'));
+    expect(result.resumedBytes).toBeGreaterThanOrEqual(state.completed.size * CHUNK);
+    expect(server.bytesServed(BUCKET, 'process.bin')).toBe(size - result.resumedBytes);
+    expect(await exists(partialPaths(dest).state)).toBe(false);
+  });
+
+  it('discards the page-cache state of another boot and fetches everything again', async () => {
+    const size = 6 * CHUNK;
+    // The temp file holds the right bytes: only the boot id says they may not be on disk.
+    const { url, dest, state, etag } = await crashedDownload('reboot.bin', size, [[0, size]]);
+    const all = new ChunkSet(6);
+    for (let i = 0; i < 6; i++) all.add(i);
+    await writeResumeState(state, { version: STATE_VERSION, url, size, chunkSize: CHUNK, etag, completed: all, bootId: 'a-boot-before-this-one' });
+    const result = await downloader().download(url, dest);
+    expect(result.resumedBytes).toBe(0);
+    expect(server.bytesServed(BUCKET, 'reboot.bin')).toBe(size);
+    expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'reboot.bin'));
   });
 
   it('rejects with the RoboflowError the signal was aborted with', async () => {

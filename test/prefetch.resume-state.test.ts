@@ -4,7 +4,9 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ChunkPlan, ChunkSet } from '../src/prefetch/ranges.js';
 import {
+  currentBootId,
   durableBytes,
+  pageCacheBootId,
   planOf,
   readResumeState,
   removeResumeState,
@@ -158,6 +160,33 @@ describe('resume state', () => {
     expect(stateMatches(noEtag, { url: s.url, size: 100, chunkSize: 8, lastModified: s.lastModified! })).toBe(true);
     expect(stateMatches(noEtag, { url: s.url, size: 100, chunkSize: 8, lastModified: '2025-01-01T00:00:00.000Z' })).toBe(false);
     expect(stateMatches(noEtag, id)).toBe(false);
+  });
+
+  it('trusts a state of page-cache bytes only in the boot that wrote it', async () => {
+    const s = { ...sample(), bootId: 'b1' };
+    const id = { url: s.url, size: 100, chunkSize: 8, etag: '"abc"' };
+    expect(stateMatches(s, id, 'b1')).toBe(true);
+    expect(stateMatches(s, id, 'b2')).toBe(false);
+    // No boot id on this system: nothing proves the page cache survived.
+    expect(stateMatches(s, id, undefined)).toBe(false);
+    // A state of bytes on disk matches in any boot.
+    expect(stateMatches(sample(), id, 'b2')).toBe(true);
+    expect(stateMatches(sample(), id, undefined)).toBe(true);
+
+    const file = path.join(dir, 's.json');
+    await writeResumeState(file, s);
+    const back = (await readResumeState(file))!;
+    expect(back.bootId).toBe('b1');
+    expect(stateMatches(back, id, 'b1')).toBe(true);
+    // An older layout never carried a boot id: such a file is not ours.
+    await writeFile(file, JSON.stringify({ ...JSON.parse(await readFile(file, 'utf8')), version: 2 }));
+    expect(await readResumeState(file)).toBeUndefined();
+  });
+
+  it('knows this boot on Linux', () => {
+    if (process.platform !== 'linux') return;
+    expect(currentBootId()).toMatch(/^[0-9a-f-]{36}$/);
+    expect(pageCacheBootId()).toBe(currentBootId());
   });
 
   it('removes the file and a leftover temp sibling', async () => {

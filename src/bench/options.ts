@@ -21,7 +21,7 @@ and bench/*.svg. Peers are installed only by \`bash bench/setup\`; missing ones 
   --scenario LIST    download,memory,sweep,prefetch,resume (default: all); repeatable
   --condition LIST   capped,uncapped for the download scenario (default: both)
   --tools LIST       only these tools in the download scenario (ids: roboflow,
-                     roboflow-no-checksum, roboflow-1,
+                     roboflow-no-checksum, roboflow-process, roboflow-1,
                      sdk-getobject, curl, axel, aria2c, rclone, rclone-ignore-checksum,
                      rclone-ignore-checksum-sync, aws-s3-cp)
   --size SIZE        object size for download, sweep and resume (default 1GiB; sweep 512MiB)

@@ -130,6 +130,7 @@ export function roboflowTool(id: string, label: string, connections: number, chu
 
 export const ROBOFLOW_ID = 'roboflow';
 export const ROBOFLOW_NO_CHECKSUM_ID = 'roboflow-no-checksum';
+export const ROBOFLOW_PROCESS_ID = 'roboflow-process';
 
 /** Every tool of the download scenario, roboflow first. */
 export function downloadTools(): ToolSpec[] {
@@ -138,6 +139,9 @@ export function downloadTools(): ToolSpec[] {
     // What the peers that verify nothing (axel, aria2c, curl, rclone --ignore-checksum) are fairly
     // compared with: the same download without verifying the store's checksum.
     roboflowTool(ROBOFLOW_NO_CHECKSUM_ID, 'roboflow 16 × 8 MiB --no-checksum', 16, '8MiB', ['--no-checksum']),
+    // What the peers that return with their bytes in the page cache (all but the one timed with
+    // `sync`) are fairly compared with: the same verified download without fdatasync.
+    roboflowTool(ROBOFLOW_PROCESS_ID, 'roboflow 16 × 8 MiB --durability process', 16, '8MiB', ['--durability', 'process']),
     roboflowTool('roboflow-1', 'roboflow 1 connection', 1, '8MiB'),
     {
       id: 'sdk-getobject',

@@ -16,7 +16,7 @@ import { RoboflowError, toRoboflowError } from '../errors.js';
 import { ParallelDownloader } from '../prefetch/downloader.js';
 import { redactText } from '../redact.js';
 import { type ParsedUrl, parseObjectUrl } from '../storage/index.js';
-import type { DownloadOptions, DownloadProgress, DownloadResult, StorageOptions } from '../types.js';
+import type { DownloadOptions, DownloadProgress, DownloadResult, Durability, StorageOptions } from '../types.js';
 import { formatBytes, formatDuration, formatSize, parseDuration, parseSize } from '../units.js';
 
 interface DownloadFlags {
@@ -29,6 +29,7 @@ interface DownloadFlags {
   readonly resume?: boolean;
   /** False with `--no-checksum`. */
   readonly checksum?: boolean;
+  readonly durability?: Durability;
 }
 
 /** Exit status of a process ended by a signal, as shells report it (128 + signal number). */
@@ -49,6 +50,11 @@ function parseChunkSize(value: string): number {
   const n = parseSize(value, '--chunk-size');
   if (n < 1) throw new RoboflowError('ERR_CONFIG', `--chunk-size: must be at least 1 byte, got ${JSON.stringify(value)}`);
   return n;
+}
+
+function parseDurability(value: string): Durability {
+  if (value === 'disk' || value === 'process') return value;
+  throw new RoboflowError('ERR_CONFIG', `--durability: must be disk or process, got ${JSON.stringify(value)}`);
 }
 
 function parseStallTimeout(value: string): number {
@@ -73,6 +79,12 @@ export function registerDownloadCommand(program: Command): Command {
     .option('--path-style', 'use path-style S3 addressing (automatic for IP and localhost endpoints)')
     .option('--stall-timeout <duration>', `retry a range that receives nothing for this long, e.g. 30s (default ${DEFAULTS.stallTimeoutMs / 1000}s)`, parseStallTimeout)
     .option('--no-checksum', "don't verify the store's whole-object checksum (MD5 ETag, x-amz-checksum-*); the size is still checked. Saves ~1.5 CPU s per GB")
+    .option(
+      '--durability <mode>',
+      `disk: the file survives a power cut once the command returns (fdatasync); process: it survives this process being killed, ` +
+        `not the machine, and is written back by the kernel later: no waiting for a disk slower than the network (default ${DEFAULTS.durability})`,
+      parseDurability,
+    )
     .option('--json', 'print one JSON object on stdout when done: bytes, seconds, resumedBytes, retries, restarts, etag, verified, url, dest, mbPerSec')
     .option('--resume', 'continue a partial download; without one, download everything (the default resumes too)')
     .action(async (url: string, dest: string, flags: DownloadFlags) => {
@@ -107,6 +119,7 @@ async function runDownload(url: string, destArg: string, flags: DownloadFlags): 
       ...(flags.chunkSize !== undefined ? { chunkSize: flags.chunkSize } : {}),
       ...(flags.stallTimeout !== undefined ? { stallTimeoutMs: flags.stallTimeout } : {}),
       ...(flags.checksum === false ? { verifySourceChecksums: false } : {}),
+      ...(flags.durability !== undefined ? { durability: flags.durability } : {}),
       ...(bar ? { onProgress: (p: DownloadProgress) => bar.update(p) } : {}),
     };
     const result = flags.resume ? await downloader.resume(url, dest, opts) : await downloader.download(url, dest, opts);

@@ -48,7 +48,9 @@
  *    atomic state write covers everything written since the previous one; it runs at most every
  *    250 ms, at once when `connections` × `chunkSize` / 8 bytes wait for it, and always at the end
  *    and on failure or abort. At `connections` × `chunkSize` / 4 waiting bytes, lanes stop writing
- *    until it is done.
+ *    until it is done. With `durability: 'process'` there is no `fdatasync` (here, at promotion
+ *    or of the directory): the state file counts bytes once written, names this boot, and is
+ *    trusted only in this boot (`resume-state.ts`); the bytes survive the process, not the machine.
  * 6. **verification.** MD5, SHA-1, SHA-256, CRC32 and CRC32C (the cheapest one the stat offers,
  *    `cheapestChecksum`, and `expectedChecksum`). A CRC-32 alone is computed by the writer thread
  *    per batch and the batches' CRCs combined (`SegmentCrc32Hasher`); a resumed download reads
@@ -57,7 +59,7 @@
  *    finishes soon after the last byte. Without checksums only the size is checked, and so it is
  *    when the caller turns off `verifySourceChecksums` (MD5 costs ~1.5 CPU s per GB).
  * 7. **promotion.** `fdatasync`, verify, `rename(temp, dest)`, fsync the directory, delete the
- *    state file. A partial download is never visible at `dest`, and a failed one leaves `dest` as
+ *    state file (no fsyncs with `durability: 'process'`). A partial download is never visible at `dest`, and a failed one leaves `dest` as
  *    it was.
  *
  * Failures
@@ -110,6 +112,7 @@ import type {
   DownloadProgress,
   DownloadResult,
   ObjectSource,
+  Durability,
   ObjectStat,
   RangeBody,
   RetryOptions,
@@ -123,6 +126,7 @@ import { ChunkPlan, ChunkSet, type IndexedRange, RangeScheduler, shouldRequestAh
 import {
   durableBytes,
   fsyncDir,
+  pageCacheBootId,
   planOf,
   readResumeState,
   removeResumeState,
@@ -145,6 +149,8 @@ export interface ParallelDownloaderOptions {
   readonly retry?: Partial<RetryOptions>;
   /** How often `onProgress` is called. (Default: `DEFAULTS.progressIntervalMs`) */
   readonly progressIntervalMs?: number;
+  /** What a download survives (`DownloadOptions.durability`). (Default: `DEFAULTS.durability`) */
+  readonly durability?: Durability;
   /** How URLs become sources, when `clients` is not given. */
   readonly storage?: StorageOptions;
   /**
@@ -346,7 +352,20 @@ export class ParallelDownloader {
       progressIntervalMs: opts.progressIntervalMs ?? o.progressIntervalMs ?? DEFAULTS.progressIntervalMs,
       limiter: o.limiter,
       lookahead: o.lookahead ?? true,
+      durability: checkDurability(opts.durability ?? o.durability ?? DEFAULTS.durability),
     };
+  }
+}
+
+function checkDurability(d: Durability): Durability {
+  switch (d) {
+    case 'disk':
+    case 'process':
+      return d;
+    default: {
+      const _exhaustive: never = d;
+      throw new RoboflowError('ERR_CONFIG', `durability must be "disk" or "process", got ${JSON.stringify(_exhaustive)}`);
+    }
   }
 }
 
@@ -359,6 +378,7 @@ interface Settings {
   readonly progressIntervalMs: number;
   readonly limiter: ConcurrencyLimiter | undefined;
   readonly lookahead: boolean;
+  readonly durability: Durability;
 }
 
 /**
@@ -523,7 +543,7 @@ class Download {
       verifiedChecksums = await this.fill(st, identity, plan, completed, partial, expected);
     }
     await rename(this.temp, this.dest);
-    await fsyncDir(this.dir);
+    if (this.s.durability === 'disk') await fsyncDir(this.dir);
     await removeResumeState(this.stateFile);
     const verified: VerifiedBy[] = ['size', ...verifiedChecksums];
     return {
@@ -545,6 +565,7 @@ class Download {
    */
   private async loadResumable(id: ResumeIdentity): Promise<{ plan: ChunkPlan; completed: ChunkSet; partial: ReadonlyMap<number, number> }> {
     const state = await readResumeState(this.stateFile);
+    // A state of another boot is discarded here (its bytes were never flushed to disk).
     if (state && stateMatches(state, id)) {
       const tempSize = await statPath(this.temp).then(
         (s) => (s.isFile() ? s.size : -1),
@@ -573,7 +594,7 @@ class Download {
   private async writeEmpty(st: ObjectStat, expected: readonly Checksum[]): Promise<ChecksumAlgorithm[]> {
     const fh = await open(this.temp, 'w');
     try {
-      await fh.datasync();
+      if (this.s.durability === 'disk') await fh.datasync();
       const hasher = new InOrderHasher(fh, expected.map((c) => c.algorithm));
       return compareChecksums(st.url, expected, await hasher.finish(0));
     } finally {
@@ -1303,8 +1324,9 @@ class Transfer {
   }
 
   /**
-   * Makes every chunk written so far durable and records it: one `fdatasync`, then one atomic
-   * state write. Runs one at a time; a call while one runs waits for it and then runs again.
+   * Makes every chunk written so far durable and records it: one `fdatasync` (with `durability:
+   * 'disk'`), then one atomic state write. Runs one at a time; a call while one runs waits for it
+   * and then runs again.
    */
   private async flush(): Promise<void> {
     while (this.flushing) await this.flushing.catch(() => undefined);
@@ -1319,7 +1341,8 @@ class Transfer {
       // Offsets written so far: the fdatasync below makes them durable.
       const progress = [...this.writtenTo];
       try {
-        await this.fh.datasync();
+        const bootId = this.d.settingsOf.durability === 'process' ? pageCacheBootId() : undefined;
+        if (bootId === undefined) await this.fh.datasync();
         for (const i of batch) {
           this.durable.add(i);
           this.durableTo.delete(i);
@@ -1336,6 +1359,7 @@ class Transfer {
           version: STATE_VERSION,
           completed: this.durable,
           partial,
+          ...(bootId !== undefined ? { bootId } : {}),
         });
       } catch (err) {
         this.unrecorded.unshift(...batch);

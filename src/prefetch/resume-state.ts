@@ -1,8 +1,11 @@
 /**
  * The state file of a partial download (`<dest>.roboflow-state.json`): which chunks of the temp
  * file hold durable bytes of which version of which object, and, for chunks that were being
- * fetched, how many of their first bytes are durable. The downloader writes it only after an
- * `fdatasync` of the temp file, so every byte it lists survives a crash or a power loss.
+ * fetched, how many of their first bytes are durable. With `durability: 'disk'` the downloader
+ * writes it only after an `fdatasync` of the temp file, so every byte it lists survives a crash
+ * or a power loss. With `durability: 'process'` nothing is fsynced: the bytes it lists survive
+ * the process (they are in the page cache), not the machine, so the state names the boot it was
+ * written in (`bootId`) and is trusted only in that boot.
  *
  * It is written atomically (write a sibling temp file, fsync it, rename over the old one), so a
  * reader sees either the old or the new content, never a torn mix. Anything that does not parse,
@@ -10,6 +13,7 @@
  * trusted on a guess.
  */
 
+import { readFileSync } from 'node:fs';
 import { open, readFile, rename, rm } from 'node:fs/promises';
 import path from 'node:path';
 import type { z } from 'zod';
@@ -17,9 +21,11 @@ import { ChunkPlan, ChunkSet } from './ranges.js';
 
 /**
  * Bumped whenever the layout changes; a state file of an unknown version is discarded. Version 2
- * added `tail`; a version 1 file (no tail) is still read, as a uniform plan.
+ * added `tail`; a version 1 file (no tail) is still read, as a uniform plan. Version 3 added
+ * `bootId`; bumped so that an older reader, which would ignore it, discards such a file instead
+ * of trusting page-cache bytes after a reboot.
  */
-export const STATE_VERSION = 2;
+export const STATE_VERSION = 3;
 
 /**
  * The file's schema, built when a state file is first read: zod costs ~0.1 s of start-up, which
@@ -28,7 +34,7 @@ export const STATE_VERSION = 2;
 async function buildSchema() {
   const { z } = await import('zod');
   return z.object({
-    version: z.union([z.literal(1), z.literal(STATE_VERSION)]),
+    version: z.union([z.literal(1), z.literal(2), z.literal(STATE_VERSION)]),
     /** Display form of the URL (secrets removed): a state file may be read by anyone. */
     url: z.string().min(1),
     size: z.number().int().nonnegative(),
@@ -42,6 +48,8 @@ async function buildSchema() {
     /** `[chunk index, durable bytes from the chunk's start]` of chunks not completed. Optional:
      * a reader that predates it ignores it and re-fetches those chunks whole, which is safe. */
     partial: z.array(z.tuple([z.number().int().nonnegative(), z.number().int().positive()])).optional(),
+    /** Set when the bytes were not fsynced (`durability: 'process'`): the boot they live in. */
+    bootId: z.string().min(1).optional(),
   });
 }
 type StateSchema = Awaited<ReturnType<typeof buildSchema>>;
@@ -61,6 +69,11 @@ export interface ResumeState {
   /** Chunk index → bytes from the chunk's start that are durable, for chunks not in `completed`
    * (each strictly between 0 and the chunk's length). Always present on what is read. */
   readonly partial?: ReadonlyMap<number, number>;
+  /**
+   * The boot (`currentBootId()`) whose page cache holds the listed bytes, when they were not
+   * fsynced; absent when they are on disk.
+   */
+  readonly bootId?: string;
 }
 
 /** What a state file must describe to be resumed. */
@@ -93,7 +106,7 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
   const parsed = (await stateSchema).safeParse(json);
   if (!parsed.success) return undefined;
   const s = parsed.data;
-  if (s.version === 1 && s.tail !== undefined) return undefined;
+  if ((s.version === 1 && s.tail !== undefined) || (s.version !== STATE_VERSION && s.bootId !== undefined)) return undefined;
   const tail = s.tail === undefined ? undefined : { start: s.tail[0], chunkSize: s.tail[1] };
   let plan: ChunkPlan;
   try {
@@ -121,6 +134,7 @@ export async function readResumeState(file: string): Promise<ResumeState | undef
     partial,
     ...(s.etag !== undefined ? { etag: s.etag } : {}),
     ...(s.lastModified !== undefined ? { lastModified: s.lastModified } : {}),
+    ...(s.bootId !== undefined ? { bootId: s.bootId } : {}),
   };
 }
 
@@ -143,9 +157,13 @@ export function durableBytes(plan: ChunkPlan, completed: ChunkSet, partial?: Rea
   return n;
 }
 
-/** Whether `state` was written for exactly this object version and chunk size (its tail is its own: see `planOf`). */
-export function stateMatches(state: ResumeState, id: ResumeIdentity): boolean {
+/**
+ * Whether `state` was written for exactly this object version and chunk size (its tail is its
+ * own: see `planOf`), and its bytes are still there: on disk, or in this boot's page cache.
+ */
+export function stateMatches(state: ResumeState, id: ResumeIdentity, bootId: string | undefined = currentBootId()): boolean {
   return (
+    (state.bootId === undefined || (bootId !== undefined && state.bootId === bootId)) &&
     state.url === id.url &&
     state.size === id.size &&
     state.chunkSize === id.chunkSize &&
@@ -159,7 +177,8 @@ export function stateMatches(state: ResumeState, id: ResumeIdentity): boolean {
  * Writes the state atomically and durably: a sibling `.tmp` file is written and fsynced, then
  * renamed over `file`. The directory is not fsynced here: losing a rename in a power cut leaves
  * the previous state file, which lists fewer chunks but only durable ones, so resuming from it is
- * still correct (it re-fetches a little more).
+ * still correct (it re-fetches a little more). A state with a `bootId` is not fsynced: it is
+ * worthless after a power cut anyway.
  */
 export async function writeResumeState(file: string, state: ResumeState): Promise<void> {
   const body: z.infer<StateSchema> = {
@@ -172,12 +191,13 @@ export async function writeResumeState(file: string, state: ResumeState): Promis
     ...(state.partial !== undefined && state.partial.size > 0 ? { partial: [...state.partial].sort((a, b) => a[0] - b[0]) } : {}),
     ...(state.etag !== undefined ? { etag: state.etag } : {}),
     ...(state.lastModified !== undefined ? { lastModified: state.lastModified } : {}),
+    ...(state.bootId !== undefined ? { bootId: state.bootId } : {}),
   };
   const tmp = `${file}.tmp`;
   const fh = await open(tmp, 'w');
   try {
     await fh.writeFile(`${JSON.stringify(body)}\n`);
-    await fh.datasync();
+    if (state.bootId === undefined) await fh.datasync();
   } finally {
     await fh.close();
   }
@@ -197,4 +217,29 @@ export async function fsyncDir(dir: string): Promise<void> {
   } finally {
     await fh.close();
   }
+}
+
+let bootId: string | null | undefined;
+
+/**
+ * This boot's identity (Linux: `/proc/sys/kernel/random/boot_id`, new at every boot), or
+ * undefined where there is none: page-cache state is then never resumed, as if after a reboot.
+ */
+export function currentBootId(): string | undefined {
+  if (bootId === undefined) {
+    try {
+      bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() || null;
+    } catch {
+      bootId = null;
+    }
+  }
+  return bootId ?? undefined;
+}
+
+/**
+ * What a state of page-cache bytes records: this boot, or, where there is no boot id, a marker
+ * that `stateMatches` never accepts (such a state is not resumed).
+ */
+export function pageCacheBootId(): string {
+  return currentBootId() ?? 'unknown';
 }
