@@ -59,8 +59,8 @@
  *    finishes soon after the last byte. Without checksums only the size is checked, and so it is
  *    when the caller turns off `verifySourceChecksums` (MD5 costs ~1.5 CPU s per GB).
  * 7. **promotion.** `fdatasync`, verify, `rename(temp, dest)`, fsync the directory, delete the
- *    state file (no fsyncs with `durability: 'process'`). A partial download is never visible at `dest`, and a failed one leaves `dest` as
- *    it was.
+ *    state file (no fsyncs with `durability: 'process'`). A partial download is never visible at
+ *    `dest`, and a failed one leaves `dest` as it was.
  *
  * Failures
  * --------
@@ -111,8 +111,8 @@ import type {
   DownloadOptions,
   DownloadProgress,
   DownloadResult,
-  ObjectSource,
   Durability,
+  ObjectSource,
   ObjectStat,
   RangeBody,
   RetryOptions,
