@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { allPlots } from '../src/bench/plots.js';
-import { bestPeer, conditionSummaries, evaluateGoals, fmt, fmtRatio, generateMarkdown, losses, table, type Picked } from '../src/bench/report.js';
+import { bestPeer, conditionSummaries, evaluateGoals, fmt, fmtRatio, generateMarkdown, losses, phaseSpans, table, type Picked } from '../src/bench/report.js';
 import type { BenchResults, DownloadCondition, PrefetchCase, ToolRun } from '../src/bench/results.js';
 import { RESULTS_SCHEMA } from '../src/bench/results.js';
 
@@ -209,6 +209,27 @@ describe('losses', () => {
     expect(losses(picked(bench({ download: { conditions: [fast] } }))).join('\n')).not.toMatch(/durably/);
     const md = generateMarkdown({ picked: picked(bench({ download: { conditions: [c] } })), plots: [] });
     expect(md).toMatch(/\| _disk alone: dd of zeros in 32 KiB blocks \+ fdatasync_ \| 1 GiB \| 420 \|/);
+  });
+  it('takes a run apart phase by phase: the transfer rate against the peer, the fixed cost before the stat', () => {
+    const timeline = {
+      tool: 'roboflow-process',
+      bytes: GiB,
+      runs: 3,
+      // Node.js 50 ms, loading + stat 100 ms, first batch 30 ms, transfer 620 ms, finish 6 ms, exit 2 ms.
+      marks: { loaded: 50, stat: 150, firstBatch: 180, lastBatch: 800, done: 806, exit: 808 },
+    };
+    const c: DownloadCondition = {
+      ...condition('uncapped', [run('roboflow', 900, 1.1, 120), run('roboflow-process', 1200, 1.0, 120), run('curl', 1700, 0.6, 10)]),
+      startup: { objectSize: 2 ** 20, runs: [{ ...run('curl', 1700, 0.6, 10), bytes: 2 ** 20, measurement: { wallSeconds: 0.02, userSeconds: 0, sysSeconds: 0, maxRssKiB: 10240, exitCode: 0, signal: null } }] },
+      timelines: [timeline],
+    };
+    expect(phaseSpans(timeline)).toEqual({ boot: 50, loadAndStat: 100, firstBatch: 30, transfer: 620, transferMBps: GiB / 1e3 / 650, finish: 6, exit: 2 });
+    const text = losses(picked(bench({ download: { conditions: [c] } }))).join('\n');
+    expect(text).toContain('roboflow-process moved the bytes at 1652 MB/s from its stat to its last batch, against 1700 MB/s for curl\'s whole run');
+    expect(text).toContain('before its stat returned it spent 150 ms (Node.js start-up 50 ms, then loading the CLI, the AWS SDK among it, and the HEAD 100 ms), where curl takes 20 ms for a whole 1 MiB run');
+    const md = generateMarkdown({ picked: picked(bench({ download: { conditions: [c] } })), plots: [] });
+    expect(md).toContain('### Where the time of one roboflow run goes');
+    expect(md).toContain('| uncapped | roboflow-process | 50 | 100 | 30 | 620 | 1652 | 6 | 2 | 808 | 3 |');
   });
   it('is empty when roboflow wins everywhere', () => {
     const r = bench({ download: { conditions: [condition('uncapped', [run('roboflow', 800, 0.9, 8), run('curl', 640, 1.0, 10)])] } });

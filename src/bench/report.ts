@@ -5,7 +5,7 @@
  * written by hand.
  */
 
-import type { BenchResults, DownloadCondition, ScenarioName, ToolInfo } from './results.js';
+import type { BenchResults, DownloadCondition, PhaseTimeline, ScenarioName, ToolInfo } from './results.js';
 import type { ComparedSummary } from './stats.js';
 import { compareTo, GB, median, MiB, prefetchBound, ratio, refetchedPerKill, summarise } from './stats.js';
 import { ROBOFLOW_ID, ROBOFLOW_NO_CHECKSUM_ID, ROBOFLOW_PROCESS_ID } from './tools.js';
@@ -255,6 +255,30 @@ function likeForLike(sums: readonly ComparedSummary[], peer: ComparedSummary | u
   return verifiesNothing && plain ? plain : sums.find((s) => s.tool === ROBOFLOW_ID);
 }
 
+/** The phases of a timeline as durations (ms), and the transfer's rate (MB/s). */
+export function phaseSpans(t: PhaseTimeline): {
+  boot: number;
+  loadAndStat: number;
+  firstBatch: number;
+  transfer: number;
+  transferMBps: number;
+  finish: number;
+  exit: number;
+} {
+  const m = t.marks;
+  const transfer = m.lastBatch - m.firstBatch;
+  return {
+    boot: m.loaded,
+    loadAndStat: m.stat - m.loaded,
+    firstBatch: m.firstBatch - m.stat,
+    transfer,
+    // Over every byte, from the stat on: the first batch's wait included.
+    transferMBps: m.lastBatch > m.stat ? t.bytes / 1e3 / (m.lastBatch - m.stat) : Number.NaN,
+    finish: m.done - m.lastBatch,
+    exit: m.exit - m.done,
+  };
+}
+
 /** Peers timed until their file is on disk, as roboflow's default (`disk`) is. */
 const DURABLE_PEERS: ReadonlySet<string> = new Set(['rclone-ignore-checksum-sync']);
 
@@ -329,6 +353,17 @@ export function losses(picked: Picked): string[] {
         if (cached) {
           why.push(
             `held to the same durability (--durability process: no fdatasync, the bytes left in the page cache as those peers leave theirs) roboflow reached ${fmt(cached.mbPerSecond)} MB/s at ${fmt(cached.cpuSecondsPerGB, 2)} CPU s/GB, still verifying`,
+          );
+        }
+        const timeline = c.timelines?.find((t) => t.tool === ROBOFLOW_PROCESS_ID) ?? c.timelines?.find((t) => t.tool === ROBOFLOW_ID);
+        const top = faster[0];
+        if (timeline && top) {
+          const p = phaseSpans(timeline);
+          const peerFixed = median((c.startup?.runs ?? []).filter((x) => x.tool === top.tool && x.sha256Ok).map((x) => x.measurement.wallSeconds * 1000));
+          why.push(
+            `taken apart (phase table above), ${toolLabel(dl.tools, timeline.tool)} moved the bytes at ${fmt(p.transferMBps)} MB/s from its stat to its last batch, against ${fmt(top.mbPerSecond)} MB/s for ${toolLabel(dl.tools, top.tool)}'s whole run; ` +
+              `before its stat returned it spent ${fmt(timeline.marks.stat)} ms (Node.js start-up ${fmt(p.boot)} ms, then loading the CLI, the AWS SDK among it, and the HEAD ${fmt(p.loadAndStat)} ms)` +
+              (Number.isFinite(peerFixed) ? `, where ${toolLabel(dl.tools, top.tool)} takes ${fmt(peerFixed)} ms for a whole 1 MiB run` : ''),
           );
         }
         if (cores >= 0.85) {
@@ -543,6 +578,35 @@ function downloadSection(entry: { file: string; results: BenchResults }, plots: 
       'What a run costs before the bytes matter: process start-up, module loading, the first request. It is included in every figure above.',
       '',
       table(['tool', 'wall s', 'CPU s', 'peak RSS MiB', 'runs ok'], rows),
+      '',
+    );
+  }
+  const timed = s.conditions.filter((c) => (c.timelines ?? []).length > 0);
+  if (timed.length > 0) {
+    const rows = timed.flatMap((c) =>
+      (c.timelines ?? []).map((t) => {
+        const p = phaseSpans(t);
+        return [
+          c.id,
+          toolLabel(r.tools, t.tool),
+          fmt(p.boot),
+          fmt(p.loadAndStat),
+          fmt(p.firstBatch),
+          fmt(p.transfer),
+          fmt(p.transferMBps),
+          fmt(p.finish),
+          fmt(p.exit),
+          fmt(t.marks.exit),
+          String(t.runs),
+        ];
+      }),
+    );
+    parts.push(
+      '### Where the time of one roboflow run goes',
+      '',
+      'Each phase of a roboflow download of the same object, from the downloader\'s diagnostics-channel events (`node --import dist/bench/phase-hook.js`, separate runs, medians; ms). Start-up: Node.js until a preloaded module runs. Load + stat: the CLI\'s modules (the AWS SDK among them for s3://) and the stat (a HEAD). First batch: until the first 2 MiB batch is on the file (connections, first bytes, the writer thread). Transfer: from then to the last batch; its MB/s counts every byte from the stat on. Finish: verification, the last state write and the rename (and, by default, the last fdatasync).',
+      '',
+      table(['condition', 'tool', 'start-up', 'load + stat', 'first batch', 'transfer', 'transfer MB/s', 'finish', 'exit', 'whole run', 'runs'], rows),
       '',
     );
   }

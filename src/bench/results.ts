@@ -110,6 +110,32 @@ export interface DownloadCondition {
   readonly diskAlone?: DiskAloneResult;
   /** Every tool on a tiny object: what one run costs before the first byte matters. */
   readonly startup?: { readonly objectSize: number; readonly runs: readonly ToolRun[] };
+  /** Where the time of roboflow's runs goes, phase by phase (`phases.ts`). */
+  readonly timelines?: readonly PhaseTimeline[];
+}
+
+/**
+ * When each phase of one roboflow download began, in ms since its process started
+ * (`phase-hook.ts`): Node.js booted and the hook loaded (`loaded`), the CLI loaded and the
+ * object's stat returned (`stat`), the first and last write batches were on the file
+ * (`firstBatch`, `lastBatch`), the download resolved after verification and rename (`done`),
+ * the process exited (`exit`).
+ */
+export interface PhaseMarks {
+  readonly loaded: number;
+  readonly stat: number;
+  readonly firstBatch: number;
+  readonly lastBatch: number;
+  readonly done: number;
+  readonly exit: number;
+}
+
+/** The phases of a roboflow tool's runs in one condition: medians over the runs that completed. */
+export interface PhaseTimeline {
+  readonly tool: string;
+  readonly bytes: number;
+  readonly runs: number;
+  readonly marks: PhaseMarks;
 }
 
 export interface DownloadScenario {

@@ -11,11 +11,12 @@ import path from 'node:path';
 import { generatedSha256 } from '../testing/content.js';
 import { runMeasured } from './measure.js';
 import { profileDownload } from './profile.js';
-import type { DiskAloneResult, DownloadCondition, DownloadScenario, ProfileSummary, ServerAloneResult, ToolRun } from './results.js';
+import { measurePhases } from './phases.js';
+import type { DiskAloneResult, DownloadCondition, DownloadScenario, PhaseTimeline, ProfileSummary, ServerAloneResult, ToolRun } from './results.js';
 import { measureDownload, rotated, settle, timeoutFor, type BenchContext } from './runner.js';
 import { ServerProcess, type ServedObject } from './server-process.js';
 import type { ResolvedTool } from './tools.js';
-import { benchEnv } from './tools.js';
+import { benchEnv, ROBOFLOW_ID, ROBOFLOW_PROCESS_ID } from './tools.js';
 
 export interface DownloadScenarioOptions {
   readonly objectSize: number;
@@ -29,6 +30,8 @@ export interface DownloadScenarioOptions {
 }
 
 export const BUCKET = 'bench';
+/** roboflow's tools whose runs are also taken apart phase by phase (`phases.ts`). */
+const TIMELINE_TOOLS: readonly string[] = [ROBOFLOW_ID, ROBOFLOW_PROCESS_ID];
 const STARTUP_OBJECT_SIZE = 2 ** 20;
 
 export async function runDownloadScenario(
@@ -60,6 +63,7 @@ export async function runDownloadScenario(
     });
     const runs: ToolRun[] = [];
     const startupRuns: ToolRun[] = [];
+    const timelines: PhaseTimeline[] = [];
     let serverAlone: ServerAloneResult | undefined;
     let diskAlone: DiskAloneResult | undefined;
     try {
@@ -83,6 +87,11 @@ export async function runDownloadScenario(
           }
         }
       }
+      for (const tool of tools.filter((t) => TIMELINE_TOOLS.includes(t.spec.id))) {
+        ctx.log(`download, ${id}: where the time of a ${tool.spec.id} run goes`);
+        const t = await measurePhases(ctx, tool, server.endpoint, big, ctx.repeat);
+        if (t) timelines.push(t);
+      }
       if (opts.profile) {
         ctx.log(`download, ${id}: profiling roboflow (node --cpu-prof)`);
         const p = await profileDownload(ctx, server.endpoint, big, id);
@@ -104,6 +113,7 @@ export async function runDownloadScenario(
       ...(serverAlone ? { serverAlone } : {}),
       ...(diskAlone ? { diskAlone } : {}),
       ...(startupRuns.length > 0 ? { startup: { objectSize: tiny.size, runs: startupRuns } } : {}),
+      ...(timelines.length > 0 ? { timelines } : {}),
     });
   }
   return { scenario: { conditions }, profiles };
