@@ -606,7 +606,7 @@ function downloadSection(entry: { file: string; results: BenchResults }, plots: 
       '',
       'Each phase of a roboflow download of the same object, from the downloader\'s diagnostics-channel events (`node --import dist/bench/phase-hook.js`, separate runs, medians; ms). Start-up: Node.js until a preloaded module runs. Load + stat: the CLI\'s modules (the AWS SDK among them for s3://) and the stat (a HEAD). First batch: until the first 2 MiB batch is on the file (connections, first bytes, the writer thread). Transfer: from then to the last batch; its MB/s counts every byte from the stat on. Finish: verification, the last state write and the rename (and, by default, the last fdatasync).',
       '',
-      table(['condition', 'tool', 'start-up', 'load + stat', 'first batch', 'transfer', 'transfer MB/s', 'finish', 'exit', 'whole run', 'runs'], rows),
+      table(['condition', 'tool', 'start-up', 'load + stat', 'first batch', 'transfer', 'transfer MB/s', 'finish', 'exit', 'whole run', 'runs'], rows, 'llrrrrrrrrr'),
       '',
     );
   }
