@@ -12,6 +12,7 @@ import { formatComparison, runPrefetchComparison } from '../src/demo.js';
 import { channels, type JobFinishedEvent } from '../src/diagnostics.js';
 import { abortError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
+import { pageCacheBootId, readResumeState } from '../src/prefetch/resume-state.js';
 import { CHECKSUM_FILE } from '../src/processors/index.js';
 import { ObjectServer } from '../src/testing/object-server.js';
 import type { JobQueue, JobRecord, Processor } from '../src/types.js';
@@ -295,6 +296,25 @@ describe('Worker', () => {
     const summary = await worker({ processors: { mark: markingProcessor(10, marks) } }).run();
     expect(summary).toMatchObject({ done: 1 });
     expect(await readdir(path.join(dir, 'buffer'))).toEqual([]);
+  });
+
+  it('downloads with the durability its settings name: page-cache state names the boot', async () => {
+    await restartServer({ rateLimitBytesPerSec: 2 * MiB });
+    await submitJobs(1, 4 * MiB, { processor: 'mark' });
+    const marks: Mark[] = [];
+    const w = worker({ config: { durability: 'process' }, processors: { mark: markingProcessor(0, marks) } });
+    const running = w.run();
+    const buffer = path.join(dir, 'buffer');
+    // The resume state of the input being prefetched, as soon as one is written.
+    let bootId: string | undefined;
+    for (let i = 0; i < 400 && bootId === undefined; i++) {
+      const files = existsSync(buffer) ? ((await readdir(buffer, { recursive: true })) as string[]) : [];
+      const state = files.find((f) => f.endsWith('.roboflow-state.json'));
+      if (state) bootId = (await readResumeState(path.join(buffer, state)))?.bootId;
+      await sleep(10);
+    }
+    expect(await running).toMatchObject({ jobs: 1, done: 1 });
+    expect(bootId).toBe(pageCacheBootId());
   });
 
   it('runs once', async () => {
