@@ -231,6 +231,15 @@ describe('losses', () => {
     expect(md).toContain('### Where the time of one roboflow run goes');
     expect(md).toContain('| uncapped | roboflow-process | 50 | 100 | 30 | 620 | 1652 | 6 | 2 | 808 | 3 |');
   });
+  it('says what the memory runs verified: the MD5 ETag when the objects carry nothing else', () => {
+    const points = [{ size: GiB, runs: [run('roboflow', 700, 2.4, 81, { verified: ['size', 'md5'] })] }];
+    const md = generateMarkdown({ picked: picked(bench({ memory: { connections: 16, chunkSize: 8 * 2 ** 20, points } })), plots: [] });
+    expect(md).toContain('uncapped loopback, verifying the MD5 ETag (the only checksum these objects carry');
+    const plain = [{ size: GiB, runs: [run('roboflow', 700, 1, 81, { verified: ['size'] })] }];
+    expect(generateMarkdown({ picked: picked(bench({ memory: { connections: 16, chunkSize: 8 * 2 ** 20, points: plain } })), plots: [] })).toContain(
+      '8 MiB chunks, uncapped loopback. ',
+    );
+  });
   it('is empty when roboflow wins everywhere', () => {
     const r = bench({ download: { conditions: [condition('uncapped', [run('roboflow', 800, 0.9, 8), run('curl', 640, 1.0, 10)])] } });
     expect(losses(picked(r))).toEqual([]);

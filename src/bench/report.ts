@@ -5,7 +5,7 @@
  * written by hand.
  */
 
-import type { BenchResults, DownloadCondition, PhaseTimeline, ScenarioName, ToolInfo } from './results.js';
+import type { BenchResults, DownloadCondition, PhaseTimeline, ScenarioName, ToolInfo, ToolRun } from './results.js';
 import type { ComparedSummary } from './stats.js';
 import { compareTo, GB, median, MiB, prefetchBound, ratio, refetchedPerKill, summarise } from './stats.js';
 import { ROBOFLOW_ID, ROBOFLOW_NO_CHECKSUM_ID, ROBOFLOW_PROCESS_ID } from './tools.js';
@@ -459,8 +459,18 @@ export function losses(picked: Picked): string[] {
 
 /** What roboflow said it verified, from its `--json` line in this condition. */
 function verifiedBy(c: DownloadCondition): string[] {
-  const run = c.runs.find((r) => r.tool === ROBOFLOW_ID && Array.isArray(r.reported?.verified));
+  return reportedVerified(c.runs.find((r) => r.tool === ROBOFLOW_ID && Array.isArray(r.reported?.verified)));
+}
+
+function reportedVerified(run: ToolRun | undefined): string[] {
   return ((run?.reported?.verified as unknown[]) ?? []).map(String);
+}
+
+/** ", verifying X" for what a scenario's roboflow runs checked beyond the size (they all run the same way). */
+function verifyingClause(runs: readonly ToolRun[]): string {
+  const checks = reportedVerified(runs.find((r) => Array.isArray(r.reported?.verified))).filter((a) => a !== 'size');
+  if (checks.length === 0) return '';
+  return `, verifying ${checks.map((a) => (a === 'md5' ? 'the MD5 ETag (the only checksum these objects carry; MD5 costs far more CPU than a CRC32)' : a)).join(' and ')}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,7 +642,7 @@ function memorySection(entry: { file: string; results: BenchResults }, plots: Re
     '',
     sourceLine(entry),
     '',
-    `roboflow, ${s.connections} connections × ${mib(s.chunkSize)} chunks, uncapped loopback. ${spread}`,
+    `roboflow, ${s.connections} connections × ${mib(s.chunkSize)} chunks, uncapped loopback${verifyingClause(s.points.flatMap((p) => p.runs))}. ${spread}`,
     '',
     table(['object', 'peak RSS MiB', 'MB/s', 'CPU s/GB', 'SHA-256'], rows),
     '',
@@ -658,7 +668,7 @@ function sweepSection(entry: { file: string; results: BenchResults }, plots: Rep
     '',
     sourceLine(entry),
     '',
-    `roboflow on a ${mib(s.objectSize)} object, ${fmt(s.ratePerConnection / 1e6)} MB/s per connection, ${s.latencyMs} ms first-byte latency. Median MB/s; the last column is connections × cap, the ideal without latency or CPU limits.`,
+    `roboflow on a ${mib(s.objectSize)} object, ${fmt(s.ratePerConnection / 1e6)} MB/s per connection, ${s.latencyMs} ms first-byte latency${verifyingClause(s.cells.flatMap((c) => c.runs))}. Median MB/s; the last column is connections × cap, the ideal without latency or CPU limits.`,
     '',
     table(['connections', ...chunks.map((c) => `${mib(c)} chunks`), 'connections × cap'], rows),
     '',
