@@ -72,7 +72,7 @@ function crc32cPortable(buf: Uint8Array, crc = 0): number {
   return ~c >>> 0;
 }
 
-
+/** zlib's CRC-32 and ours in JavaScript: everywhere, the same values, slower. */
 export const portableCrc: CrcImplementation = {
   name: 'portable',
   crc32: (buf, crc = 0) => zlib.crc32(buf, crc),
