@@ -54,11 +54,10 @@ export async function measurePhases(
     }
   }
   if (got.length === 0) return null;
-  const marks = Object.fromEntries(PHASES.map((k) => [k, median(got.map((m) => m[k]))])) as unknown as PhaseMarks;
-  const m = marks;
+  const m = Object.fromEntries(PHASES.map((k) => [k, median(got.map((g) => g[k]))])) as unknown as PhaseMarks;
   ctx.log(
     `  ${tool.spec.id.padEnd(24)} phases (ms): loaded ${m.loaded.toFixed(0)}, stat ${m.stat.toFixed(0)}, first batch ${m.firstBatch.toFixed(0)}, ` +
       `last batch ${m.lastBatch.toFixed(0)}, done ${m.done.toFixed(0)}, exit ${m.exit.toFixed(0)}`,
   );
-  return { tool: tool.spec.id, bytes: object.size, runs: got.length, marks };
+  return { tool: tool.spec.id, bytes: object.size, runs: got.length, marks: m };
 }

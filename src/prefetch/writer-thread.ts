@@ -54,13 +54,12 @@ parentPort.on('message', (m) => {
   let crc = 0;
   try {
     for (const part of m.parts) {
+      if (withCrc32) crc = crc32(part, crc);
       let off = 0;
       while (off < part.length) {
         const n = writeSync(fd, part, off, Math.min(pieceBytes, part.length - off), at);
         // A file system that accepts nothing and reports no error would otherwise loop forever.
         if (n <= 0) throw Object.assign(new Error('write at ' + at + ' wrote nothing'), { code: 'EIO' });
-        // Piece by piece, right after its write: the bytes are still in the CPU's cache.
-        if (withCrc32) crc = crc32(part.subarray(off, off + n), crc);
         off += n;
         at += n;
       }
