@@ -99,7 +99,7 @@ describe('S3Source against the object server (SigV4)', () => {
     }
   });
 
-  it('reads every range of an object through one presigned URL; HEAD stays on the SDK', async () => {
+  it('reads every range of an object through one presigned URL; the HEAD is signed in its headers', async () => {
     const src = clients.open('s3://bucket/rec/run 1.mcap');
     const st = await src.stat();
     for (const [start, end] of [

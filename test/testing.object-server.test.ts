@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import fs from 'node:fs/promises';
 import http from 'node:http';
@@ -31,6 +31,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { generatedContent, generatedSha256 } from '../src/testing/content.js';
 import { ObjectServer, type FaultRule } from '../src/testing/object-server.js';
+import { NodeSha256 } from '../src/storage/s3-direct.js';
 
 const MiB = 1024 * 1024;
 const KEY_ID = 'AKIDTESTSERVER';
@@ -38,40 +39,6 @@ const SECRET = 'test-secret-key/with+odd=chars';
 
 const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const md5 = (b: Buffer): string => createHash('md5').update(b).digest('hex');
-
-/** The hash constructor @smithy/signature-v4 wants, over node:crypto (HMAC when given a key). */
-class NodeSha256 {
-  private readonly secret: Buffer | undefined;
-  private hash: ReturnType<typeof createHash> | ReturnType<typeof createHmac>;
-
-  constructor(secret?: string | ArrayBuffer | ArrayBufferView) {
-    this.secret =
-      secret === undefined
-        ? undefined
-        : typeof secret === 'string'
-          ? Buffer.from(secret, 'utf8')
-          : ArrayBuffer.isView(secret)
-            ? Buffer.from(secret.buffer, secret.byteOffset, secret.byteLength)
-            : Buffer.from(secret);
-    this.hash = this.fresh();
-  }
-
-  private fresh(): ReturnType<typeof createHash> | ReturnType<typeof createHmac> {
-    return this.secret === undefined ? createHash('sha256') : createHmac('sha256', this.secret);
-  }
-
-  update(data: Uint8Array): void {
-    this.hash.update(data);
-  }
-
-  async digest(): Promise<Uint8Array> {
-    return new Uint8Array(this.hash.digest());
-  }
-
-  reset(): void {
-    this.hash = this.fresh();
-  }
-}
 
 interface RawResponse {
   status: number;

@@ -111,10 +111,12 @@ export class StorageClients {
       case 's3':
       case 'oss': {
         const lease = this.s3Client(parsed.kind, parsed.display, 'read');
+        const direct = parsed.kind === 's3' ? lease.value.direct(parsed.bucket, parsed.key) : undefined;
         return new S3Source(parsed.kind, parsed.bucket, parsed.key, parsed.display, {
           client: () => lease.value.client(),
           // OSS's S3-compatible API is not relied on for presigned URLs: oss:// stays on the SDK.
           ...(parsed.kind === 's3' ? { presigned: lease.value } : {}),
+          ...(direct !== undefined ? { direct } : {}),
           headersTimeoutMs: this.opts.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
           onClose: () => lease.release(),
         });

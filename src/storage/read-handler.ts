@@ -61,15 +61,16 @@ export class ReadHttpHandler implements HttpHandler<Record<string, never>> {
 
   /**
    * One GET outside the SDK, over the same pools: a URL signed in its query string (see
-   * `S3ClientHandle.presignGet`), to which the caller adds its own unsigned headers.
+   * `S3ClientHandle.presignGet`), to which the caller adds its own unsigned headers; or a HEAD
+   * signed in `headers` (`s3-direct.ts`).
    */
-  send(url: string, headers: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Http1Response> {
+  send(url: string, headers: Readonly<Record<string, string>>, signal?: AbortSignal, method: 'GET' | 'HEAD' = 'GET'): Promise<Http1Response> {
     if (this.state === 'destroyed') return Promise.reject(new RoboflowError('ERR_CLOSED', 'the S3 client is closed'));
     // Split by hand: WHATWG URL parsing would resolve `..` segments, which are legal in S3 keys.
     const m = /^(https?:\/\/[^/?#]+)(\/[^#]*)$/.exec(url);
     if (m === null) return Promise.reject(new RoboflowError('ERR_CONFIG', 'a presigned URL must be http(s)://host/path'));
     return this.pool(m[1] ?? '').request({
-      method: 'GET',
+      method,
       path: m[2] ?? '/',
       headers,
       ...(signal !== undefined ? { signal } : {}),

@@ -13,6 +13,9 @@
  * - `maxAttempts: 1` for reads: the downloader retries ranges with its own table and backoff; SDK
  *   retries underneath would multiply attempts and hide failures from the stall detector.
  * - The SDK has no response timeout by default; every call here runs under `headersTimeoutMs`.
+ *
+ * A download's HEAD and presigned GETs skip the SDK where it would decide nothing: static
+ * credentials and an explicit endpoint (`s3-direct.ts`).
  */
 
 import fs from 'node:fs';
@@ -28,6 +31,7 @@ import { checkRange, expectContentRange, isStrongEtag, rangeHeader } from './ran
 import { discard, errorBodyText, xmlErrorFields } from './http.js';
 import type { Http1Response } from './http1.js';
 import { ReadHttpHandler } from './read-handler.js';
+import { directAddress, DirectS3Reader, staticCredentials, type StaticCredentials } from './s3-direct.js';
 import { isPathStyleEndpoint } from './url.js';
 
 /**
@@ -53,6 +57,11 @@ export interface S3Settings {
   readonly credentials: Credentials | undefined;
   /** Extra CA certificates (`AWS_CA_BUNDLE`), added to Node's own. */
   readonly caBundle: string | undefined;
+  /**
+   * The credentials the SDK's chain would settle on without a lookup (explicit keys, or the
+   * environment's with no profile named); undefined when only the chain can tell.
+   */
+  readonly staticCredentials: StaticCredentials | undefined;
   readonly cacheKey: string;
 }
 
@@ -149,6 +158,7 @@ export function resolveS3Settings(kind: 's3' | 'oss', opts: StorageOptions, disp
       forcePathStyle,
       credentials,
       caBundle,
+      staticCredentials: staticCredentials(credentials, env),
       cacheKey: `s3|${endpoint ?? 'aws'}|${region}|${forcePathStyle ? 'path' : 'virtual'}`,
     };
   }
@@ -178,13 +188,15 @@ export function resolveS3Settings(kind: 's3' | 'oss', opts: StorageOptions, disp
   // Alibaba's SDKs name regions `oss-cn-hangzhou`; SigV4 through the S3 API wants `cn-hangzhou`.
   const region = nonEmpty(env['OSS_REGION'])?.replace(/^oss-/, '') ?? ossRegionFromEndpoint(endpoint) ?? 'oss';
   const forcePathStyle = opts.forcePathStyle ?? false;
+  const credentials = { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) };
   return {
     kind,
     endpoint,
     region,
     forcePathStyle,
-    credentials: { accessKeyId, secretAccessKey, ...(sessionToken ? { sessionToken } : {}) },
+    credentials,
     caBundle,
+    staticCredentials: credentials,
     cacheKey: `oss|${endpoint}|${region}|${forcePathStyle ? 'path' : 'virtual'}`,
   };
 }
@@ -230,8 +242,13 @@ export interface S3ClientHandle {
    * `Range` and `If-Match`. Reading clients only.
    */
   presignGet(bucket: string, key: string): Promise<string>;
-  /** One GET of a presigned URL over the reading client's connection pools. */
-  send(url: string, headers: Readonly<Record<string, string>>, signal?: AbortSignal): Promise<Http1Response>;
+  /** One GET (or HEAD) of a signed URL over the reading client's connection pools. */
+  send(url: string, headers: Readonly<Record<string, string>>, signal?: AbortSignal, method?: 'GET' | 'HEAD'): Promise<Http1Response>;
+  /**
+   * Reads of `bucket`/`key` signed without the SDK (`s3-direct.ts`), over the same pools, where
+   * the settings allow it; undefined where the SDK must decide (reading clients of `s3://` only).
+   */
+  direct(bucket: string, key: string): DirectS3Reader | undefined;
   destroy(): void;
 }
 
@@ -255,21 +272,23 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
   const { lookup } = opts;
   let destroyed = false;
   let destroyTransport: (() => void) | undefined;
-  let readHandler: ReadHttpHandler | undefined;
+  // Built now, not with the client: direct reads use it without ever loading the SDK.
+  const readHandler =
+    opts.purpose === 'read'
+      ? new ReadHttpHandler({
+          connections: maxSockets,
+          headersTimeoutMs,
+          ...(lookup !== undefined ? { lookup } : {}),
+          ...(ca !== undefined ? { ca } : {}),
+        })
+      : undefined;
+  const directCredentials = opts.purpose === 'read' && settings.kind === 's3' ? settings.staticCredentials : undefined;
   let built: Promise<S3Client> | undefined;
   const build = async (): Promise<S3Client> => {
     const { S3Client } = await loadSdk();
     let requestHandler: S3ClientConfig['requestHandler'];
-    if (opts.purpose === 'read') {
-      const handler = new ReadHttpHandler({
-        connections: maxSockets,
-        headersTimeoutMs,
-        ...(lookup !== undefined ? { lookup } : {}),
-        ...(ca !== undefined ? { ca } : {}),
-      });
-      destroyTransport = () => handler.destroy();
-      readHandler = handler;
-      requestHandler = handler;
+    if (readHandler !== undefined) {
+      requestHandler = readHandler;
     } else {
       const [{ NodeHttpHandler }, http, https] = await Promise.all([
         import('@smithy/node-http-handler'),
@@ -313,7 +332,7 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
     if (destroyed) {
       // Destroyed while the SDK was loading: nothing may be left open.
       client.destroy();
-      destroyTransport();
+      destroyTransport?.();
       throw new RoboflowError('ERR_CLOSED', `the S3 client for ${settings.endpoint ?? settings.region} is closed`);
     }
     return client;
@@ -323,7 +342,7 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
     built ??= build();
     return built;
   };
-  return {
+  const handle: S3ClientHandle = {
     settings,
     client,
     async presignGet(bucket, key) {
@@ -333,14 +352,20 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
       // A string, never a `URL`: WHATWG parsing would resolve `..` segments a key may contain.
       return getSignedUrl(c, new GetObjectCommand({ Bucket: bucket, Key: key }), { expiresIn: PRESIGN_SECONDS, signingDate });
     },
-    async send(url, headers, signal) {
-      await client();
-      if (readHandler === undefined) throw new RoboflowError('ERR_CONFIG', 'presigned GETs are sent by reading S3 clients only');
-      return readHandler.send(url, headers, signal);
+    send(url, headers, signal, method) {
+      if (readHandler === undefined) return Promise.reject(new RoboflowError('ERR_CONFIG', 'presigned GETs are sent by reading S3 clients only'));
+      if (destroyed) return Promise.reject(new RoboflowError('ERR_CLOSED', `the S3 client for ${settings.endpoint ?? settings.region} is closed`));
+      return readHandler.send(url, headers, signal, method);
+    },
+    direct(bucket, key) {
+      if (directCredentials === undefined || settings.endpoint === undefined || readHandler === undefined) return undefined;
+      const address = directAddress(settings.endpoint, settings.forcePathStyle, bucket, key);
+      return address === undefined ? undefined : new DirectS3Reader(address, settings.region, directCredentials, handle);
     },
     destroy() {
       if (destroyed) return;
       destroyed = true;
+      readHandler?.destroy();
       void built?.then(
         (client) => {
           client.destroy();
@@ -350,6 +375,7 @@ export function createS3Client(settings: S3Settings, opts: S3ClientOptions): S3C
       );
     },
   };
+  return handle;
 }
 
 interface SdkError {
@@ -432,7 +458,43 @@ export function mapS3Error(err: unknown, url: string, what: string, kind: 's3' |
   });
 }
 
-const CHECKSUM_FIELDS: readonly [keyof HeadObjectCommandOutput, ChecksumAlgorithm, number][] = [
+/** What a source reads of a HEAD, from the SDK's output or from the headers themselves. */
+type HeadFields = Pick<
+  HeadObjectCommandOutput,
+  | 'ContentLength'
+  | 'ETag'
+  | 'LastModified'
+  | 'ServerSideEncryption'
+  | 'SSECustomerAlgorithm'
+  | 'ChecksumType'
+  | 'ChecksumSHA256'
+  | 'ChecksumSHA1'
+  | 'ChecksumCRC32C'
+  | 'ChecksumCRC32'
+>;
+
+/** The HEAD fields the SDK would have parsed from these response headers (names lower-case). */
+export function headFieldsFromHeaders(headers: Readonly<Record<string, string | undefined>>): HeadFields {
+  const text = (name: string): string | undefined => headers[name] ?? undefined;
+  const length = text('content-length');
+  const modified = text('last-modified');
+  const date = modified === undefined ? undefined : new Date(modified);
+  const fields: Record<string, unknown> = {
+    ContentLength: length !== undefined && /^\d+$/.test(length) ? Number(length) : undefined,
+    ETag: text('etag'),
+    LastModified: date !== undefined && !Number.isNaN(date.getTime()) ? date : undefined,
+    ServerSideEncryption: text('x-amz-server-side-encryption'),
+    SSECustomerAlgorithm: text('x-amz-server-side-encryption-customer-algorithm'),
+    ChecksumType: text('x-amz-checksum-type'),
+    ChecksumSHA256: text('x-amz-checksum-sha256'),
+    ChecksumSHA1: text('x-amz-checksum-sha1'),
+    ChecksumCRC32C: text('x-amz-checksum-crc32c'),
+    ChecksumCRC32: text('x-amz-checksum-crc32'),
+  };
+  return Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)) as HeadFields;
+}
+
+const CHECKSUM_FIELDS: readonly [keyof HeadFields, ChecksumAlgorithm, number][] = [
   ['ChecksumSHA256', 'sha256', 32],
   ['ChecksumSHA1', 'sha1', 20],
   ['ChecksumCRC32C', 'crc32c', 4],
@@ -445,7 +507,7 @@ const CHECKSUM_FIELDS: readonly [keyof HeadObjectCommandOutput, ChecksumAlgorith
  * reported in `x-oss-object-type`). `x-amz-checksum-*` values count only when the checksum type
  * is FULL_OBJECT; composite ones are checksums of part checksums.
  */
-export function checksumsFromHead(out: HeadObjectCommandOutput, kind: 's3' | 'oss'): Checksum[] {
+export function checksumsFromHead(out: HeadFields, kind: 's3' | 'oss'): Checksum[] {
   const list: Checksum[] = [];
   const md5 = /^"?([0-9a-fA-F]{32})"?$/.exec(out.ETag ?? '')?.[1];
   const encrypted =
@@ -473,12 +535,19 @@ export interface S3SourceDeps {
    * Given for `s3://`; `oss://` keeps the SDK path.
    */
   readonly presigned?: Pick<S3ClientHandle, 'presignGet' | 'send'>;
+  /**
+   * The HEAD and the presigned GET signed without the SDK (`s3-direct.ts`), where the settings
+   * allow it. A HEAD it gets no 2xx for is asked again through the SDK, which then signs the GETs too.
+   */
+  readonly direct?: DirectS3Reader;
   readonly headersTimeoutMs?: number;
   /** Called once, by the first `close()`. */
   readonly onClose?: () => Promise<void>;
 }
 
 type SourceState = 'open' | 'closed';
+/** Who signs this source's requests: `direct` until the store refuses a direct HEAD, then the SDK. */
+type Signing = 'direct' | 'sdk';
 
 export class S3Source implements ObjectSource {
   readonly kind: 's3' | 'oss';
@@ -492,6 +561,7 @@ export class S3Source implements ObjectSource {
   /** The presigned GET in use and when it was signed (`performance.now()`). */
   private presignedUrl: { readonly url: string; readonly at: number } | undefined;
   private presigning: Promise<string> | undefined;
+  private signing: Signing;
 
   constructor(kind: 's3' | 'oss', bucket: string, key: string, display: string, deps: S3SourceDeps) {
     this.kind = kind;
@@ -500,15 +570,46 @@ export class S3Source implements ObjectSource {
     this.url = display;
     this.deps = deps;
     this.headersTimeoutMs = deps.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs;
+    this.signing = deps.direct !== undefined ? 'direct' : 'sdk';
   }
 
   async stat(opts: { signal?: AbortSignal } = {}): Promise<ObjectStat> {
+    const direct = this.signing === 'direct' ? await this.directHead(opts.signal) : undefined;
+    if (direct !== undefined) return this.statFrom(direct);
     const { HeadObjectCommand } = await loadSdk();
     const out = await this.call('HEAD', opts.signal, async (abortSignal) =>
       (await this.deps.client()).send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key, ChecksumMode: 'ENABLED' }), {
         abortSignal,
       }),
     );
+    return this.statFrom(out);
+  }
+
+  /**
+   * The HEAD signed without the SDK: its fields when the store answered 2xx, undefined (and the
+   * SDK signs from now on) when it answered anything else, so that the SDK reports the error.
+   */
+  private async directHead(signal: AbortSignal | undefined): Promise<HeadFields | undefined> {
+    const direct = this.deps.direct;
+    if (direct === undefined) return undefined;
+    if (this.state === 'closed') throw new RoboflowError('ERR_CLOSED', `source ${this.url} is closed`, { url: this.url });
+    if (signal?.aborted) throw abortError(signal, `HEAD ${this.url}`);
+    let res: Http1Response;
+    try {
+      res = await direct.head(signal);
+    } catch (err) {
+      if (signal?.aborted) throw abortError(signal, `HEAD ${this.url}`);
+      throw mapS3Error(err, this.url, 'HEAD', this.kind);
+    }
+    await discard(res.body);
+    if (res.statusCode >= 200 && res.statusCode < 300) return headFieldsFromHeaders(res.headers);
+    // The only change of `signing`; a URL signed directly is not reused after it.
+    this.signing = 'sdk';
+    this.presignedUrl = undefined;
+    return undefined;
+  }
+
+  private statFrom(out: HeadFields): ObjectStat {
     const size = out.ContentLength;
     if (size === undefined || !Number.isSafeInteger(size) || size < 0) {
       throw new RoboflowError('ERR_BAD_RESPONSE', `HEAD ${this.url}: the store did not report the object's size`, { url: this.url });
@@ -613,8 +714,8 @@ export class S3Source implements ObjectSource {
     if (current !== undefined && current.url !== refused && performance.now() - current.at < PRESIGN_REUSE_MS) {
       return Promise.resolve(current.url);
     }
-    this.presigning ??= p
-      .presignGet(this.bucket, this.key)
+    const direct = this.signing === 'direct' ? this.deps.direct : undefined;
+    this.presigning ??= (direct !== undefined ? direct.presignGet(PRESIGN_SECONDS) : p.presignGet(this.bucket, this.key))
       .then((url) => {
         this.presignedUrl = { url, at: performance.now() };
         return url;
