@@ -42,7 +42,7 @@ import { processorNames } from './processors/index.js';
 import { REDACTED, redactUrl, redactUrlsInText } from './redact.js';
 import { parseCidr } from './security/address.js';
 import { compileAllowlist, compilePolicy, type PolicyOptions, type SecurityPolicy } from './security/policy.js';
-import type { Durability, PrefetchConfig, StorageOptions } from './types.js';
+import { DURABILITIES, type PrefetchConfig, type StorageOptions } from './types.js';
 import { DURATION_SYNTAX, SIZE_SYNTAX, formatDuration, formatSize, parseDuration, parseSize } from './units.js';
 
 const KiB = 1024;
@@ -321,7 +321,6 @@ function field<S extends z.ZodType>(
 }
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
-const DURABILITIES = ['disk', 'process'] as const satisfies readonly Durability[];
 
 const FIELDS = {
   slots: field(count(0, 64), {

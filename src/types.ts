@@ -130,7 +130,14 @@ export interface RetryOptions {
  * slower than the network, and a power cut or kernel crash loses it (the partial download of
  * another boot is discarded, never resumed).
  */
-export type Durability = 'disk' | 'process';
+export type Durability = (typeof DURABILITIES)[number];
+
+/** Every `Durability`, for the checks of the option, the config field and the flag. */
+export const DURABILITIES = ['disk', 'process'] as const;
+
+export function isDurability(value: unknown): value is Durability {
+  return (DURABILITIES as readonly unknown[]).includes(value);
+}
 
 export interface DownloadOptions {
   readonly connections?: number;

@@ -146,6 +146,7 @@ describe('roboflow download', () => {
     [['--chunk-size', '8XB'], /^roboflow: --chunk-size: invalid size "8XB".* \[ERR_CONFIG\]$/],
     [['--connections', 'many'], /^roboflow: --connections: invalid number "many".* \[ERR_CONFIG\]$/],
     [['--stall-timeout', 'soon'], /^roboflow: --stall-timeout: invalid duration "soon".* \[ERR_CONFIG\]$/],
+    [['--durability', 'none'], /^roboflow: --durability: must be disk or process, got "none" \[ERR_CONFIG\]$/],
     [['--no-such-flag'], /^roboflow: unknown option '--no-such-flag'.* \[ERR_CONFIG\]$/],
   ])('rejects %j as a usage error: exit 2, one line naming the flag', async (flags, pattern) => {
     const r = await run(['download', server.httpUrl(BUCKET, 'x.bin'), 'x.bin', ...flags]);

@@ -848,6 +848,9 @@ describe('options', () => {
     const err = await caught(p);
     expect(err.code).toBe('ERR_CONFIG');
     expect(err.message).toContain('connections');
+    const durability = await caught(d.download(server.httpUrl(BUCKET, 'x.bin'), path.join(dir, 'x.bin'), { durability: 'none' as never }));
+    expect(durability.code).toBe('ERR_CONFIG');
+    expect(durability.message).toBe('durability must be "disk" or "process", got "none"');
     const bad = await caught(d.download('ftp://example.com/x', path.join(dir, 'y.bin')));
     expect(bad.code).toMatch(/^ERR_(BAD_URL|UNSUPPORTED_SCHEME)$/);
     expect(server.requests).toHaveLength(0);

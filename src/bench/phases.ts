@@ -5,11 +5,10 @@
  * report holds the transfer's own rate against the peers' and names the fixed costs around it.
  */
 
-import { readFile, rm } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { runCommand } from './measure.js';
 import type { PhaseMarks, PhaseTimeline } from './results.js';
-import { runDir, settle, timeoutFor, type BenchContext } from './runner.js';
+import { runRoboflowWith, settle, type BenchContext } from './runner.js';
 import type { ServedObject } from './server-process.js';
 import { median } from './stats.js';
 import type { ResolvedTool } from './tools.js';
@@ -32,24 +31,21 @@ export async function measurePhases(
   const got: PhaseMarks[] = [];
   for (let rep = 1; rep <= repeat; rep++) {
     if (ctx.signal.aborted) throw new Error('interrupted');
-    const dir = await runDir(ctx);
-    const marksFile = path.join(dir, 'phases.json');
-    const inv = tool.spec.invocation(
-      tool.path,
-      { endpoint, bucket: object.bucket, key: object.key, httpUrl: '', dest: path.join(dir, 'object.bin'), configDir: ctx.configDir },
-      ctx.root,
-    );
     try {
-      const res = await runCommand(inv.cmd, ['--import', hook, ...inv.args], {
-        env: { ...(inv.env ?? process.env), ROBOFLOW_BENCH_PHASES: marksFile },
-        timeoutMs: timeoutFor(object.size),
-        signal: ctx.signal,
-      });
-      const marks: unknown = res.exitCode === 0 ? JSON.parse(await readFile(marksFile, 'utf8').catch(() => 'null')) : null;
-      if (isMarks(marks)) got.push(marks);
-      else ctx.note(`A phase timeline run of ${tool.spec.id} failed: ${res.stderr.trim().split('\n').slice(-1)[0] ?? `exit code ${res.exitCode}`}`);
+      await runRoboflowWith(
+        ctx,
+        tool,
+        endpoint,
+        object,
+        (dir) => ({ nodeArgs: ['--import', hook], env: { ROBOFLOW_BENCH_PHASES: path.join(dir, 'phases.json') } }),
+        async (res, dir) => {
+          const marks: unknown =
+            res.exitCode === 0 ? JSON.parse(await readFile(path.join(dir, 'phases.json'), 'utf8').catch(() => 'null')) : null;
+          if (isMarks(marks)) got.push(marks);
+          else ctx.note(`A phase timeline run of ${tool.spec.id} failed: ${res.stderr.trim().split('\n').slice(-1)[0] ?? `exit code ${res.exitCode}`}`);
+        },
+      );
     } finally {
-      await rm(dir, { recursive: true, force: true });
       await settle(ctx);
     }
   }

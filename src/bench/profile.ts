@@ -4,11 +4,10 @@
  * falls short of a goal.
  */
 
-import { readdir, readFile, rm, mkdir } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { runCommand } from './measure.js';
 import type { ProfileSummary } from './results.js';
-import { runDir, timeoutFor, type BenchContext } from './runner.js';
+import { runRoboflowWith, type BenchContext } from './runner.js';
 import type { ServedObject } from './server-process.js';
 import { roboflowTool } from './tools.js';
 
@@ -61,30 +60,24 @@ export async function profileDownload(
   object: ServedObject,
   condition: string,
 ): Promise<ProfileSummary | null> {
-  const dir = await runDir(ctx);
-  const profDir = path.join(dir, 'prof');
-  await mkdir(profDir);
-  const tool = roboflowTool('roboflow', 'roboflow', 16, '8MiB');
-  const inv = tool.invocation(
-    process.execPath,
-    { endpoint, bucket: object.bucket, key: object.key, httpUrl: '', dest: path.join(dir, 'object.bin'), configDir: ctx.configDir },
-    ctx.root,
+  const tool = { spec: roboflowTool('roboflow', 'roboflow', 16, '8MiB'), path: process.execPath };
+  return runRoboflowWith(
+    ctx,
+    tool,
+    endpoint,
+    object,
+    // Node.js creates the profile directory itself.
+    (dir) => ({ nodeArgs: ['--cpu-prof', '--cpu-prof-dir', path.join(dir, 'prof')] }),
+    async (res, dir) => {
+      if (res.exitCode !== 0) {
+        ctx.note(`The CPU profile of the ${condition} download failed: ${res.stderr.trim().split('\n').slice(-1)[0] ?? ''}`);
+        return null;
+      }
+      const profDir = path.join(dir, 'prof');
+      const file = (await readdir(profDir)).find((f) => f.endsWith('.cpuprofile'));
+      if (!file) return null;
+      const profile = JSON.parse(await readFile(path.join(profDir, file), 'utf8')) as CpuProfile;
+      return summariseCpuProfile(profile, condition);
+    },
   );
-  try {
-    const res = await runCommand(inv.cmd, ['--cpu-prof', '--cpu-prof-dir', profDir, ...inv.args], {
-      env: inv.env,
-      timeoutMs: timeoutFor(object.size),
-      signal: ctx.signal,
-    });
-    if (res.exitCode !== 0) {
-      ctx.note(`The CPU profile of the ${condition} download failed: ${res.stderr.trim().split('\n').slice(-1)[0] ?? ''}`);
-      return null;
-    }
-    const file = (await readdir(profDir)).find((f) => f.endsWith('.cpuprofile'));
-    if (!file) return null;
-    const profile = JSON.parse(await readFile(path.join(profDir, file), 'utf8')) as CpuProfile;
-    return summariseCpuProfile(profile, condition);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
 }

@@ -362,7 +362,7 @@ export function losses(picked: Picked): string[] {
           const peerFixed = median((c.startup?.runs ?? []).filter((x) => x.tool === top.tool && x.sha256Ok).map((x) => x.measurement.wallSeconds * 1000));
           why.push(
             `taken apart (phase table above), ${toolLabel(dl.tools, timeline.tool)} moved the bytes at ${fmt(p.transferMBps)} MB/s from its stat to its last batch, against ${fmt(top.mbPerSecond)} MB/s for ${toolLabel(dl.tools, top.tool)}'s whole run; ` +
-              `before its stat returned it spent ${fmt(timeline.marks.stat)} ms (Node.js start-up ${fmt(p.boot)} ms, then loading the CLI, the AWS SDK among it, and the HEAD ${fmt(p.loadAndStat)} ms)` +
+              `before its stat returned it spent ${fmt(timeline.marks.stat)} ms (Node.js start-up ${fmt(p.boot)} ms, then loading the CLI and the HEAD ${fmt(p.loadAndStat)} ms)` +
               (Number.isFinite(peerFixed) ? `, where ${toolLabel(dl.tools, top.tool)} takes ${fmt(peerFixed)} ms for a whole 1 MiB run` : ''),
           );
         }
@@ -425,7 +425,7 @@ export function losses(picked: Picked): string[] {
       if (smaller.length > 0) {
         out.push(
           `**${c.id}, memory**: roboflow peaked at ${fmt(rf.peakRssMiB)} MiB; less: ${listPeers(dl, smaller, (s) => `${fmt(s.peakRssMiB)} MiB`)}.` +
-            (Number.isFinite(nodeRss) ? ` An empty Node.js process already peaks at ${fmt(nodeRss)} MiB here; the rest is roboflow's modules (the AWS SDK among them) and its buffers in flight.` : ''),
+            (Number.isFinite(nodeRss) ? ` An empty Node.js process already peaks at ${fmt(nodeRss)} MiB here; the rest is roboflow's modules and its buffers in flight.` : ''),
         );
       }
     }
@@ -614,7 +614,7 @@ function downloadSection(entry: { file: string; results: BenchResults }, plots: 
     parts.push(
       '### Where the time of one roboflow run goes',
       '',
-      'Each phase of a roboflow download of the same object, from the downloader\'s diagnostics-channel events (`node --import dist/bench/phase-hook.js`, separate runs, medians; ms). Start-up: Node.js until a preloaded module runs. Load + stat: the CLI\'s modules (the AWS SDK among them for s3://) and the stat (a HEAD). First batch: until the first 2 MiB batch is on the file (connections, first bytes, the writer thread). Transfer: from then to the last batch; its MB/s counts every byte from the stat on. Finish: verification, the last state write and the rename (and, by default, the last fdatasync).',
+      'Each phase of a roboflow download of the same object, from the downloader\'s diagnostics-channel events (`node --import dist/bench/phase-hook.js`, separate runs, medians; ms). Start-up: Node.js until a preloaded module runs. Load + stat: the CLI\'s modules and the stat (a HEAD; with static credentials and an explicit endpoint, as here, signed without loading the AWS SDK\'s client). First batch: until the first 2 MiB batch is on the file (connections, first bytes, the writer thread). Transfer: from then to the last batch; its MB/s counts every byte from the stat on. Finish: verification, the last state write and the rename (and, by default, the last fdatasync).',
       '',
       table(['condition', 'tool', 'start-up', 'load + stat', 'first batch', 'transfer', 'transfer MB/s', 'finish', 'exit', 'whole run', 'runs'], rows, 'llrrrrrrrrr'),
       '',

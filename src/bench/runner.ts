@@ -14,7 +14,7 @@ import { runCommand, runMeasured } from './measure.js';
 import type { ToolRun } from './results.js';
 import { parseLastJsonLine } from './results.js';
 import type { ServedObject } from './server-process.js';
-import type { ResolvedTool } from './tools.js';
+import type { ResolvedTool, ToolSpec } from './tools.js';
 
 export interface BenchContext {
   /** Repository root (dist/ and bench/ live here). */
@@ -93,6 +93,38 @@ export async function runDir(ctx: BenchContext): Promise<string> {
 /** Generous: a run that takes this long is broken, not slow. */
 export function timeoutFor(bytes: number): number {
   return Math.max(120_000, (bytes / 2e6) * 1000);
+}
+
+/**
+ * Runs a roboflow tool once on `object` in a fresh run directory with extra Node.js flags (a
+ * preloaded hook, a profiler) and environment, both made for that directory, and hands the
+ * outcome to `read` before the directory goes.
+ */
+export async function runRoboflowWith<T>(
+  ctx: BenchContext,
+  tool: { readonly spec: ToolSpec; readonly path: string },
+  endpoint: string,
+  object: ServedObject,
+  extra: (dir: string) => { readonly nodeArgs: readonly string[]; readonly env?: Readonly<Record<string, string>> },
+  read: (res: Awaited<ReturnType<typeof runCommand>>, dir: string) => Promise<T>,
+): Promise<T> {
+  const dir = await runDir(ctx);
+  try {
+    const inv = tool.spec.invocation(
+      tool.path,
+      { endpoint, bucket: object.bucket, key: object.key, httpUrl: '', dest: path.join(dir, 'object.bin'), configDir: ctx.configDir },
+      ctx.root,
+    );
+    const { nodeArgs, env } = extra(dir);
+    const res = await runCommand(inv.cmd, [...nodeArgs, ...inv.args], {
+      env: { ...(inv.env ?? process.env), ...env },
+      timeoutMs: timeoutFor(object.size),
+      signal: ctx.signal,
+    });
+    return await read(res, dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 }
 
 export interface DownloadTarget {

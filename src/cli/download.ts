@@ -16,7 +16,7 @@ import { RoboflowError, toRoboflowError } from '../errors.js';
 import { ParallelDownloader } from '../prefetch/downloader.js';
 import { redactText } from '../redact.js';
 import { type ParsedUrl, parseObjectUrl } from '../storage/index.js';
-import type { DownloadOptions, DownloadProgress, DownloadResult, Durability, StorageOptions } from '../types.js';
+import { DURABILITIES, isDurability, type DownloadOptions, type DownloadProgress, type DownloadResult, type Durability, type StorageOptions } from '../types.js';
 import { formatBytes, formatDuration, formatSize, parseDuration, parseSize } from '../units.js';
 
 interface DownloadFlags {
@@ -53,8 +53,8 @@ function parseChunkSize(value: string): number {
 }
 
 function parseDurability(value: string): Durability {
-  if (value === 'disk' || value === 'process') return value;
-  throw new RoboflowError('ERR_CONFIG', `--durability: must be disk or process, got ${JSON.stringify(value)}`);
+  if (isDurability(value)) return value;
+  throw new RoboflowError('ERR_CONFIG', `--durability: must be ${DURABILITIES.join(' or ')}, got ${JSON.stringify(value)}`);
 }
 
 function parseStallTimeout(value: string): number {

@@ -119,6 +119,7 @@ import type {
   StorageOptions,
   VerifiedBy,
 } from '../types.js';
+import { DURABILITIES, isDurability } from '../types.js';
 import { ConcurrencyLimiter, type Release } from './concurrency.js';
 import { FileWriter } from './file-writer.js';
 import { sharedBuffer, WriterThread } from './writer-thread.js';
@@ -358,15 +359,8 @@ export class ParallelDownloader {
 }
 
 function checkDurability(d: Durability): Durability {
-  switch (d) {
-    case 'disk':
-    case 'process':
-      return d;
-    default: {
-      const _exhaustive: never = d;
-      throw new RoboflowError('ERR_CONFIG', `durability must be "disk" or "process", got ${JSON.stringify(_exhaustive)}`);
-    }
-  }
+  if (isDurability(d)) return d;
+  throw new RoboflowError('ERR_CONFIG', `durability must be ${DURABILITIES.map((v) => `"${v}"`).join(' or ')}, got ${JSON.stringify(d)}`);
 }
 
 interface Settings {
