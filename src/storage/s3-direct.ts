@@ -156,7 +156,7 @@ export class DirectS3Reader {
     return this.signer;
   }
 
-  private request(method: 'GET' | 'HEAD', headers: Record<string, string>) {
+  private request(method: 'GET' | 'HEAD', headers: Record<string, string>, query: Record<string, string> = {}) {
     const a = this.address;
     return {
       method,
@@ -164,7 +164,7 @@ export class DirectS3Reader {
       hostname: a.hostname,
       ...(a.port !== undefined ? { port: a.port } : {}),
       path: a.path,
-      query: {},
+      query,
       headers: { host: a.host, ...headers },
     };
   }
@@ -183,12 +183,15 @@ export class DirectS3Reader {
   }
 
   /**
-   * A GET URL signed in its query string for `expiresIn` seconds, as the SDK's presigner makes
-   * it (`UNSIGNED-PAYLOAD`, only `host` signed), so every range reuses it.
+   * A GET URL signed in its query string for `expiresIn` seconds, the same URL the SDK's
+   * presigner makes (`UNSIGNED-PAYLOAD`, only `host` signed, its `x-id`), so every range reuses it.
    */
-  async presignGet(expiresIn: number): Promise<string> {
+  async presignGet(expiresIn: number, signingDate = new Date()): Promise<string> {
     const signer = await this.signerFor();
-    const signed = await signer.presign(this.request('GET', { 'x-amz-content-sha256': 'UNSIGNED-PAYLOAD' }), { expiresIn });
+    const signed = await signer.presign(
+      this.request('GET', { 'X-Amz-Content-Sha256': 'UNSIGNED-PAYLOAD' }, { 'x-id': 'GetObject' }),
+      { expiresIn, signingDate },
+    );
     const query = buildQueryString(signed.query ?? {});
     // A string, never a `URL`: WHATWG parsing would resolve `..` segments a key may contain.
     return `${this.origin()}${this.address.path}?${query}`;
