@@ -6,7 +6,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createS3Client, resolveS3Settings, S3Source, type S3ClientHandle } from '../src/storage/s3.js';
 import { directAddress, staticCredentials } from '../src/storage/s3-direct.js';
 import { ObjectServer } from '../src/testing/object-server.js';
-import { readAll } from './helpers.js';
+import { readAll, rejection } from './helpers.js';
 
 const KEY_ID = 'AKIADIRECTTEST';
 const SECRET = 'direct/test/secret+key';
@@ -209,13 +209,10 @@ describe('direct S3 reads against the object server (SigV4)', () => {
         presigned: wrong,
         direct: wrong.direct('bucket', 'rec.mcap')!,
       });
-      const err = await src.stat().then(
-        () => undefined,
-        (e: unknown) => e as { code?: string; message?: string },
-      );
-      expect(err?.code).toBe('ERR_ACCESS_DENIED');
-      expect(err?.message).toContain('HEAD s3://bucket/rec.mcap');
-      expect(err?.message).not.toContain('not-the-secret');
+      const err = await rejection(src.stat());
+      expect(err.code).toBe('ERR_ACCESS_DENIED');
+      expect(err.message).toContain('HEAD s3://bucket/rec.mcap');
+      expect(err.message).not.toContain('not-the-secret');
       expect(server.requests.map((r) => [r.method, r.auth, r.status])).toEqual([
         ['HEAD', 'header', 403],
         ['HEAD', 'header', 403],
@@ -232,12 +229,9 @@ describe('direct S3 reads against the object server (SigV4)', () => {
         client: () => Promise.reject(new Error('the SDK client was asked for')),
         direct: closed.direct('bucket', 'rec.mcap')!,
       });
-      const err = await src.stat().then(
-        () => undefined,
-        (e: unknown) => e as { code?: string; message?: string },
-      );
-      expect(err?.code).toBe('ERR_CONNECTION');
-      expect(err?.message).toContain('s3://bucket/rec.mcap');
+      const err = await rejection(src.stat());
+      expect(err.code).toBe('ERR_CONNECTION');
+      expect(err.message).toContain('s3://bucket/rec.mcap');
     } finally {
       closed.destroy();
     }

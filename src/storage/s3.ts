@@ -474,7 +474,7 @@ type HeadFields = Pick<
 >;
 
 /** The HEAD fields the SDK would have parsed from these response headers (names lower-case). */
-export function headFieldsFromHeaders(headers: Readonly<Record<string, string | undefined>>): HeadFields {
+function headFieldsFromHeaders(headers: Readonly<Record<string, string | undefined>>): HeadFields {
   const text = (name: string): string | undefined => headers[name] ?? undefined;
   const length = text('content-length');
   const modified = text('last-modified');
