@@ -220,10 +220,43 @@ export interface JobSpec {
   readonly args?: Readonly<Record<string, unknown>>;
   /** Default 3. */
   readonly maxAttempts?: number;
+  /**
+   * Names the job for deduplication: a job whose key is already in the queue (pending, claimed,
+   * running, done or dead) is not added again. (Default: derived from processor, args, inputs and
+   * output, so submitting the same work twice adds it once; see `deriveJobKey`.)
+   */
+  readonly key?: string;
+  /** Higher is claimed first; equal priorities go oldest first. (Default: 0) */
+  readonly priority?: number;
+}
+
+/** How `submit` and `submitMany` treat a key that is already in the queue. */
+export interface SubmitOptions {
+  /**
+   * Re-queue a `done` or `dead` job with the same key (attempts reset, the new spec's fields
+   * written over the old ones). Jobs that are pending, claimed or running are never touched.
+   * (Default: false, the existing job is left as it is)
+   */
+  readonly replace?: boolean;
+}
+
+/**
+ * What submitting one spec did: `added` a new job, `replaced` (re-queued) a done or dead one, or
+ * found its key already there (`exists`; `status` says where that job stands).
+ */
+export interface SubmitOutcome {
+  readonly id: string;
+  readonly key: string;
+  readonly outcome: 'added' | 'replaced' | 'exists';
+  readonly status: JobStatus;
 }
 
 export interface JobRecord {
   readonly id: string;
+  /** Unique in the queue: given by the submitter or derived from the spec (`JobSpec.key`). */
+  readonly key: string;
+  /** Higher is claimed first. */
+  readonly priority: number;
   readonly inputs: readonly JobInput[];
   readonly output: string | null;
   readonly processor: string;
@@ -255,10 +288,21 @@ export interface FailOptions {
  * longer holds the lease (it expired and someone else claimed the job).
  */
 export interface JobQueue {
-  submit(spec: JobSpec): Promise<JobRecord>;
   /**
-   * Atomically claims the oldest claimable job: `pending` with `runAt <= now`, or `claimed` /
-   * `running` whose lease has expired. Returns null when there is none.
+   * Adds a job, unless one with its key is already in the queue: then returns that job as it is
+   * (or re-queued, with `replace`, when it was done or dead).
+   */
+  submit(spec: JobSpec, opts?: SubmitOptions): Promise<JobRecord>;
+  /**
+   * `submit` for many specs in one transaction, one outcome per spec in the same order. A key
+   * that appears twice in `specs` is added once; the second gets `exists`. Specs are checked
+   * before anything is written: one bad spec refuses the whole batch, naming its index.
+   */
+  submitMany(specs: readonly JobSpec[], opts?: SubmitOptions): Promise<SubmitOutcome[]>;
+  /**
+   * Atomically claims the claimable job of highest priority, oldest first among equals:
+   * `pending` with `runAt <= now`, or `claimed` / `running` whose lease has expired. Returns null
+   * when there is none.
    */
   claim(owner: string, leaseMs: number): Promise<JobRecord | null>;
   /** Extends the lease; `ERR_LEASE_LOST` if the owner no longer holds it. */
@@ -283,6 +327,12 @@ export interface JobQueue {
   get(id: string): Promise<JobRecord | null>;
   list(filter?: { status?: JobStatus; limit?: number }): Promise<JobRecord[]>;
   counts(): Promise<Record<JobStatus, number>>;
+  /**
+   * Calls `listener` whenever jobs may have become claimable: submitted, released, retried, or a
+   * retry delay ran out. Returns the function that unsubscribes. Only queues that can tell other
+   * processes have it (PostgreSQL, through LISTEN/NOTIFY); without it, idle workers poll.
+   */
+  onWork?(listener: () => void): () => void;
   /** Idempotent. */
   close(): Promise<void>;
 }

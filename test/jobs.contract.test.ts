@@ -2,6 +2,7 @@
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { RoboflowError, type ErrorCode } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
+import { POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS } from '../src/jobs/migrations.js';
 import { PostgresJobQueue } from '../src/jobs/postgres.js';
 import type { JobQueue, JobRecord, JobSpec } from '../src/types.js';
 import { TEST_POSTGRES_URL, postgresBackend, sqliteBackend, waitFor, type QueueBackend } from './fixtures/jobs-backends.js';
@@ -367,6 +368,161 @@ describe.each(backends)('JobQueue contract: $name', (backend) => {
     expect(err.message).toContain('newer');
   });
 
+  it('derives a key from what the job does; the same work submitted again adds nothing', async () => {
+    const { q } = await fresh();
+    const a = await q.submit(spec('a', { output: 's3://out/a/', args: { x: 1, y: [1, 2] } }));
+    expect(a.key).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(a.priority).toBe(0);
+    // Same work: args in another order, another maxAttempts or priority. Nothing new.
+    const again = await q.submit(spec('a', { output: 's3://out/a/', args: { y: [1, 2], x: 1 }, maxAttempts: 7, priority: 5 }));
+    expect(again).toEqual(a);
+    // Other work: another output, other args, another input.
+    const other = [
+      await q.submit(spec('a', { output: 's3://out/b/', args: { x: 1, y: [1, 2] } })),
+      await q.submit(spec('a', { output: 's3://out/a/', args: { x: 2, y: [1, 2] } })),
+      await q.submit(spec('b', { output: 's3://out/a/', args: { x: 1, y: [1, 2] } })),
+    ];
+    expect(new Set([a.key, ...other.map((j) => j.key)]).size).toBe(4);
+    expect(await q.counts()).toMatchObject({ pending: 4 });
+
+    // A given key names the job whatever its spec.
+    const named = await q.submit(spec('c', { key: 'episode-0001' }));
+    expect(named.key).toBe('episode-0001');
+    expect((await q.submit(spec('d', { key: 'episode-0001' }))).id).toBe(named.id);
+    expect((await q.get(named.id))?.inputs).toEqual([{ url: 's3://bucket/c.mcap' }]);
+    await expectCode(q.submit(spec('e', { key: '' })), 'ERR_CONFIG');
+    await expectCode(q.submit(spec('e', { key: 'k'.repeat(513) })), 'ERR_CONFIG');
+    await expectCode(q.submit(spec('e', { priority: 1.5 })), 'ERR_CONFIG');
+    expect(await q.counts()).toMatchObject({ pending: 5 });
+  });
+
+  it('does not add a job whose key is claimed, running, done or dead; replace re-queues done and dead only', async () => {
+    const { q } = await fresh();
+    const ids: Record<string, string> = {};
+    for (const name of ['claimed', 'running', 'done', 'dead']) ids[name] = (await q.submit(spec(name, { key: name, maxAttempts: 1 }))).id;
+    const id = (name: string) => ids[name] as string;
+    await q.claim('w1', 60_000);
+    await q.claim('w1', 60_000);
+    await q.start(id('running'), 'w1', 60_000);
+    await q.claim('w1', 60_000);
+    await q.start(id('done'), 'w1', 60_000);
+    await q.complete(id('done'), 'w1', { out: 1 });
+    await q.claim('w1', 60_000);
+    await q.start(id('dead'), 'w1', 60_000);
+    await q.fail(id('dead'), 'w1', 'broken', { retryable: false, backoffMs: 0 });
+
+    const names = ['claimed', 'running', 'done', 'dead', 'new'];
+    const plain = await q.submitMany(names.map((name) => spec(`${name}-v2`, { key: name, priority: 3 })));
+    expect(plain.map((o) => [o.key, o.outcome, o.status])).toEqual([
+      ['claimed', 'exists', 'claimed'],
+      ['running', 'exists', 'running'],
+      ['done', 'exists', 'done'],
+      ['dead', 'exists', 'dead'],
+      ['new', 'added', 'pending'],
+    ]);
+    expect(plain.slice(0, 4).map((o) => o.id)).toEqual(['claimed', 'running', 'done', 'dead'].map(id));
+    expect(await q.get(id('done'))).toMatchObject({ status: 'done', result: { out: 1 }, priority: 0 });
+
+    const replaced = await q.submitMany(names.map((name) => spec(`${name}-v3`, { key: name, priority: 3 })), { replace: true });
+    expect(replaced.map((o) => o.outcome)).toEqual(['exists', 'exists', 'replaced', 'replaced', 'exists']);
+    for (const name of ['done', 'dead']) {
+      expect(await q.get(id(name))).toMatchObject({
+        id: id(name),
+        status: 'pending',
+        attempts: 0,
+        result: null,
+        lastError: null,
+        priority: 3,
+        maxAttempts: 3,
+        inputs: [{ url: `s3://bucket/${name}-v3.mcap` }],
+      });
+    }
+    // A running job is never touched by a replace.
+    expect(await q.get(id('running'))).toMatchObject({ status: 'running', leaseOwner: 'w1', inputs: [{ url: 's3://bucket/running.mcap' }] });
+    // submit() with replace returns the re-queued record.
+    await q.claim('w2', 60_000);
+    const again = await q.submit(spec('claimed-v4', { key: 'claimed' }), { replace: true });
+    expect(again).toMatchObject({ id: id('claimed'), status: 'claimed' });
+  });
+
+  it('submits a batch in one call: outcomes in order, a repeated key once, a bad spec refuses the batch', async () => {
+    const { q } = await fresh();
+    const specs = Array.from({ length: 250 }, (_, i) => spec(`batch-${i}`, { priority: i % 3 }));
+    const first = await q.submitMany([...specs, specs[7] as JobSpec]);
+    expect(first.length).toBe(251);
+    expect(first.slice(0, 250).every((o) => o.outcome === 'added' && o.status === 'pending')).toBe(true);
+    expect(first[250]).toMatchObject({ id: first[7]?.id, outcome: 'exists' });
+    expect(new Set(first.map((o) => o.id)).size).toBe(250);
+    const listed = await q.list({ limit: 1000 });
+    expect(listed.length).toBe(250);
+    // Ids follow the order of the batch.
+    expect(first.slice(0, 250).map((o) => Number(o.id))).toEqual([...first.slice(0, 250).map((o) => Number(o.id))].sort((a, b) => a - b));
+    const byId = new Map(listed.map((j) => [j.id, j]));
+    expect(byId.get(first[9]?.id as string)).toMatchObject({ inputs: [{ url: 's3://bucket/batch-9.mcap' }], priority: 0 });
+
+    const second = await q.submitMany(specs);
+    expect(second.every((o, i) => o.outcome === 'exists' && o.id === first[i]?.id)).toBe(true);
+    expect(await q.counts()).toMatchObject({ pending: 250 });
+
+    const bad = await expectCode(q.submitMany([spec('ok-1'), { inputs: [], processor: 'checksum' }, spec('ok-2')]), 'ERR_CONFIG');
+    expect(bad.message).toContain('spec 1');
+    expect(bad.message).toContain('inputs');
+    expect(await q.counts()).toMatchObject({ pending: 250 });
+    expect(await q.submitMany([])).toEqual([]);
+  });
+
+  it('claims the highest priority first, then the oldest', async () => {
+    const { q } = await fresh();
+    const low = await q.submit(spec('low', { priority: -5 }));
+    const old = await q.submit(spec('old'));
+    const high = await q.submit(spec('high', { priority: 10 }));
+    const newer = await q.submit(spec('newer'));
+    const higher = await q.submit(spec('higher', { priority: 11 }));
+    const order: string[] = [];
+    for (;;) {
+      const job = await q.claim('w1', 60_000);
+      if (job === null) break;
+      order.push(job.id);
+    }
+    expect(order).toEqual([higher.id, high.id, old.id, newer.id, low.id]);
+    // A retried job keeps its priority: it comes before older jobs of lower priority.
+    const next = await q.submit(spec('next'));
+    await q.start(high.id, 'w1', 60_000);
+    await q.fail(high.id, 'w1', 'flaky', { retryable: true, backoffMs: 0 });
+    expect((await q.claim('w2', 60_000))?.id).toBe(high.id);
+    expect((await q.claim('w2', 60_000))?.id).toBe(next.id);
+  });
+
+  it('migrates a version 1 store: existing jobs get keys and priority 0 and stay claimable', async () => {
+    const url = await backend.freshUrl();
+    const v1 = backend.name === 'sqlite' ? SQLITE_MIGRATIONS[0] : POSTGRES_MIGRATIONS[0];
+    const schema = backend.name === 'postgres' ? `"${new URL(url).searchParams.get('schema') as string}"` : '';
+    const setup =
+      backend.name === 'sqlite'
+        ? `${v1?.sql}
+           CREATE TABLE migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL);
+           INSERT INTO migrations VALUES (1, 'create jobs', 0);
+           INSERT INTO jobs (inputs, processor, max_attempts, run_at, created_at, updated_at)
+             VALUES ('[{"url":"s3://b/old-1"}]', 'checksum', 3, 0, 0, 0), ('[{"url":"s3://b/old-2"}]', 'checksum', 3, 0, 0, 0);`
+        : `CREATE SCHEMA ${schema}; SET search_path TO ${schema};
+           ${v1?.sql}
+           CREATE TABLE migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+           INSERT INTO migrations (version, name) VALUES (1, 'create jobs');
+           INSERT INTO jobs (inputs, processor, max_attempts) VALUES ('[{"url":"s3://b/old-1"}]', 'checksum', 3), ('[{"url":"s3://b/old-2"}]', 'checksum', 3);`;
+    await backend.sql(url, setup);
+    const q = await openQueue(url);
+    open.push(q);
+    const jobs = await q.list();
+    expect(jobs.map((j) => [j.key, j.priority])).toEqual([
+      ['id:2', 0],
+      ['id:1', 0],
+    ]);
+    const added = await q.submit(spec('new', { priority: 1 }));
+    expect(added.key).toMatch(/^sha256:/);
+    expect((await q.claim('w1', 60_000))?.id).toBe(added.id);
+    expect((await q.claim('w1', 60_000))?.id).toBe('1');
+  });
+
   it('close is idempotent and later calls fail with ERR_CLOSED', async () => {
     const { q } = await fresh();
     await q.submit(spec('a'));
@@ -454,5 +610,88 @@ describe('PostgreSQL connection handling', () => {
     });
     expect(got.id).toBe(job.id);
     expect(await q.claim('w1', 60_000)).toMatchObject({ id: job.id });
+  });
+});
+
+describe('PostgreSQL wake-ups (LISTEN/NOTIFY)', () => {
+  const backend = postgresBackend();
+  const open: JobQueue[] = [];
+
+  afterAll(async () => {
+    await Promise.all(open.splice(0).map((q) => q.close()));
+    await backend.cleanup();
+  });
+
+  async function queueAt(url: string): Promise<JobQueue> {
+    const q = await openQueue(url);
+    open.push(q);
+    return q;
+  }
+
+  /** Counts calls of a subscriber and lets a test wait for the next one. */
+  function counter(): { calls: () => number; listener: () => void; after: (n: number, what: string) => Promise<void> } {
+    let n = 0;
+    return {
+      calls: () => n,
+      listener: () => {
+        n += 1;
+      },
+      after: async (want, what) => {
+        await waitFor(what, async () => (n >= want ? true : null));
+      },
+    };
+  }
+
+  it('wakes subscribers in other processes on submit, release, retry and when a retry delay runs out; not other schemas', async () => {
+    const url = await backend.freshUrl();
+    const otherUrl = await backend.freshUrl();
+    const worker = await queueAt(url);
+    const submitter = await queueAt(url);
+    const other = await queueAt(otherUrl);
+    const wakes = counter();
+    const unsubscribe = (worker.onWork as NonNullable<JobQueue['onWork']>).call(worker, wakes.listener);
+    // Subscribed once the listening connection is up: a submit wakes it.
+    await waitFor('the first wake-up', async () => {
+      if (wakes.calls() > 0) return true;
+      await submitter.submitMany([spec(`probe-${Date.now()}`)]);
+      return null;
+    });
+    const base = wakes.calls();
+    await other.submit(spec('elsewhere'));
+    // A submit that adds nothing (key taken) wakes nobody either; a real one does.
+    await submitter.submit(spec('job'));
+    await wakes.after(base + 1, 'a wake-up for the submit');
+    const atSubmit = wakes.calls();
+    await submitter.submit(spec('job'));
+    const job = (await worker.claim('w1', 60_000)) as JobRecord;
+    await worker.release(job.id, 'w1');
+    await wakes.after(atSubmit + 1, 'a wake-up for the release');
+    // The wake-ups counted so far are this schema's own: the other schema's submit and the
+    // duplicate added none (each real event adds one, and there were two).
+    expect(wakes.calls()).toBe(atSubmit + 1);
+
+    while ((await worker.claim('w1', 60_000)) !== null);
+    const counted = wakes.calls();
+    const failing = (await worker.list({ status: 'claimed', limit: 1 }))[0] as JobRecord;
+    await worker.start(failing.id, 'w1', 60_000);
+    const failedAt = Date.now();
+    await worker.fail(failing.id, 'w1', 'flaky', { retryable: true, backoffMs: 400 });
+    await wakes.after(counted + 1, 'a wake-up once the retry delay ran out');
+    expect(Date.now() - failedAt).toBeGreaterThanOrEqual(400);
+    expect((await worker.claim('w2', 60_000))?.id).toBe(failing.id);
+
+    unsubscribe();
+    const unsubscribed = wakes.calls();
+    await submitter.submit(spec('after-unsubscribe'));
+    // Wait for a second subscriber to hear the same notification; the first must not.
+    const second = counter();
+    const unsubscribe2 = (submitter.onWork as NonNullable<JobQueue['onWork']>).call(submitter, second.listener);
+    await waitFor('the second subscriber', async () => {
+      if (second.calls() > 0) return true;
+      await submitter.submit(spec(`more-${Date.now()}`));
+      return null;
+    });
+    unsubscribe2();
+    expect(wakes.calls()).toBe(unsubscribed);
   });
 });

@@ -17,6 +17,8 @@ function makeJob(urls: string[]): JobRecord {
   const now = new Date();
   return {
     id: 'job-sum',
+    key: 'job-sum',
+    priority: 0,
     inputs: urls.map((url) => ({ url })),
     output: null,
     processor: 'checksum',

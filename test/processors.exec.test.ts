@@ -14,6 +14,8 @@ function makeJob(args: Record<string, unknown>, inputs: string[] = []): JobRecor
   const now = new Date();
   return {
     id: 'job-42',
+    key: 'job-42',
+    priority: 0,
     inputs: inputs.map((p) => ({ url: `file://${p}` })),
     output: null,
     processor: 'exec',

@@ -12,6 +12,8 @@ function makeJob(urls: string[]): JobRecord {
   const now = new Date();
   return {
     id: 'job-mcap',
+    key: 'job-mcap',
+    priority: 0,
     inputs: urls.map((url) => ({ url })),
     output: null,
     processor: 'mcap-summary',

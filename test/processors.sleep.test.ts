@@ -7,6 +7,8 @@ function makeJob(args: Record<string, unknown>): JobRecord {
   const now = new Date();
   return {
     id: 'job-sleep',
+    key: 'job-sleep',
+    priority: 0,
     inputs: [],
     output: null,
     processor: 'sleep',

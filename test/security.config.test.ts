@@ -150,6 +150,8 @@ describe('exec rules on a worker (judged before anything is downloaded)', () => 
   function job(args: Record<string, unknown>, processor = 'exec'): JobRecord {
     return {
       id: '7',
+      key: '7',
+      priority: 0,
       inputs: [{ url: 's3://recordings/raw/a.mcap' }],
       output: null,
       processor,

@@ -329,6 +329,7 @@ describe('the job is judged again when it starts, and its output before the uplo
     // Someone with UPDATE on the jobs table rewrites the output once the job has been claimed.
     const tampering: JobQueue = {
       submit: (spec) => queue.submit(spec),
+      submitMany: (specs) => queue.submitMany(specs),
       async claim(owner, leaseMs) {
         const claimed = await queue.claim(owner, leaseMs);
         if (claimed !== null) {

@@ -17,7 +17,7 @@ import { openQueue } from '../jobs/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { CHECKSUM_FILE, runChecksum, type ChecksumResult } from '../processors/index.js';
 import { ObjectServer, type ObjectServerOptions } from '../testing/object-server.js';
-import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus, Processor } from '../types.js';
+import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus, Processor, SubmitOptions, SubmitOutcome } from '../types.js';
 import type { Worker, WorkerSettings, WorkerSummary } from '../worker.js';
 import { Checks, SkipScenario, type ScenarioOptions, type ScenarioReport } from './report.js';
 import { deriveSeed, Rng } from './seed.js';
@@ -311,8 +311,11 @@ export class CountingQueue implements JobQueue {
     }
   }
 
-  submit(spec: JobSpec): Promise<JobRecord> {
-    return this.#inner.submit(spec);
+  submit(spec: JobSpec, opts?: SubmitOptions): Promise<JobRecord> {
+    return this.#inner.submit(spec, opts);
+  }
+  submitMany(specs: readonly JobSpec[], opts?: SubmitOptions): Promise<SubmitOutcome[]> {
+    return this.#inner.submitMany(specs, opts);
   }
   heartbeat(id: string, owner: string, leaseMs: number): Promise<void> {
     return this.#inner.heartbeat(id, owner, leaseMs);

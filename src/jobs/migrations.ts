@@ -14,9 +14,13 @@
  * - `run_at`: not claimable before; `created_at`, `updated_at`: bookkeeping.
  * Times are `timestamptz` in PostgreSQL and integer milliseconds since the epoch in SQLite.
  *
- * One index serves the claim query: the active jobs ordered by `(run_at, id)`. The claim scans it
- * from the oldest and skips the few rows whose lease is still live (at most one per worker slot),
- * so it stays cheap however many finished jobs the table holds.
+ * - `key`: unique; given by the submitter or derived from the spec (`deriveJobKey`). A submit
+ *   whose key is taken adds nothing. Jobs from before version 2 got `id:<id>`.
+ * - `priority`: higher is claimed first.
+ *
+ * One index serves the claim query: the active jobs ordered by `(priority DESC, run_at, id)`. The
+ * claim scans it from the front and skips the few rows whose lease is still live (at most one per
+ * worker slot), so it stays cheap however many finished jobs the table holds.
  */
 
 export interface Migration {
@@ -52,6 +56,19 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX jobs_status_idx ON jobs (status, id);
     `,
   },
+  {
+    version: 2,
+    name: 'job keys and priorities',
+    // SQLite adds a NOT NULL column only with a default; every insert writes the key.
+    sql: `
+      ALTER TABLE jobs ADD COLUMN key TEXT;
+      ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+      UPDATE jobs SET key = 'id:' || id;
+      CREATE UNIQUE INDEX jobs_key_idx ON jobs (key);
+      DROP INDEX jobs_claim_idx;
+      CREATE INDEX jobs_claim_idx ON jobs (priority DESC, run_at, id) WHERE status IN ('pending', 'claimed', 'running');
+    `,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -79,6 +96,19 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       );
       CREATE INDEX jobs_claim_idx ON jobs (run_at, id) WHERE status IN ('pending', 'claimed', 'running');
       CREATE INDEX jobs_status_idx ON jobs (status, id);
+    `,
+  },
+  {
+    version: 2,
+    name: 'job keys and priorities',
+    sql: `
+      ALTER TABLE jobs ADD COLUMN key text;
+      ALTER TABLE jobs ADD COLUMN priority integer NOT NULL DEFAULT 0;
+      UPDATE jobs SET key = 'id:' || id;
+      ALTER TABLE jobs ALTER COLUMN key SET NOT NULL;
+      CREATE UNIQUE INDEX jobs_key_idx ON jobs (key);
+      DROP INDEX jobs_claim_idx;
+      CREATE INDEX jobs_claim_idx ON jobs (priority DESC, run_at, id) WHERE status IN ('pending', 'claimed', 'running');
     `,
   },
 ];

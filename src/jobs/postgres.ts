@@ -4,7 +4,11 @@
  * Mirrors `sqlite.ts` operation by operation: same methods in the same order, same comments,
  * the same SQL except where the dialect must differ. Semantics common to both:
  *
- * - `claim` takes the oldest (`run_at`, `id`) job that is `pending` with `run_at <= now`, or
+ * - `submit` adds a job unless its key is taken; `replace` re-queues a done or dead job with that
+ *   key (the new spec written over it, attempts reset). `submitMany` does that for a batch in one
+ *   transaction.
+ * - `claim` takes the job of highest `priority`, oldest (`run_at`, `id`) first among equals, that
+ *   is `pending` with `run_at <= now`, or
  *   `claimed`/`running` whose lease has expired. A job reclaimed while `running` has spent its
  *   attempt; if no attempt is left (`attempts >= max_attempts`) it goes `dead` instead of being
  *   handed out ("lease expired after N attempts (worker lost)") and the claim looks again. The
@@ -34,11 +38,14 @@
  *   connections and opens new ones on the next query.
  * - Tables live in their own schema (default `roboflow`), named in every statement rather than
  *   through `search_path`, which a connection string or a pooler could override.
+ * - Whatever makes jobs claimable (submit, release, retry, a failure with a retry delay) sends a
+ *   notification on the schema's channel; `onWork` subscribers hear of it through one listening
+ *   connection (`wakeups.ts`), so idle workers need not poll.
  */
 
 import pg from 'pg';
 import { RoboflowError } from '../errors.js';
-import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus } from '../types.js';
+import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus, SubmitOptions, SubmitOutcome } from '../types.js';
 import {
   JOB_STATUSES,
   checkBackoffMs,
@@ -56,7 +63,8 @@ import {
   type LeaseOperation,
 } from './checks.js';
 import { POSTGRES_MIGRATIONS, latestVersion } from './migrations.js';
-import { parseJobSpec } from './spec.js';
+import { parseJobSpecs } from './spec.js';
+import { PostgresWakeups, wakeChannel, wakePayload } from './wakeups.js';
 
 /** Connections per queue: a worker holds one at a time; a few more cover heartbeats and listings. */
 const DEFAULT_POOL_MAX = 4;
@@ -80,6 +88,8 @@ export interface PostgresJobQueueOptions {
 
 interface JobRow {
   readonly id: string;
+  readonly key: string;
+  readonly priority: number;
   readonly inputs: JobRecord['inputs'];
   readonly output: string | null;
   readonly processor: string;
@@ -101,12 +111,23 @@ export class PostgresJobQueue implements JobQueue {
   readonly #pool: pg.Pool;
   /** `"schema".jobs`, for every statement. */
   readonly #jobs: string;
+  /** The schema's notification channel. */
+  readonly #channel: string;
+  readonly #wakeups: PostgresWakeups;
   #closing: Promise<void> | null = null;
 
-  private constructor(pool: pg.Pool, schema: string, displayUrl: string) {
+  private constructor(pool: pg.Pool, opts: PostgresJobQueueOptions) {
     this.#pool = pool;
-    this.#jobs = `${quoteIdent(schema)}.jobs`;
-    this.displayUrl = displayUrl;
+    this.#jobs = `${quoteIdent(opts.schema)}.jobs`;
+    this.#channel = wakeChannel(opts.schema);
+    this.displayUrl = opts.displayUrl;
+    this.#wakeups = new PostgresWakeups({
+      connectionString: opts.connectionString,
+      applicationName: opts.applicationName ?? 'roboflow',
+      channel: this.#channel,
+      jobsTable: this.#jobs,
+      connectTimeoutMs: CONNECT_TIMEOUT_MS,
+    });
   }
 
   /** Connects, creating the schema if needed, and brings it up to date. */
@@ -127,26 +148,84 @@ export class PostgresJobQueue implements JobQueue {
       await pool.end().catch(() => {});
       throw postgresError(err, opts.displayUrl, 'open');
     }
-    return new PostgresJobQueue(pool, opts.schema, opts.displayUrl);
+    return new PostgresJobQueue(pool, opts);
   }
 
-  async submit(spec: JobSpec): Promise<JobRecord> {
-    const checked = parseJobSpec(spec);
-    const row = await this.write(
-      'submit',
-      `INSERT INTO ${this.#jobs} (inputs, output, processor, args, max_attempts, run_at, created_at, updated_at)
-       VALUES ($1::jsonb, $2, $3, $4::jsonb, $5, now(), now(), now())
-       RETURNING *`,
-      [
-        JSON.stringify(checked.inputs),
-        checked.output ?? null,
-        checked.processor,
-        JSON.stringify(checked.args),
-        checked.maxAttempts,
-      ],
+  async submit(spec: JobSpec, opts: SubmitOptions = {}): Promise<JobRecord> {
+    const [outcome] = await this.submitMany([spec], opts);
+    const job = outcome === undefined ? null : await this.get(outcome.id);
+    if (job === null) throw new RoboflowError('ERR_QUEUE', `job queue ${this.displayUrl}: submitted job is gone`);
+    return job;
+  }
+
+  async submitMany(specs: readonly JobSpec[], opts: SubmitOptions = {}): Promise<SubmitOutcome[]> {
+    const checked = parseJobSpecs(specs);
+    if (checked.length === 0) return [];
+    // A key given twice in one batch is written once (its first spec); the rest find it there.
+    const firstOf = new Map<string, number>();
+    checked.forEach((spec, i) => {
+      if (!firstOf.has(spec.key)) firstOf.set(spec.key, i);
+    });
+    const rows = JSON.stringify(
+      [...firstOf.values()].map((i) => {
+        const spec = checked[i] as (typeof checked)[number];
+        return {
+          key: spec.key,
+          inputs: spec.inputs,
+          output: spec.output ?? null,
+          processor: spec.processor,
+          args: spec.args,
+          max_attempts: spec.maxAttempts,
+          priority: spec.priority,
+        };
+      }),
     );
-    if (row === undefined) throw new RoboflowError('ERR_QUEUE', `job queue ${this.displayUrl}: insert returned no row`);
-    return recordFromRow(row);
+    const batch = `ROWS FROM (jsonb_to_recordset($1::jsonb) AS (key text, inputs jsonb, output text, processor text,
+      args jsonb, max_attempts integer, priority integer))
+      WITH ORDINALITY AS s(key, inputs, output, processor, args, max_attempts, priority, ord)`;
+    // One transaction, a few statements whatever the batch's length: re-queue, insert, look up.
+    const { replaced, added, found } = await this.transaction('submit', async (client) => {
+      const replaced = new Set<string>();
+      if (opts.replace === true) {
+        const r = await client.query<{ key: string }>(
+          `UPDATE ${this.#jobs} AS j SET inputs = s.inputs, output = s.output, processor = s.processor, args = s.args,
+             max_attempts = s.max_attempts, priority = s.priority, status = 'pending', attempts = 0,
+             last_error = NULL, result = NULL, lease_owner = NULL, lease_expires_at = NULL,
+             run_at = now(), updated_at = now()
+           FROM ${batch}
+           WHERE j.key = s.key AND j.status IN ('done', 'dead')
+           RETURNING j.key`,
+          [rows],
+        );
+        for (const row of r.rows) replaced.add(row.key);
+      }
+      // Keys already there are left out before the insert, which would otherwise use up an id for
+      // each; ON CONFLICT covers a concurrent submitter inserting the same key meanwhile.
+      const a = await client.query<{ key: string }>(
+        `INSERT INTO ${this.#jobs} (key, inputs, output, processor, args, max_attempts, priority, run_at, created_at, updated_at)
+         SELECT s.key, s.inputs, s.output, s.processor, s.args, s.max_attempts, s.priority, now(), now(), now()
+         FROM ${batch}
+         WHERE NOT EXISTS (SELECT 1 FROM ${this.#jobs} AS j WHERE j.key = s.key)
+         ORDER BY s.ord
+         ON CONFLICT (key) DO NOTHING
+         RETURNING key`,
+        [rows],
+      );
+      const added = new Set(a.rows.map((row) => row.key));
+      const f = await client.query<{ id: string; key: string; status: JobStatus }>(
+        `SELECT id, key, status FROM ${this.#jobs} WHERE key = ANY($1::text[])`,
+        [[...firstOf.keys()]],
+      );
+      if (added.size + replaced.size > 0) await client.query('SELECT pg_notify($1, $2)', [this.#channel, wakePayload(0)]);
+      return { replaced, added, found: new Map(f.rows.map((row) => [row.key, row])) };
+    });
+    return checked.map((spec, i): SubmitOutcome => {
+      const row = found.get(spec.key);
+      if (row === undefined) throw new RoboflowError('ERR_QUEUE', `job queue ${this.displayUrl}: key ${JSON.stringify(spec.key)} neither added nor found`);
+      const first = firstOf.get(spec.key) === i;
+      const outcome = first && added.has(spec.key) ? 'added' : first && replaced.has(spec.key) ? 'replaced' : 'exists';
+      return { id: String(row.id), key: spec.key, outcome, status: row.status };
+    });
   }
 
   async claim(owner: string, leaseMs: number): Promise<JobRecord | null> {
@@ -175,7 +254,7 @@ export class PostgresJobQueue implements JobQueue {
            SELECT id FROM ${this.#jobs}
            WHERE (status = 'pending' AND run_at <= now())
               OR (status IN ('claimed', 'running') AND lease_expires_at < now())
-           ORDER BY run_at, id
+           ORDER BY priority DESC, run_at, id
            LIMIT 1
            FOR UPDATE SKIP LOCKED)
          RETURNING *`,
@@ -253,6 +332,7 @@ export class PostgresJobQueue implements JobQueue {
       [jobId, owner, truncateError(error), opts.retryable, Math.round(opts.backoffMs)],
     );
     if (row === undefined) throw await this.refusal('fail', id, owner);
+    if (row.status === 'pending') await this.notify(Math.round(opts.backoffMs));
     return recordFromRow(row);
   }
 
@@ -267,6 +347,7 @@ export class PostgresJobQueue implements JobQueue {
       [jobId, owner],
     );
     if (row === undefined) throw await this.refusal('release', id, owner);
+    await this.notify(0);
   }
 
   async retry(id: string): Promise<JobRecord> {
@@ -279,7 +360,10 @@ export class PostgresJobQueue implements JobQueue {
        RETURNING *`,
       [jobId],
     );
-    if (row !== undefined) return recordFromRow(row);
+    if (row !== undefined) {
+      await this.notify(0);
+      return recordFromRow(row);
+    }
     const current = await this.get(id);
     if (current === null) throw new RoboflowError('ERR_JOB_NOT_FOUND', `retry of job ${id}: no such job`);
     throw notDeadRefusal(id, current.status);
@@ -314,11 +398,55 @@ export class PostgresJobQueue implements JobQueue {
     return counts;
   }
 
+  onWork(listener: () => void): () => void {
+    if (this.#closing !== null) return () => {};
+    return this.#wakeups.subscribe(listener);
+  }
+
   async close(): Promise<void> {
     // pg's end() waits for checked-out connections to come back, then closes them all; a second
     // end() would throw, so every caller awaits the first.
-    this.#closing ??= this.#pool.end().catch(() => {});
+    this.#closing ??= Promise.all([this.#wakeups.close(), this.#pool.end().catch(() => {})]).then(() => {});
     return this.#closing;
+  }
+
+  /**
+   * Tells listening workers that a job is claimable in `delayMs` (0: now). Best effort: the state
+   * change has been committed already, and a lost notification only delays a pickup until the
+   * next fallback poll, so a failure here does not fail the operation.
+   */
+  private async notify(delayMs: number): Promise<void> {
+    if (this.#closing !== null) return;
+    await this.#pool.query('SELECT pg_notify($1, $2)', [this.#channel, wakePayload(delayMs)]).catch(() => {});
+  }
+
+  /** Runs `fn` in one transaction on one connection; rolled back when it throws. */
+  private async transaction<T>(op: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    if (this.#closing !== null) throw closedError(this.displayUrl);
+    let client: pg.PoolClient;
+    try {
+      client = await this.#pool.connect();
+    } catch (err) {
+      throw postgresError(err, this.displayUrl, op);
+    }
+    // A checked-out connection has no pool listener; one that drops here must not crash the process.
+    const onError = () => {};
+    client.on('error', onError);
+    let broken: Error | undefined;
+    try {
+      await client.query('BEGIN');
+      const result = await fn(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (err) {
+      broken = err as Error;
+      await client.query('ROLLBACK').catch(() => {});
+      throw postgresError(err, this.displayUrl, op);
+    } finally {
+      client.off('error', onError);
+      // A connection that failed mid-transaction is not trusted again.
+      client.release(broken);
+    }
   }
 
   /** Why a lease-holding call matched no row, as the error to throw. */
@@ -435,6 +563,8 @@ async function migrate(pool: pg.Pool, schema: string, displayUrl: string): Promi
 function recordFromRow(row: JobRow): JobRecord {
   return {
     id: String(row.id),
+    key: row.key,
+    priority: row.priority,
     inputs: row.inputs,
     output: row.output,
     processor: row.processor,

@@ -3,6 +3,7 @@
  * refused at `submit` with the offending field named instead of failing on a worker hours later.
  */
 
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { DEFAULTS } from '../defaults.js';
 import { RoboflowError } from '../errors.js';
@@ -16,6 +17,12 @@ const CHECKSUM_HEX_LENGTH: Record<ChecksumAlgorithm, number> = {
   crc32: 8,
   crc32c: 8,
 };
+
+/** Longest key a submitter may give: keys are indexed, and a key is a name, not a document. */
+export const MAX_KEY_LENGTH = 512;
+/** Priorities fit a 32-bit integer column in both databases. */
+export const MIN_PRIORITY = -2_147_483_648;
+export const MAX_PRIORITY = 2_147_483_647;
 
 const checksumSchema = z
   .object({
@@ -72,6 +79,18 @@ const specSchema = z
       .min(1, { error: 'must be at least 1' })
       .max(100, { error: 'must be at most 100' })
       .optional(),
+    key: z
+      .string({ error: 'must be a string' })
+      .trim()
+      .min(1, { error: 'must not be empty (leave it out to derive one)' })
+      .max(MAX_KEY_LENGTH, { error: `must be at most ${MAX_KEY_LENGTH} characters` })
+      .optional(),
+    priority: z
+      .number({ error: 'must be a number' })
+      .int({ error: 'must be a whole number' })
+      .min(MIN_PRIORITY, { error: `must be at least ${MIN_PRIORITY}` })
+      .max(MAX_PRIORITY, { error: `must be at most ${MAX_PRIORITY}` })
+      .optional(),
   })
   .strict();
 
@@ -80,6 +99,37 @@ export interface CheckedJobSpec extends JobSpec {
   readonly output?: string;
   readonly args: Readonly<Record<string, unknown>>;
   readonly maxAttempts: number;
+  readonly key: string;
+  readonly priority: number;
+}
+
+/** JSON with object keys sorted at every level, so equal values give equal text. */
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
+  }
+  return JSON.stringify(value) ?? 'null';
+}
+
+/**
+ * The key of a job whose submitter gave none: a SHA-256 over what the job does — processor,
+ * args, inputs (with their sizes and checksums) and output — in a canonical JSON form, so the
+ * same work submitted twice (another run of a script, a listing submitted again) has the same
+ * key, while `maxAttempts` and `priority`, which say how rather than what, do not change it.
+ * The `sha256:` prefix keeps derived keys apart from keys people choose.
+ */
+export function deriveJobKey(spec: Pick<CheckedJobSpec, 'processor' | 'args' | 'inputs' | 'output'>): string {
+  const what = canonicalJson({
+    processor: spec.processor,
+    args: spec.args,
+    inputs: spec.inputs,
+    output: spec.output ?? null,
+  });
+  return `sha256:${createHash('sha256').update(what).digest('hex')}`;
 }
 
 function fieldName(path: readonly PropertyKey[]): string {
@@ -113,7 +163,7 @@ export function parseJobSpec(value: unknown): CheckedJobSpec {
   } catch (err) {
     throw new RoboflowError('ERR_CONFIG', `invalid job spec: args: must be JSON-serialisable (${(err as Error).message})`);
   }
-  return {
+  const checked = {
     inputs: spec.inputs.map((i) => ({
       url: i.url,
       ...(i.size !== undefined ? { size: i.size } : {}),
@@ -123,7 +173,24 @@ export function parseJobSpec(value: unknown): CheckedJobSpec {
     processor: spec.processor,
     args: spec.args ?? {},
     maxAttempts: spec.maxAttempts ?? DEFAULTS.maxAttempts,
+    priority: spec.priority ?? 0,
   };
+  return { ...checked, key: spec.key ?? deriveJobKey(checked) };
+}
+
+/**
+ * Checks a batch of specs; a refusal names the spec's index (`spec 12: inputs: ...`), so one bad
+ * line in a long list is found at once.
+ */
+export function parseJobSpecs(values: readonly unknown[]): CheckedJobSpec[] {
+  return values.map((value, i) => {
+    try {
+      return parseJobSpec(value);
+    } catch (err) {
+      if (err instanceof RoboflowError) throw new RoboflowError(err.code, `spec ${i}: ${err.message}`);
+      throw err;
+    }
+  });
 }
 
 /**

@@ -5,7 +5,11 @@
  * Mirrors `postgres.ts` operation by operation: same methods in the same order, same comments,
  * the same SQL except where the dialect must differ. Semantics common to both:
  *
- * - `claim` takes the oldest (`run_at`, `id`) job that is `pending` with `run_at <= now`, or
+ * - `submit` adds a job unless its key is taken; `replace` re-queues a done or dead job with that
+ *   key (the new spec written over it, attempts reset). `submitMany` does that for a batch in one
+ *   transaction.
+ * - `claim` takes the job of highest `priority`, oldest (`run_at`, `id`) first among equals, that
+ *   is `pending` with `run_at <= now`, or
  *   `claimed`/`running` whose lease has expired. A job reclaimed while `running` has spent its
  *   attempt; if no attempt is left (`attempts >= max_attempts`) it goes `dead` instead of being
  *   handed out ("lease expired after N attempts (worker lost)") and the claim looks again. The
@@ -39,7 +43,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { RoboflowError } from '../errors.js';
-import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus } from '../types.js';
+import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus, SubmitOptions, SubmitOutcome } from '../types.js';
 import {
   JOB_STATUSES,
   checkBackoffMs,
@@ -57,7 +61,7 @@ import {
   type LeaseOperation,
 } from './checks.js';
 import { SQLITE_MIGRATIONS, latestVersion } from './migrations.js';
-import { parseJobSpec } from './spec.js';
+import { parseJobSpecs, type CheckedJobSpec } from './spec.js';
 
 /** How long a write waits for another process's write lock before failing with `ERR_QUEUE`. */
 const BUSY_TIMEOUT_MS = 5_000;
@@ -71,6 +75,8 @@ export interface SqliteJobQueueOptions {
 
 interface JobRow {
   readonly id: number;
+  readonly key: string;
+  readonly priority: number;
   readonly inputs: string;
   readonly output: string | null;
   readonly processor: string;
@@ -128,24 +134,58 @@ export class SqliteJobQueue implements JobQueue {
     return new SqliteJobQueue(db, opts.displayUrl);
   }
 
-  async submit(spec: JobSpec): Promise<JobRecord> {
-    const checked = parseJobSpec(spec);
-    const row = await this.write(
-      'submit',
-      `INSERT INTO jobs (inputs, output, processor, args, max_attempts, run_at, created_at, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $6, $6)
-       RETURNING *`,
-      [
-        JSON.stringify(checked.inputs),
-        checked.output ?? null,
-        checked.processor,
-        JSON.stringify(checked.args),
-        checked.maxAttempts,
-        Date.now(),
-      ],
+  async submit(spec: JobSpec, opts: SubmitOptions = {}): Promise<JobRecord> {
+    const [outcome] = await this.submitMany([spec], opts);
+    const job = outcome === undefined ? null : await this.get(outcome.id);
+    if (job === null) throw new RoboflowError('ERR_QUEUE', `job queue ${this.displayUrl}: submitted job is gone`);
+    return job;
+  }
+
+  async submitMany(specs: readonly JobSpec[], opts: SubmitOptions = {}): Promise<SubmitOutcome[]> {
+    const checked = parseJobSpecs(specs);
+    const now = Date.now();
+    const replace = opts.replace === true;
+    // One transaction for the batch: one lock, one WAL commit, whatever its length.
+    return this.run('submit', () =>
+      this.#db.transaction(() => checked.map((spec) => this.submitOne(spec, replace, now))).immediate(),
     );
-    if (row === undefined) throw new RoboflowError('ERR_QUEUE', `job queue ${this.displayUrl}: insert returned no row`);
-    return recordFromRow(row);
+  }
+
+  /** One spec of a batch, inside the batch's transaction: re-queue, insert, or find. */
+  private submitOne(spec: CheckedJobSpec, replace: boolean, now: number): SubmitOutcome {
+    const params = numbered([
+      spec.key,
+      JSON.stringify(spec.inputs),
+      spec.output ?? null,
+      spec.processor,
+      JSON.stringify(spec.args),
+      spec.maxAttempts,
+      spec.priority,
+      now,
+    ]);
+    if (replace) {
+      const replaced = this.statement(
+        `UPDATE jobs SET inputs = $2, output = $3, processor = $4, args = $5, max_attempts = $6, priority = $7,
+           status = 'pending', attempts = 0, last_error = NULL, result = NULL,
+           lease_owner = NULL, lease_expires_at = NULL, run_at = $8, updated_at = $8
+         WHERE key = $1 AND status IN ('done', 'dead')
+         RETURNING id`,
+      ).get(params) as { id: number } | undefined;
+      if (replaced !== undefined) return { id: String(replaced.id), key: spec.key, outcome: 'replaced', status: 'pending' };
+    }
+    // Looked up before inserting: an insert that conflicts would still use up an id.
+    const found = this.statement('SELECT id, status FROM jobs WHERE key = $1').get(numbered([spec.key])) as
+      | { id: number; status: JobStatus }
+      | undefined;
+    if (found === undefined) {
+      const added = this.statement(
+        `INSERT INTO jobs (key, inputs, output, processor, args, max_attempts, priority, run_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8)
+         RETURNING id`,
+      ).get(params) as { id: number };
+      return { id: String(added.id), key: spec.key, outcome: 'added', status: 'pending' };
+    }
+    return { id: String(found.id), key: spec.key, outcome: 'exists', status: found.status };
   }
 
   async claim(owner: string, leaseMs: number): Promise<JobRecord | null> {
@@ -174,7 +214,7 @@ export class SqliteJobQueue implements JobQueue {
            SELECT id FROM jobs
            WHERE (status = 'pending' AND run_at <= $3)
               OR (status IN ('claimed', 'running') AND lease_expires_at < $3)
-           ORDER BY run_at, id
+           ORDER BY priority DESC, run_at, id
            LIMIT 1)
          RETURNING *`,
         [owner, leaseMs, Date.now()],
@@ -405,6 +445,8 @@ function migrate(db: Database.Database, displayUrl: string): void {
 function recordFromRow(row: JobRow): JobRecord {
   return {
     id: String(row.id),
+    key: row.key,
+    priority: row.priority,
     inputs: JSON.parse(row.inputs) as JobRecord['inputs'],
     output: row.output,
     processor: row.processor,
