@@ -6,7 +6,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { mkdir, writeFile } from 'node:fs/promises';
+import { pathToFileURL } from 'node:url';
 import { openQueue } from '../src/jobs/index.js';
+import { ObjectServer } from '../src/testing/object-server.js';
 import { postgresBackend } from './fixtures/jobs-backends.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -25,14 +28,15 @@ interface Run {
   readonly stderr: string;
 }
 
-function roboflow(args: string[], env: NodeJS.ProcessEnv = {}, cwd = root): Promise<Run> {
+function roboflow(args: string[], env: NodeJS.ProcessEnv = {}, cwd = root, stdin = ''): Promise<Run> {
   return new Promise((resolve) => {
     const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env };
     if (!('ROBOFLOW_QUEUE' in env)) delete childEnv.ROBOFLOW_QUEUE;
-    execFile(process.execPath, [fixture, ...args], { env: childEnv, cwd }, (err, stdout, stderr) => {
+    const child = execFile(process.execPath, [fixture, ...args], { env: childEnv, cwd }, (err, stdout, stderr) => {
       const code = err === null ? 0 : typeof err.code === 'number' ? err.code : -1;
       resolve({ code, stdout, stderr });
     });
+    child.stdin?.end(stdin);
   });
 }
 
@@ -121,9 +125,9 @@ describe('roboflow jobs', { timeout: 180_000 }, () => {
     expect(list.stderr).toBe('');
     expect(list.code).toBe(0);
     const lines = list.stdout.trimEnd().split('\n');
-    expect(lines[0]).toMatch(/^ID\s+STATUS\s+ATTEMPTS\s+PROCESSOR\s+INPUT\s+UPDATED\s+LAST ERROR$/);
-    expect(lines[1]).toMatch(/^2\s+pending\s+0\/3\s+checksum\s+https:\/\/h\/b\.mcap/);
-    expect(lines[2]).toMatch(/^1\s+dead\s+1\/3\s+checksum\s+.*ERR_NOT_FOUND/);
+    expect(lines[0]).toMatch(/^ID\s+STATUS\s+PRIORITY\s+ATTEMPTS\s+PROCESSOR\s+KEY\s+INPUT\s+UPDATED\s+LAST ERROR$/);
+    expect(lines[1]).toMatch(/^2\s+pending\s+0\s+0\/3\s+checksum\s+sha256:[0-9a-f]+…\s+https:\/\/h\/b\.mcap/);
+    expect(lines[2]).toMatch(/^1\s+dead\s+0\s+1\/3\s+checksum\s+sha256:[0-9a-f]+…\s+.*ERR_NOT_FOUND/);
     expect(list.stdout).not.toContain('deadbeef');
 
     const dead = await roboflow(['jobs', 'list', '--status', 'dead', '--json'], env);
@@ -191,6 +195,165 @@ describe('roboflow jobs', { timeout: 180_000 }, () => {
     const run = await roboflow(['jobs', 'submit', 's3://b/a.mcap'], {}, dir);
     expect(run.code).toBe(0);
     expect(existsSync(path.join(dir, 'roboflow.db'))).toBe(true);
+  });
+});
+
+describe('roboflow jobs submit: keys, priorities and many jobs at once', { timeout: 180_000 }, () => {
+  async function records(url = queue) {
+    const q = await openQueue(url);
+    try {
+      return await q.list({ limit: 10_000 });
+    } finally {
+      await q.close();
+    }
+  }
+
+  it('submits the same job once, takes --key and --priority, and re-queues a done job with --replace', async () => {
+    const first = await roboflow(['jobs', 'submit', 's3://b/a.mcap', '--priority', '-3', '--queue', queue]);
+    expect(first.stdout).toBe('1\n');
+    const again = await roboflow(['jobs', 'submit', 's3://b/a.mcap', '--queue', queue]);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toBe('1\n');
+    expect(again.stderr).toContain('already in the queue (pending)');
+    const keyed = await roboflow(['jobs', 'submit', 's3://b/b.mcap', '--key', 'episode-b', '--priority', '7', '--json', '--queue', queue]);
+    expect(JSON.parse(keyed.stdout)).toMatchObject({ id: '2', key: 'episode-b', priority: 7 });
+    expect((await records()).map((j) => [j.id, j.priority])).toEqual([
+      ['2', 7],
+      ['1', -3],
+    ]);
+    const q = await openQueue(queue);
+    try {
+      await q.claim('w1', 60_000);
+      await q.start('2', 'w1', 60_000);
+      await q.complete('2', 'w1', null);
+    } finally {
+      await q.close();
+    }
+    const done = await roboflow(['jobs', 'submit', 's3://b/other.mcap', '--key', 'episode-b', '--queue', queue]);
+    expect(done.stderr).toContain('(done); --replace runs it again');
+    const replaced = await roboflow(['jobs', 'submit', 's3://b/other.mcap', '--key', 'episode-b', '--replace', '--queue', queue]);
+    expect(replaced.stdout).toBe('2\n');
+    expect((await records()).find((j) => j.id === '2')).toMatchObject({ status: 'pending', inputs: [{ url: 's3://b/other.mcap' }] });
+    const list = await roboflow(['jobs', 'list', '--queue', queue]);
+    expect(list.stdout).toMatch(/^2\s+pending\s+0\s+0\/3\s+checksum\s+episode-b\s+s3:\/\/b\/other\.mcap/m);
+    const show = await roboflow(['jobs', 'show', '2', '--queue', queue]);
+    expect(show.stdout).toMatch(/^key\s+episode-b$/m);
+    expect(show.stdout).toMatch(/^priority\s+0$/m);
+    const bad = await roboflow(['jobs', 'submit', 's3://b/c.mcap', '--priority', '1.5', '--queue', queue]);
+    expect(bad.code).not.toBe(0);
+  });
+
+  it('submits one job per file below a file:// prefix, recursively, filtered and templated; a second run adds none', async () => {
+    const data = path.join(dir, 'data');
+    await mkdir(path.join(data, 'day 2', 'deep'), { recursive: true });
+    const names = ['a.mcap', 'b.mcap', 'notes.txt', 'day 2/c.mcap', 'day 2/deep/d.tar.mcap'];
+    for (const name of names) await writeFile(path.join(data, name), name);
+    const prefix = `${pathToFileURL(data).href}/`;
+    const args = ['jobs', 'submit', '--prefix', prefix, '--match', '*.mcap', '--output', 's3://out/{stem}/{key}', '--queue', queue];
+    const first = await roboflow(args);
+    expect(first.stderr).toBe('');
+    expect(first.stdout).toBe('4 new, 0 already queued\n');
+    const jobs = await records();
+    const byInput = new Map(jobs.map((j) => [j.inputs[0]?.url, j.output]));
+    expect(byInput).toEqual(
+      new Map([
+        [pathToFileURL(path.join(data, 'a.mcap')).href, 's3://out/a/a.mcap'],
+        [pathToFileURL(path.join(data, 'b.mcap')).href, 's3://out/b/b.mcap'],
+        [pathToFileURL(path.join(data, 'day 2', 'c.mcap')).href, 's3://out/c/day 2/c.mcap'],
+        [pathToFileURL(path.join(data, 'day 2', 'deep', 'd.tar.mcap')).href, 's3://out/d.tar/day 2/deep/d.tar.mcap'],
+      ]),
+    );
+    const second = await roboflow(args);
+    expect(second.stdout).toBe('0 new, 4 already queued\n');
+    expect((await records()).length).toBe(4);
+
+    // A whole-key glob, and --json with the ids.
+    const deep = await roboflow(['jobs', 'submit', '--prefix', prefix, '--match', 'day 2/**/*.mcap', '--json', '--queue', queue]);
+    const out = JSON.parse(deep.stdout) as { new: number; alreadyQueued: number; jobs: { id: string; outcome: string }[] };
+    expect(out).toMatchObject({ new: 2, alreadyQueued: 0 });
+    expect(out.jobs.map((j) => j.outcome)).toEqual(['added', 'added']);
+    expect(out.jobs.every((j) => /^[0-9]+$/.test(j.id))).toBe(true);
+
+    const none = await roboflow(['jobs', 'submit', '--prefix', prefix, '--match', '*.bag', '--queue', queue]);
+    expect(none.stdout).toBe('0 new, 0 already queued\n');
+    expect(none.stderr).toContain('nothing to submit');
+    const missing = await roboflow(['jobs', 'submit', '--prefix', `${pathToFileURL(path.join(dir, 'nope')).href}/`, '--queue', queue]);
+    expect(missing.code).toBe(1);
+    expect(missing.stderr).toMatch(/ERR_NOT_FOUND: cannot list .*nope.*does not exist/);
+    const sameKey = await roboflow(['jobs', 'submit', '--prefix', prefix, '--key', 'fixed', '--queue', queue]);
+    expect(sameKey.code).toBe(1);
+    expect(sameKey.stderr).toContain('same key');
+    const typo = await roboflow(['jobs', 'submit', '--prefix', prefix, '--output', 's3://out/{steem}/', '--queue', queue]);
+    expect(typo.stderr).toContain('unknown placeholder {steem}');
+  });
+
+  it('submits one job per line of --from: URLs and JSON objects; a bad line is named', async () => {
+    const list = path.join(dir, 'jobs.txt');
+    await writeFile(
+      list,
+      [
+        '# recordings of run 17',
+        's3://b/run-17/a.mcap',
+        '',
+        '{"inputs":[{"url":"s3://b/run-17/b.mcap"}],"priority":9,"key":"b-job","maxAttempts":5}',
+        '{"inputs":[{"url":"s3://b/run-17/c.mcap"}],"processor":"mcap-summary","output":"s3://explicit/"}',
+      ].join('\n'),
+    );
+    const run = await roboflow(['jobs', 'submit', '--from', list, '--exec', 'gzip -k {input}', '--output', 's3://out/{stem}/', '--queue', queue]);
+    expect(run.stderr).toBe('');
+    expect(run.stdout).toBe('3 new, 0 already queued\n');
+    const jobs = await records();
+    expect(jobs.map((j) => [j.inputs[0]?.url, j.processor, j.args, j.output, j.priority, j.maxAttempts])).toEqual([
+      ['s3://b/run-17/c.mcap', 'mcap-summary', {}, 's3://explicit/', 0, 3],
+      ['s3://b/run-17/b.mcap', 'exec', { command: ['gzip', '-k', '{input}'] }, 's3://out/b/', 9, 5],
+      ['s3://b/run-17/a.mcap', 'exec', { command: ['gzip', '-k', '{input}'] }, 's3://out/a/', 0, 3],
+    ]);
+    expect(jobs[1]?.key).toBe('b-job');
+    const again = await roboflow(['jobs', 'submit', '--from', list, '--exec', 'gzip -k {input}', '--output', 's3://out/{stem}/', '--queue', queue]);
+    expect(again.stdout).toBe('0 new, 3 already queued\n');
+
+    await writeFile(list, 's3://b/x.mcap\n{"inputs":[],"processor":"checksum"}\n');
+    const bad = await roboflow(['jobs', 'submit', '--from', list, '--queue', queue]);
+    expect(bad.code).toBe(1);
+    expect(bad.stderr).toMatch(/line 2: invalid job spec: inputs/);
+    const piped = await roboflow(['jobs', 'submit', '--from', '-', '--queue', queue], {}, root, 's3://b/x.mcap\n\n# end\n');
+    expect(piped.stdout).toBe('1 new, 0 already queued\n');
+    const empty = await roboflow(['jobs', 'submit', '--from', '-', '--queue', queue]);
+    expect(empty.stderr).toContain('nothing to submit');
+  });
+
+  it('lists every page of an s3:// prefix on a store that pages at 1,000 keys', async () => {
+    const server = await ObjectServer.start();
+    try {
+      const count = 2_345;
+      for (let i = 0; i < count; i++) {
+        server.putObject('bucket', `runs/${String(i).padStart(5, '0')}.mcap`, { generated: { size: 10, seed: i } });
+      }
+      server.putObject('bucket', 'runs/folder/', { generated: { size: 0, seed: 0 } });
+      server.putObject('bucket', 'other/x.mcap', { generated: { size: 10, seed: 0 } });
+      const env = {
+        AWS_ACCESS_KEY_ID: 'test',
+        AWS_SECRET_ACCESS_KEY: 'test-secret',
+        AWS_REGION: 'us-east-1',
+        AWS_ENDPOINT_URL: server.endpoint,
+        // The bin sets this itself; the test runs the jobs command alone.
+        AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
+      };
+      const run = await roboflow(['jobs', 'submit', '--prefix', 's3://bucket/runs/', '--output', 's3://bucket/out/{stem}/', '--queue', queue], env);
+      expect(run.stderr).toBe('');
+      expect(run.stdout).toBe(`${count} new, 0 already queued\n`);
+      const lists = server.requests.filter((r) => r.operation === 'ListObjectsV2');
+      expect(lists.length).toBe(3);
+      const jobs = await records();
+      expect(new Set(jobs.map((j) => j.inputs[0]?.url))).toEqual(
+        new Set(Array.from({ length: count }, (_, i) => `s3://bucket/runs/${String(i).padStart(5, '0')}.mcap`)),
+      );
+      expect(jobs.find((j) => j.inputs[0]?.url === 's3://bucket/runs/02344.mcap')?.output).toBe('s3://bucket/out/02344/');
+      const again = await roboflow(['jobs', 'submit', '--prefix', 's3://bucket/runs/', '--output', 's3://bucket/out/{stem}/', '--queue', queue], env);
+      expect(again.stdout).toBe(`0 new, ${count} already queued\n`);
+    } finally {
+      await server.close();
+    }
   });
 });
 
