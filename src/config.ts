@@ -429,6 +429,11 @@ const FIELDS = {
     env: 'ROBOFLOW_POLL_INTERVAL',
     default: DEFAULTS.pollIntervalMs,
   }),
+  fallbackPollIntervalMs: field(duration(10), {
+    doc: 'How often an idle worker asks a queue that wakes it on new work (PostgreSQL) anyway: for jobs of lost workers.',
+    env: 'ROBOFLOW_FALLBACK_POLL_INTERVAL',
+    default: DEFAULTS.fallbackPollIntervalMs,
+  }),
   queue: field(text('a queue URL: sqlite://<file> or postgres://user@host/db'), {
     doc: 'Job queue URL.',
     env: 'ROBOFLOW_QUEUE',

@@ -87,6 +87,13 @@ export const DEFAULTS = {
   /** How often an idle worker asks the queue for work. (Default: 1 s) */
   pollIntervalMs: 1_000,
   /**
+   * How often an idle worker asks a queue that wakes it when work arrives (PostgreSQL, through
+   * LISTEN/NOTIFY) anyway: only for what no notification announces, a lost worker's job whose
+   * lease expired, and as a safety net. 100 idle workers then make under 7 queries a second, and
+   * a lost worker's job is back within a lease and this long. (Default: 15 s)
+   */
+  fallbackPollIntervalMs: 15_000,
+  /**
    * Job queue URL. An SQLite file in the working directory: zero set-up for one machine.
    * (Default: `sqlite://roboflow.db`)
    */

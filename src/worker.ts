@@ -85,6 +85,8 @@ export interface WorkerSettings {
   readonly jobRetryBaseDelayMs: number;
   readonly jobRetryMaxDelayMs: number;
   readonly pollIntervalMs: number;
+  /** Poll interval when the queue wakes idle workers itself (`JobQueue.onWork`). */
+  readonly fallbackPollIntervalMs: number;
   /** Time limit of one exec run (unless `processorOptions.timeoutMs` says otherwise). */
   readonly execTimeoutMs: number;
   readonly execKillGraceMs: number;
@@ -221,6 +223,7 @@ function resolveSettings(config: Partial<WorkerSettings> | undefined): WorkerSet
     jobRetryBaseDelayMs: pick('jobRetryBaseDelayMs'),
     jobRetryMaxDelayMs: pick('jobRetryMaxDelayMs'),
     pollIntervalMs: pick('pollIntervalMs'),
+    fallbackPollIntervalMs: pick('fallbackPollIntervalMs'),
     execTimeoutMs: pick('execTimeoutMs'),
     execKillGraceMs: pick('execKillGraceMs'),
     allowSources: pick('allowSources'),
@@ -418,6 +421,7 @@ export class Worker {
       leaseMs: s.leaseMs,
       heartbeatMs: s.heartbeatMs,
       pollIntervalMs: s.pollIntervalMs,
+      fallbackPollIntervalMs: s.fallbackPollIntervalMs,
       drain: this.#opts.drain ?? false,
       budget: new ByteBudget({ limitBytes: s.bufferBudgetBytes, dir: s.bufferDir, reserveBytes: s.bufferReserveBytes }),
       clients,

@@ -92,6 +92,12 @@ export interface PrefetchQueueOptions {
   /** How often to ask an empty job queue again. (Default: 1 s) */
   readonly pollIntervalMs?: number;
   /**
+   * How often to ask again instead when the job queue wakes this one on new work
+   * (`JobQueue.onWork`, PostgreSQL): only lost workers' expired leases go unannounced.
+   * (Default: `pollIntervalMs`)
+   */
+  readonly fallbackPollIntervalMs?: number;
+  /**
    * Return null from `nextReady()` once the job queue has no unfinished job left (nothing
    * pending, claimed or running, ours included) and no slot holds a job, instead of polling on.
    * Waiting for claimed and running jobs means a job that is retried, or whose worker died and
@@ -198,6 +204,7 @@ export class PrefetchQueue {
   readonly #leaseMs: number;
   readonly #heartbeatMs: number;
   readonly #pollIntervalMs: number;
+  readonly #fallbackPollIntervalMs: number;
   readonly #drain: boolean;
   readonly #budget: ByteBudget | undefined;
   readonly #clients: StorageClients | undefined;
@@ -221,6 +228,10 @@ export class PrefetchQueue {
   #drained = false;
   /** Consecutive failed claims; the first is logged, the rest only counted. */
   #queueErrorStreak = 0;
+  /** Ends the job queue's wake-up subscription; null when it offers none (or not running). */
+  #unsubscribeWork: (() => void) | null = null;
+  /** Wake-ups heard; a claim that started before one and found nothing asks again at once. */
+  #wakeups = 0;
   #heartbeatTimer: NodeJS.Timeout | null = null;
   #heartbeating = false;
   #heartbeatErrorStreak = 0;
@@ -244,6 +255,7 @@ export class PrefetchQueue {
     this.#leaseMs = opts.leaseMs ?? DEFAULTS.leaseMs;
     this.#heartbeatMs = opts.heartbeatMs ?? DEFAULTS.heartbeatMs;
     this.#pollIntervalMs = opts.pollIntervalMs ?? DEFAULTS.pollIntervalMs;
+    this.#fallbackPollIntervalMs = opts.fallbackPollIntervalMs ?? this.#pollIntervalMs;
     if (this.#heartbeatMs <= 0 || this.#heartbeatMs >= this.#leaseMs) {
       throw new RoboflowError(
         'ERR_CONFIG',
@@ -421,13 +433,16 @@ export class PrefetchQueue {
     switch (to) {
       case 'running':
         this.#heartbeatTimer = setInterval(() => this.#heartbeatTick(), this.#heartbeatMs);
+        this.#unsubscribeWork = this.#queue.onWork?.(() => this.#onWork()) ?? null;
         this.#fill();
         break;
       case 'closing':
+        this.#stopWakeups();
         this.#clearClaimTimer();
         break;
       case 'closed':
       case 'destroyed':
+        this.#stopWakeups();
         this.#clearClaimTimer();
         if (this.#heartbeatTimer) clearInterval(this.#heartbeatTimer);
         this.#heartbeatTimer = null;
@@ -584,7 +599,22 @@ export class PrefetchQueue {
     };
   }
 
+  /** The job queue says work arrived: an idle filler claims now instead of at its next poll. */
+  #onWork(): void {
+    this.#wakeups++;
+    if (this.#claimTimer !== null && this.#claimTimerKind === 'poll') {
+      this.#clearClaimTimer();
+      this.#fill();
+    }
+  }
+
+  #stopWakeups(): void {
+    this.#unsubscribeWork?.();
+    this.#unsubscribeWork = null;
+  }
+
   async #claimOne(): Promise<void> {
+    const wakeupsBefore = this.#wakeups;
     const slot = this.#newSlot();
     this.#setSlotState(slot, 'claiming');
     let job: JobRecord | null;
@@ -602,7 +632,11 @@ export class PrefetchQueue {
     if (!job) {
       this.#setSlotState(slot, 'freed');
       if (this.#drain) await this.#checkDrained();
-      this.#waitThenFill(this.#pollIntervalMs, 'poll');
+      // A wake-up during the claim may announce a job the claim's query did not see yet.
+      const woken = this.#wakeups !== wakeupsBefore;
+      // A draining worker waits for others' running jobs, which end unannounced: it keeps polling.
+      const quiet = this.#unsubscribeWork !== null && !this.#drain;
+      this.#waitThenFill(woken ? 0 : quiet ? this.#fallbackPollIntervalMs : this.#pollIntervalMs, 'poll');
       return;
     }
     this.#drained = false;
