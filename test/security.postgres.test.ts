@@ -93,7 +93,7 @@ describe('a worker role without CREATE or INSERT', () => {
     const input = path.join(dir, 'episode.mcap');
     await writeFile(input, Buffer.alloc(10_000, 7));
     const jobs = [];
-    for (let i = 0; i < 3; i++) jobs.push(await owner.submit({ inputs: [{ url: pathToFileURL(input).href }], processor: 'checksum' }));
+    for (let i = 0; i < 3; i++) jobs.push(await owner.submit({ inputs: [{ url: pathToFileURL(input).href }], processor: 'checksum', key: `episode-${i}` }));
 
     const q = await open(asRole(url));
     const summary = await new Worker({

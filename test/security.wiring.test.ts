@@ -155,7 +155,8 @@ describe('a refused job goes dead at once and makes no request', () => {
     expect(refused.lastError).toContain('refusing to connect to localhost');
     expect(server.requests).toHaveLength(0);
 
-    const second = await submit({ inputs: [{ url }] });
+    // The same input again, under another key (the first job, dead, keeps its derived one).
+    const second = await submit({ inputs: [{ url }], key: 'second-try' });
     await worker({ allowSources: [pattern], allowPrivateRanges: ['127.0.0.0/8', '::1/128'] }).run();
     expect((await job(second.id)).status).toBe('done');
     expect(server.requests.length).toBeGreaterThan(0);
@@ -174,7 +175,7 @@ describe('a refused job goes dead at once and makes no request', () => {
     expect((await job(first.id)).lastError).toContain('refusing to connect to localhost');
     expect(server.requests).toHaveLength(0);
 
-    const second = await submit({ inputs: [{ url: 's3://bucket/raw/s3.mcap' }] });
+    const second = await submit({ inputs: [{ url: 's3://bucket/raw/s3.mcap' }], key: 'second-try' });
     await worker({ allowSources: ['s3://bucket/raw/*'], allowPrivateRanges: ['127.0.0.0/8', '::1/128'] }, { storage }).run();
     expect((await job(second.id)).status).toBe('done');
     expect(requestsFor('raw/s3.mcap')).toBeGreaterThan(0);
