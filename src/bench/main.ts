@@ -25,6 +25,7 @@ import type { BenchContext } from './runner.js';
 import { runDownloadScenario } from './scenario-download.js';
 import { runMemoryScenario } from './scenario-memory.js';
 import { runPrefetchScenario } from './scenario-prefetch.js';
+import { queuePlan, runQueueScenario } from './scenario-queue.js';
 import { runResumeScenario } from './scenario-resume.js';
 import { runSweepScenario } from './scenario-sweep.js';
 import { downloadTools, findExecutable, resolveTools } from './tools.js';
@@ -155,7 +156,10 @@ async function measure(opts: BenchOptions): Promise<void> {
       spec.id.startsWith('roboflow') && !existsSync(path.join(ROOT, 'dist/bin/roboflow.js')) ? 'dist/bin/roboflow.js is missing (npm run build)' : null,
     );
     tools = resolved.infos;
-    for (const t of tools.filter((x) => !x.available)) ctx.note(`${t.label} was not run: ${t.reason ?? 'not available'}.`);
+    // Only the download scenario runs the peers; a run without it has nothing to say about them.
+    if (opts.scenarios.includes('download')) {
+      for (const t of tools.filter((x) => !x.available)) ctx.note(`${t.label} was not run: ${t.reason ?? 'not available'}.`);
+    }
     for (const t of tools.filter((x) => x.available)) log(`tool ${t.id}: ${t.version ?? 'version unknown'}`);
     baseline = await nodeBaseline(ctx);
     rev = await revision();
@@ -181,6 +185,7 @@ async function measure(opts: BenchOptions): Promise<void> {
     await run('sweep', () => runSweepScenario(ctx, plan.sweep));
     await run('prefetch', () => runPrefetchScenario(ctx, plan.prefetch));
     await run('resume', () => runResumeScenario(ctx, { ...plan.resume, seed: opts.seed }));
+    await run('queue', () => runQueueScenario(ctx, queuePlan(opts.quick)));
 
     const results: BenchResults = {
       schema: RESULTS_SCHEMA,

@@ -18,7 +18,7 @@ export const USAGE = `usage: npm run bench -- [options]
 Runs roboflow and its peers side by side and writes bench/results/<date>.json, BENCHMARKS.md
 and bench/*.svg. Peers are installed only by \`bash bench/setup\`; missing ones are reported.
 
-  --scenario LIST    download,memory,sweep,prefetch,resume (default: all); repeatable
+  --scenario LIST    download,memory,sweep,prefetch,resume,queue (default: all); repeatable
   --condition LIST   capped,uncapped for the download scenario (default: both)
   --tools LIST       only these tools in the download scenario (ids: roboflow,
                      roboflow-no-checksum, roboflow-process, roboflow-1,

@@ -5,6 +5,7 @@
  * written by hand.
  */
 
+import { queueSection } from './scenario-queue.js';
 import type { BenchResults, DownloadCondition, PhaseTimeline, ScenarioName, ToolInfo, ToolRun } from './results.js';
 import type { ComparedSummary } from './stats.js';
 import { compareTo, GB, median, MiB, prefetchBound, ratio, refetchedPerKill, summarise } from './stats.js';
@@ -818,6 +819,7 @@ export function generateMarkdown(input: ReportInput): string {
   if (picked.sweep) parts.push(sweepSection(picked.sweep, plots));
   if (picked.prefetch) parts.push(prefetchSection(picked.prefetch, plots));
   if (picked.resume) parts.push(resumeSection(picked.resume, plots));
+  if (picked.queue) parts.push(queueSection(picked.queue.results.scenarios.queue!, picked.queue.results.quick));
   const lost = losses(picked);
   parts.push('## Where roboflow loses, and why', '');
   parts.push(lost.length > 0 ? lost.map((l) => `- ${l}`).join('\n') : 'In these results roboflow matched or beat every peer on throughput, CPU per GB and memory, and met every goal it was measured against.');

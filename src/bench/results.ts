@@ -4,6 +4,7 @@
  * can be regenerated (`--report-only`) without measuring again.
  */
 
+import type { QueueScenario } from './scenario-queue.js';
 import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 
@@ -249,6 +250,7 @@ export interface BenchResults {
     readonly sweep?: SweepScenario;
     readonly prefetch?: PrefetchScenario;
     readonly resume?: ResumeScenario;
+    readonly queue?: QueueScenario;
   };
   readonly profiles?: readonly ProfileSummary[];
   readonly nodeBaseline?: readonly BaselineRun[];
@@ -262,7 +264,7 @@ export interface BenchResults {
 }
 
 export type ScenarioName = keyof BenchResults['scenarios'];
-export const SCENARIO_NAMES: readonly ScenarioName[] = ['download', 'memory', 'sweep', 'prefetch', 'resume'];
+export const SCENARIO_NAMES: readonly ScenarioName[] = ['download', 'memory', 'sweep', 'prefetch', 'resume', 'queue'];
 
 // ---------------------------------------------------------------------------------------------
 // Parsers of what the measured tools print
