@@ -403,13 +403,14 @@ export function queueSection(s: QueueScenario, quick: boolean): string {
         `The queue's part (claim, start, complete, ${s.throughput.workers} clients at once) is ${f(perJobMs(s.throughput.queueOnlyJobsPerSecond), 1)} ms of it. ` +
         `Leaving the fsyncs out (\`--durability process\`) saves ${f(perJobMs(disk.jobsPerSecond) - perJobMs(proc.jobsPerSecond), 1)} ms. ` +
         'The rest is the worker\'s per-job machinery on two shared cores: creating and deleting the job directory, sizing the input, the download with its temp file, state file and rename, the processor, the output directory, the log lines. ' +
-        'Start-up is excluded here (measured from the first to the last completion); with one process per job, as a script running `roboflow` per job would, the CLI start-up of the submit table would come on top of every job.',
+        'Start-up is excluded here (measured from the first to the last completion); with one process per job, as a script running `roboflow` per job would, the CLI start-up shown in the submit table would come on top of every job.',
       '',
     );
   }
   lines.push(
     'Against graphile-worker\'s published figures (worker.graphile.org/docs/performance: ~202,000 jobs queued per second from one `add_jobs` batch call, ~183,000 jobs executed per second, 4.16 ms average latency from `add_job` to execution start), measured on a well-specced dedicated database server with 24 concurrent jobs per worker, a local queue of 500 and batched completions: ' +
-      'the comparable figures here are the pickup latency (same mechanism, LISTEN/NOTIFY; ours is measured to the claim, on a 2-core machine shared with other work, so it is in the same range rather than better or worse) and submit throughput, where ours includes the CLI start-up, listing the directory and hashing every job\'s key, so it is not comparable to their in-database rate. ' +
+      `the nearest comparable figure is the pickup latency: the same mechanism (LISTEN/NOTIFY), ours ${pgPickup ? `${f(pgPickup.medianMs)} ms median, about ${f(pgPickup.medianMs / 4.16, 0)}× their average` : 'above'}, measured to the claim on a 2-core machine shared with other work rather than on a dedicated server, so the gap says more about the machines than the queues. ` +
+      'Submit throughput is not comparable: ours is a whole command (CLI start-up, listing the directory, hashing every job\'s key, checking for existing keys), theirs the database inserting one prepared batch. ' +
       'Their execution rate is of no-op tasks without I/O; every job here downloads its input to a buffer directory and runs a processor, so it is not comparable either: the queue calls alone are the nearest figure.',
     '',
   );
