@@ -409,7 +409,7 @@ export function queueSection(s: QueueScenario, quick: boolean): string {
   }
   lines.push(
     'Against graphile-worker\'s published figures (worker.graphile.org/docs/performance: ~202,000 jobs queued per second from one `add_jobs` batch call, ~183,000 jobs executed per second, 4.16 ms average latency from `add_job` to execution start), measured on a well-specced dedicated database server with 24 concurrent jobs per worker, a local queue of 500 and batched completions: ' +
-      `the nearest comparable figure is the pickup latency: the same mechanism (LISTEN/NOTIFY), ours ${pgPickup ? `${f(pgPickup.medianMs)} ms median, about ${f(pgPickup.medianMs / 4.16, 0)}× their average` : 'above'}, measured to the claim on a 2-core machine shared with other work rather than on a dedicated server, so the gap says more about the machines than the queues. ` +
+      `the nearest comparable figure is the pickup latency: the same mechanism (LISTEN/NOTIFY), ours ${pgPickup ? `${f(pgPickup.medianMs)} ms median, about ${f(pgPickup.medianMs / 4.16, 0)}× their average` : 'above'}, measured to the claim on a 2-core machine shared with other work rather than on a dedicated server, so the two are not a like-for-like comparison. ` +
       'Submit throughput is not comparable: ours is a whole command (CLI start-up, listing the directory, hashing every job\'s key, checking for existing keys), theirs the database inserting one prepared batch. ' +
       'Their execution rate is of no-op tasks without I/O; every job here downloads its input to a buffer directory and runs a processor, so it is not comparable either: the queue calls alone are the nearest figure.',
     '',
