@@ -10,7 +10,7 @@ const GiB = 2 ** 30;
 describe('parseBenchArgs', () => {
   it('runs everything three times by default', () => {
     const o = parseBenchArgs([]);
-    expect(o.scenarios).toEqual(['download', 'memory', 'sweep', 'prefetch', 'resume']);
+    expect(o.scenarios).toEqual(['download', 'memory', 'sweep', 'prefetch', 'resume', 'queue']);
     expect(o.conditions).toEqual(['capped', 'uncapped']);
     expect(o.repeat).toBe(3);
     expect(o.reportOnly).toBe(false);

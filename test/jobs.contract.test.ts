@@ -694,4 +694,42 @@ describe('PostgreSQL wake-ups (LISTEN/NOTIFY)', () => {
     unsubscribe2();
     expect(wakes.calls()).toBe(unsubscribed);
   });
+
+  it('listens again after the server drops the listening connection, and wakes subscribers on reconnecting', async () => {
+    const url = new URL(await backend.freshUrl());
+    const appName = `roboflow_listen_${process.pid}_${Date.now()}`;
+    const q = await PostgresJobQueue.open({
+      connectionString: TEST_POSTGRES_URL,
+      schema: url.searchParams.get('schema') as string,
+      displayUrl: url.toString(),
+      applicationName: appName,
+    });
+    open.push(q);
+    const submitter = await queueAt(url.toString());
+    const wakes = counter();
+    q.onWork(wakes.listener);
+    await waitFor('the first wake-up', async () => {
+      if (wakes.calls() > 0) return true;
+      await submitter.submitMany([spec(`probe-${Date.now()}`)]);
+      return null;
+    });
+    const admin = new pg.Client({ connectionString: TEST_POSTGRES_URL });
+    await admin.connect();
+    try {
+      // Every connection of the queue goes, the listening one among them.
+      const killed = await admin.query('SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1', [appName]);
+      expect(killed.rowCount).toBeGreaterThan(0);
+      const before = wakes.calls();
+      // Reconnected: the lost notifications are made up for by one wake-up, then new ones arrive.
+      await wakes.after(before + 1, 'the wake-up on reconnecting');
+      await waitFor('a wake-up for a submit after the reconnection', async () => {
+        const seen = wakes.calls();
+        await submitter.submitMany([spec(`after-${Date.now()}`)]);
+        await new Promise((r) => setTimeout(r, 200));
+        return wakes.calls() > seen ? true : null;
+      });
+    } finally {
+      await admin.end();
+    }
+  });
 });

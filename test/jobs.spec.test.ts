@@ -26,7 +26,19 @@ describe('parseJobSpec', () => {
       processor: 'checksum',
       args: {},
       maxAttempts: 3,
+      priority: 0,
+      key: expect.stringMatching(/^sha256:[0-9a-f]{64}$/),
     });
+  });
+
+  it('derives the same key for the same work, whatever the order of args or the attempts and priority', () => {
+    const base = { inputs: [{ url: 's3://b/a.mcap' }], processor: 'exec', args: { command: ['x'], env: { A: '1', B: '2' } }, output: 's3://o/' };
+    const key = parseJobSpec(base).key;
+    expect(parseJobSpec({ ...base, args: { env: { B: '2', A: '1' }, command: ['x'] }, maxAttempts: 9, priority: -4 }).key).toBe(key);
+    expect(parseJobSpec({ ...base, output: 's3://other/' }).key).not.toBe(key);
+    expect(parseJobSpec({ ...base, args: { command: ['y'], env: { A: '1', B: '2' } } }).key).not.toBe(key);
+    expect(parseJobSpec({ ...base, inputs: [{ url: 's3://b/a.mcap', size: 1 }] }).key).not.toBe(key);
+    expect(parseJobSpec({ ...base, key: ' mine ' }).key).toBe('mine');
   });
 
   it('names each offending field', () => {
@@ -44,7 +56,9 @@ describe('parseJobSpec', () => {
     expect(specError({ inputs: [{ url: 'a', checksum: { algorithm: 'md5', hex: 'abc' } }], processor: 'p' })).toContain(
       'inputs[0].checksum.hex: a md5 digest has 32 hex digits, got 3',
     );
-    expect(specError({ inputs: [{ url: 'a' }], processor: 'p', priority: 1 })).toContain('unknown field priority');
+    expect(specError({ inputs: [{ url: 'a' }], processor: 'p', prio: 1 })).toContain('unknown field prio');
+    expect(specError({ inputs: [{ url: 'a' }], processor: 'p', priority: 0.5 })).toContain('priority: must be a whole number');
+    expect(specError({ inputs: [{ url: 'a' }], processor: 'p', key: 7 })).toContain('key: must be a string');
     expect(specError(null)).toContain('job spec');
   });
 
