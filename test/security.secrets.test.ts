@@ -13,7 +13,7 @@ import { DEFAULTS } from '../src/defaults.js';
 import { openQueue } from '../src/jobs/index.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord } from '../src/types.js';
 import { Worker, type WorkerSettings } from '../src/worker.js';
 

@@ -17,7 +17,7 @@ import { openQueue } from '../src/jobs/index.js';
 import { createLogger } from '../src/log.js';
 import { jobDirectory } from '../src/paths.js';
 import type { Resolver } from '../src/security/address.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord, JobSpec, Processor } from '../src/types.js';
 import { Worker, type WorkerOptions, type WorkerSettings } from '../src/worker.js';
 
