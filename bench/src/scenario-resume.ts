@@ -12,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
 import { durableBytes, planOf, readResumeState } from '../../src/prefetch/resume-state.js';
-import { generatedSha256 } from '../../src/cli/demo/content.js';
+import { generatedSha256, mulberry32 } from '../../src/cli/demo/content.js';
 import { ObjectServer } from '../../test/support/object-server.js';
 import { runCommand } from './measure.js';
 import type { KilledAttempt, ResumeScenario, ResumeTrial } from './results.js';
@@ -38,14 +38,7 @@ const SETTLE_MS = 200;
 
 /** Small, seeded PRNG (mulberry32): kill points that are random but reproducible. */
 export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed);
 }
 
 export async function runResumeScenario(ctx: BenchContext, opts: ResumeOptions): Promise<ResumeScenario> {

@@ -15,9 +15,13 @@
  *
  * Bodies are streamed in slices with backpressure, and generated bodies are computed slice by
  * slice (`content.ts`), so serving a 4 GiB object costs no memory.
+ *
+ * The parts beside it: `sigv4.ts` (request signatures), `aws-chunked.ts` (streamed upload
+ * bodies), `faults.ts` (fault rules); pacing and byte ranges are the demo store's
+ * (`src/cli/demo/`).
  */
 
-import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
 import { mkdtemp, open, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { setMaxListeners } from 'node:events';
@@ -27,8 +31,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 
-import { RoboflowError } from '../../src/errors.js';
+import { parseRange, resolveRange } from '../../src/cli/demo/byte-range.js';
 import { generatedContent, generatedDigest, generatedDigestSync } from '../../src/cli/demo/content.js';
+import { drained, FAST_SLICE, pace, pacedSlice, sleep, type TokenBucket } from '../../src/cli/demo/pacing.js';
+import { RoboflowError } from '../../src/errors.js';
+import { BadRequest, decodeAwsChunked } from './aws-chunked.js';
+import { FaultRules, type Fault, type FaultRule } from './faults.js';
+import { uriEncode, verifySigV4, type QueryParam, type SigningContext } from './sigv4.js';
+
+export type { Fault, FaultRule } from './faults.js';
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -74,41 +85,6 @@ export interface ObjectServerOptions {
 /** An object's content: bytes in memory, a generated object named by `(size, seed)` (see
  * `content.ts`), or an existing file served in place (never modified or deleted). */
 export type ObjectBody = Buffer | { generated: { size: number; seed: number } } | { file: string };
-
-export type Fault =
-  | { kind: 'status'; status: number; retryAfterSeconds?: number; ossDelayMs?: number; body?: string; contentType?: string }
-  /** Destroy the socket (TCP RST) after sending n body bytes. On HEAD: instead of answering. */
-  | { kind: 'reset'; afterBytes: number }
-  /** End the response cleanly after n bytes although Content-Length promised more. */
-  | { kind: 'truncate'; afterBytes: number }
-  /** Stop sending after n bytes for `ms`, then go on (default: until the client gives up).
-   * On HEAD: delays the headers. */
-  | { kind: 'stall'; afterBytes: number; ms?: number }
-  /** Replace the object (new ETag) before serving this request. */
-  | { kind: 'replace'; body: ObjectBody }
-  /** 206 whose Content-Range names a different range than the bytes sent. */
-  | { kind: 'bad-content-range' }
-  /** Body sent chunked, without Content-Length. */
-  | { kind: 'no-content-length' }
-  /** 200 text/html error page instead of the object (a captive portal or a misrouted proxy). */
-  | { kind: 'html-error' };
-
-export interface FaultRule {
-  fault: Fault;
-  /** Which requests: default all GETs of any object. `method: '*'` matches every object
-   * request (GET, HEAD, PUT, POST, DELETE); on PUT/POST/DELETE only `status`, `reset` and
-   * `replace` faults act. */
-  match?: { method?: string; bucket?: string; key?: string; rangedOnly?: boolean };
-  /** Apply to the first `times` matching requests (default 1), or ... */
-  times?: number;
-  /** ... skip the first `skip` matching requests first (default 0), or ... */
-  skip?: number;
-  /** ... apply to each matching request with this probability, drawn from a seeded PRNG (then
-   * `times` = max applications, default unlimited). */
-  probability?: number;
-  /** Seed of the rule's PRNG. (Default: 1) */
-  seed?: number;
-}
 
 export interface RequestLogEntry {
   method: string;
@@ -186,24 +162,9 @@ interface SliceReader {
 }
 
 const MiB = 1024 * 1024;
-/** Uncapped responses are written in slices this big: large enough that per-write overhead is
- * small next to the copy, small enough to keep memory per connection bounded. */
-const FAST_SLICE = 256 * 1024;
-/** Capped responses use smaller slices so pacing is smooth (~100 slices per second). */
-const MIN_PACED_SLICE = 1024;
-const MAX_PACED_SLICE = 256 * 1024;
-/** A response may bank this much of its own sending time as credit. Timers fire late on a busy
- * machine; without some credit every late wake-up would be lost and the effective rate fall far
- * below the cap. 50 ms keeps bursts short next to any transfer worth capping. Credit is never
- * carried from one response to the next: idle time before a response (its first-byte latency, a
- * socket opened early and left waiting) is not banked, as a real store's link banks nothing. */
-const PACE_BURST_SECONDS = 0.05;
 const DIGEST_READ = MiB;
 const XML_HEADER = '<?xml version="1.0" encoding="UTF-8"?>\n';
 const S3_NS = 'http://s3.amazonaws.com/doc/2006-03-01/';
-/** Same tolerance as S3: a signed request older or newer than this is refused. */
-const MAX_CLOCK_SKEW_MS = 15 * 60 * 1000;
-const EMPTY_SHA256 = createHash('sha256').update('').digest('hex');
 
 function quoteEtag(etag: string): string {
   return etag.startsWith('"') || etag.startsWith('W/') ? etag : `"${etag}"`;
@@ -344,48 +305,6 @@ async function openReader(obj: StoredObject, cache: GeneratedCache): Promise<Sli
 // Small helpers
 // ---------------------------------------------------------------------------------------------
 
-/** Resolves after `ms` or as soon as `signal` aborts (never rejects); `Infinity` waits for the
- * signal only. */
-function sleep(ms: number, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    let timer: NodeJS.Timeout | undefined;
-    const done = (): void => {
-      if (timer !== undefined) clearTimeout(timer);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    if (Number.isFinite(ms)) timer = setTimeout(done, Math.max(0, ms));
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
-
-/** Waits for 'drain' or for the response to go away, whichever comes first. */
-function drained(res: ServerResponse, signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = (): void => {
-      res.off('drain', done);
-      signal.removeEventListener('abort', done);
-      resolve();
-    };
-    res.on('drain', done);
-    signal.addEventListener('abort', done, { once: true });
-  });
-}
-
-/** mulberry32: a tiny seeded PRNG, enough for reproducible fault probabilities. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function xmlEscape(s: string): string {
   return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
@@ -401,22 +320,12 @@ function xmlUnescape(s: string): string {
     .replace(/&amp;/g, '&');
 }
 
-/** RFC 3986 encoding as SigV4 and S3 use it (encodeURIComponent leaves !'()* alone). */
-function uriEncode(s: string): string {
-  return encodeURIComponent(s).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
-}
-
 function safeDecode(s: string): string | undefined {
   try {
     return decodeURIComponent(s);
   } catch {
     return undefined;
   }
-}
-
-interface QueryParam {
-  readonly name: string;
-  readonly value: string;
 }
 
 function parseQuery(raw: string): QueryParam[] | undefined {
@@ -465,303 +374,6 @@ function errorCodeForStatus(status: number): string {
     default:
       return status >= 500 ? 'ServiceUnavailable' : 'InvalidRequest';
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Ranges
-// ---------------------------------------------------------------------------------------------
-
-type RangeSpec =
-  | { readonly kind: 'none' }
-  | { readonly kind: 'bounded'; readonly first: number; readonly last: number }
-  | { readonly kind: 'open'; readonly first: number }
-  | { readonly kind: 'suffix'; readonly length: number };
-
-/** Parses a single `bytes=` range. Anything else (multiple ranges, other units, garbage) is
- * ignored and the whole object served, as RFC 9110 allows and S3 does. */
-function parseRange(header: string | undefined): RangeSpec {
-  if (header === undefined) return { kind: 'none' };
-  const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
-  if (m === null) return { kind: 'none' };
-  const a = m[1] ?? '';
-  const b = m[2] ?? '';
-  if (a === '' && b === '') return { kind: 'none' };
-  if (a === '') return { kind: 'suffix', length: Number(b) };
-  if (b === '') return { kind: 'open', first: Number(a) };
-  const first = Number(a);
-  const last = Number(b);
-  if (last < first) return { kind: 'none' };
-  return { kind: 'bounded', first, last };
-}
-
-/** `[start, end)` to serve, 'unsatisfiable' for 416, or undefined for the whole object (200). */
-function resolveRange(spec: RangeSpec, size: number): { start: number; end: number } | 'unsatisfiable' | undefined {
-  switch (spec.kind) {
-    case 'none':
-      return undefined;
-    case 'bounded':
-      if (spec.first >= size) return 'unsatisfiable';
-      return { start: spec.first, end: Math.min(size, spec.last + 1) };
-    case 'open':
-      if (spec.first >= size) return 'unsatisfiable';
-      return { start: spec.first, end: size };
-    case 'suffix':
-      if (spec.length === 0 || size === 0) return 'unsatisfiable';
-      return { start: Math.max(0, size - spec.length), end: size };
-    default: {
-      const _exhaustive: never = spec;
-      return _exhaustive;
-    }
-  }
-}
-
-// ---------------------------------------------------------------------------------------------
-// SigV4
-// ---------------------------------------------------------------------------------------------
-
-interface SigningContext {
-  readonly signingKey: Buffer;
-  readonly amzDate: string;
-  readonly scope: string;
-  readonly signature: string;
-}
-
-type AuthResult =
-  | { readonly ok: true; readonly ctx: SigningContext; readonly payloadHash: string }
-  | { readonly ok: false; readonly status: number; readonly code: string; readonly message: string };
-
-function hmac(key: Buffer | string, data: string): Buffer {
-  return createHmac('sha256', key).update(data, 'utf8').digest();
-}
-
-function sha256Hex(data: string | Buffer): string {
-  return createHash('sha256').update(data).digest('hex');
-}
-
-function parseAmzDate(s: string): number | undefined {
-  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z$/.exec(s);
-  if (m === null) return undefined;
-  return Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3]), Number(m[4]), Number(m[5]), Number(m[6]));
-}
-
-function sameHex(a: string, b: string): boolean {
-  const ba = Buffer.from(a, 'utf8');
-  const bb = Buffer.from(b, 'utf8');
-  return ba.length === bb.length && timingSafeEqual(ba, bb);
-}
-
-/**
- * Verifies an AWS Signature Version 4 request, from the Authorization header or from a
- * presigned URL's query. The canonical request uses the path exactly as sent (S3 does not
- * normalise or re-encode it) and the payload hash header as given.
- */
-function verifySigV4(
-  req: IncomingMessage,
-  rawPath: string,
-  query: readonly QueryParam[],
-  creds: { accessKeyId: string; secretAccessKey: string },
-  now: number,
-): AuthResult {
-  const deny = (code: string, message: string): AuthResult => ({ ok: false, status: 403, code, message });
-  const qget = (name: string): string | undefined => query.find((p) => p.name === name)?.value;
-  const presigned = qget('X-Amz-Signature') !== undefined;
-  let algorithm: string | undefined;
-  let credential: string | undefined;
-  let signedHeadersRaw: string | undefined;
-  let signature: string | undefined;
-  let amzDate: string | undefined;
-  let payloadHash: string;
-  if (presigned) {
-    algorithm = qget('X-Amz-Algorithm');
-    credential = qget('X-Amz-Credential');
-    signedHeadersRaw = qget('X-Amz-SignedHeaders');
-    signature = qget('X-Amz-Signature');
-    amzDate = qget('X-Amz-Date');
-    payloadHash = qget('X-Amz-Content-Sha256') ?? 'UNSIGNED-PAYLOAD';
-    const expires = Number(qget('X-Amz-Expires'));
-    const signedAt = amzDate === undefined ? undefined : parseAmzDate(amzDate);
-    if (signedAt === undefined || !Number.isFinite(expires)) return deny('AuthorizationQueryParametersError', 'X-Amz-Date or X-Amz-Expires is missing or malformed');
-    if (now > signedAt + expires * 1000) return deny('AccessDenied', 'Request has expired');
-  } else {
-    const auth = req.headers.authorization;
-    if (auth === undefined) return deny('AccessDenied', 'Access Denied: the request carries no Authorization header');
-    const m = /^(\S+)\s+(.*)$/.exec(auth.trim());
-    if (m === null) return deny('AccessDenied', 'malformed Authorization header');
-    algorithm = m[1];
-    for (const part of (m[2] ?? '').split(',')) {
-      const eq = part.indexOf('=');
-      if (eq < 0) continue;
-      const name = part.slice(0, eq).trim();
-      const value = part.slice(eq + 1).trim();
-      if (name === 'Credential') credential = value;
-      else if (name === 'SignedHeaders') signedHeadersRaw = value;
-      else if (name === 'Signature') signature = value;
-    }
-    const dateHeader = req.headers['x-amz-date'];
-    amzDate = typeof dateHeader === 'string' ? dateHeader : undefined;
-    const hashHeader = req.headers['x-amz-content-sha256'];
-    if (typeof hashHeader !== 'string') return deny('InvalidRequest', 'Missing required header for this request: x-amz-content-sha256');
-    payloadHash = hashHeader;
-    const signedAt = amzDate === undefined ? undefined : parseAmzDate(amzDate);
-    if (signedAt === undefined) return deny('AccessDenied', 'x-amz-date header is missing or malformed');
-    if (Math.abs(now - signedAt) > MAX_CLOCK_SKEW_MS) return deny('RequestTimeTooSkewed', 'The difference between the request time and the current time is too large.');
-  }
-  if (algorithm !== 'AWS4-HMAC-SHA256') return deny('AccessDenied', `unsupported signing algorithm ${algorithm ?? '(none)'}`);
-  if (credential === undefined || signedHeadersRaw === undefined || signature === undefined || amzDate === undefined) {
-    return deny('AccessDenied', 'incomplete SigV4 authorization (Credential, SignedHeaders, Signature, date)');
-  }
-  const credParts = credential.split('/');
-  if (credParts.length !== 5 || credParts[4] !== 'aws4_request') return deny('AccessDenied', 'malformed credential scope');
-  const [accessKeyId, date, region, service] = credParts as [string, string, string, string, string];
-  if (accessKeyId !== creds.accessKeyId) return deny('InvalidAccessKeyId', 'The AWS Access Key Id you provided does not exist in our records.');
-  if (!amzDate.startsWith(date)) return deny('AccessDenied', 'credential scope date does not match the request date');
-
-  const signedHeaders = signedHeadersRaw.split(';');
-  if (!signedHeaders.includes('host')) return deny('AccessDenied', 'SignedHeaders must include host');
-  const values = new Map<string, string[]>();
-  for (let i = 0; i + 1 < req.rawHeaders.length; i += 2) {
-    const name = (req.rawHeaders[i] ?? '').toLowerCase();
-    const list = values.get(name) ?? [];
-    list.push((req.rawHeaders[i + 1] ?? '').trim().replace(/\s+/g, ' '));
-    values.set(name, list);
-  }
-  const canonicalHeaders = signedHeaders.map((h) => `${h}:${(values.get(h) ?? []).join(',')}\n`).join('');
-  const canonicalQuery = query
-    .filter((p) => !(presigned && p.name === 'X-Amz-Signature'))
-    .map((p) => [uriEncode(p.name), uriEncode(p.value)] as const)
-    .sort((x, y) => (x[0] < y[0] ? -1 : x[0] > y[0] ? 1 : x[1] < y[1] ? -1 : x[1] > y[1] ? 1 : 0))
-    .map(([k, v]) => `${k}=${v}`)
-    .join('&');
-  const canonicalRequest = [req.method ?? 'GET', rawPath, canonicalQuery, canonicalHeaders, signedHeadersRaw, payloadHash].join('\n');
-  const scope = `${date}/${region}/${service}/aws4_request`;
-  const stringToSign = ['AWS4-HMAC-SHA256', amzDate, scope, sha256Hex(canonicalRequest)].join('\n');
-  const signingKey = hmac(hmac(hmac(hmac(`AWS4${creds.secretAccessKey}`, date), region), service), 'aws4_request');
-  const expected = createHmac('sha256', signingKey).update(stringToSign, 'utf8').digest('hex');
-  if (!sameHex(expected, signature)) {
-    return deny('SignatureDoesNotMatch', 'The request signature we calculated does not match the signature you provided. Check your key and signing method.');
-  }
-  return { ok: true, ctx: { signingKey, amzDate, scope, signature }, payloadHash };
-}
-
-// ---------------------------------------------------------------------------------------------
-// aws-chunked request bodies
-// ---------------------------------------------------------------------------------------------
-
-class BadRequest extends Error {
-  constructor(
-    readonly s3Code: string,
-    message: string,
-    readonly status = 400,
-  ) {
-    super(message);
-  }
-}
-
-/**
- * Decodes the `aws-chunked` content encoding the AWS SDK uses for streamed uploads
- * (`<hex-size>[;chunk-signature=<sig>]\r\n<data>\r\n ... 0\r\n<trailers>\r\n\r\n`). When
- * `signing` is given, each chunk signature is checked against the previous one, starting from
- * the request's seed signature (STREAMING-AWS4-HMAC-SHA256-PAYLOAD).
- */
-async function* decodeAwsChunked(
-  src: AsyncIterable<Buffer>,
-  signing: SigningContext | undefined,
-  trailers: Map<string, string>,
-): AsyncGenerator<Buffer> {
-  type State = 'size' | 'data' | 'data-crlf' | 'trailer' | 'done';
-  let state: State = 'size';
-  let pending: Buffer | undefined;
-  let remaining = 0;
-  let chunkSig: string | undefined;
-  let chunkHash = signing === undefined ? undefined : createHash('sha256');
-  let prevSig = signing?.signature;
-
-  const checkChunk = (): void => {
-    if (signing === undefined || chunkHash === undefined) return;
-    if (chunkSig === undefined) throw new BadRequest('SignatureDoesNotMatch', 'aws-chunked chunk without chunk-signature', 403);
-    const sts = ['AWS4-HMAC-SHA256-PAYLOAD', signing.amzDate, signing.scope, prevSig, EMPTY_SHA256, chunkHash.digest('hex')].join('\n');
-    const expected = createHmac('sha256', signing.signingKey).update(sts, 'utf8').digest('hex');
-    if (!sameHex(expected, chunkSig)) throw new BadRequest('SignatureDoesNotMatch', 'aws-chunked chunk signature does not match', 403);
-    prevSig = chunkSig;
-    chunkHash = createHash('sha256');
-  };
-
-  for await (const incoming of src) {
-    const buf: Buffer = pending === undefined ? incoming : Buffer.concat([pending, incoming]);
-    pending = undefined;
-    let i = 0;
-    while (i < buf.length) {
-      switch (state) {
-        case 'size':
-        case 'trailer': {
-          const nl = buf.indexOf('\r\n', i);
-          if (nl < 0) {
-            if (buf.length - i > 16 * 1024) throw new BadRequest('IncompleteBody', 'aws-chunked header line too long');
-            pending = buf.subarray(i);
-            i = buf.length;
-            break;
-          }
-          const line = buf.toString('latin1', i, nl);
-          i = nl + 2;
-          if (state === 'trailer') {
-            // An empty line ends the trailers; the checksum trailers are checked by the caller.
-            if (line === '') {
-              state = 'done';
-            } else {
-              const colon = line.indexOf(':');
-              if (colon > 0) trailers.set(line.slice(0, colon).trim().toLowerCase(), line.slice(colon + 1).trim());
-            }
-            break;
-          }
-          const m = /^([0-9a-fA-F]+)(?:;chunk-signature=([0-9a-f]+))?/.exec(line);
-          if (m === null) throw new BadRequest('IncompleteBody', `malformed aws-chunked chunk header ${JSON.stringify(line.slice(0, 80))}`);
-          remaining = parseInt(m[1] ?? '0', 16);
-          chunkSig = m[2];
-          if (remaining === 0) {
-            checkChunk();
-            state = 'trailer';
-          } else {
-            state = 'data';
-          }
-          break;
-        }
-        case 'data': {
-          const n = Math.min(remaining, buf.length - i);
-          const piece = buf.subarray(i, i + n);
-          chunkHash?.update(piece);
-          yield piece;
-          remaining -= n;
-          i += n;
-          if (remaining === 0) {
-            checkChunk();
-            state = 'data-crlf';
-          }
-          break;
-        }
-        case 'data-crlf': {
-          if (buf.length - i < 2) {
-            pending = buf.subarray(i);
-            i = buf.length;
-            break;
-          }
-          if (buf[i] !== 13 || buf[i + 1] !== 10) throw new BadRequest('IncompleteBody', 'aws-chunked chunk not followed by CRLF');
-          i += 2;
-          state = 'size';
-          break;
-        }
-        case 'done':
-          // Some encoders end with one more CRLF; anything else after the trailers is ignored.
-          i = buf.length;
-          break;
-        default: {
-          const _exhaustive: never = state;
-          throw new Error(`unreachable ${String(_exhaustive)}`);
-        }
-      }
-    }
-  }
-  // Without trailers an encoder may stop right after the final `0\r\n` (+ optional CRLF).
-  if (state !== 'done' && state !== 'trailer') throw new BadRequest('IncompleteBody', 'aws-chunked body ended inside a chunk');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -873,38 +485,6 @@ interface MultipartUpload {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Faults and pacing
-// ---------------------------------------------------------------------------------------------
-
-interface RuleState {
-  readonly rule: FaultRule;
-  matched: number;
-  applied: number;
-  readonly random: () => number;
-}
-
-/** Token bucket of one response body; the debt form (tokens may go negative) paces exactly. */
-interface TokenBucket {
-  tokens: number;
-  last: number;
-}
-
-/** Takes `len` tokens from a response's bucket, sleeping off any debt. A new bucket holds one
- * slice, so the first slice goes at once and the rest at `rate`. */
-async function pace(b: TokenBucket, len: number, rate: number, signal: AbortSignal): Promise<void> {
-  const now = performance.now();
-  const burst = Math.max(pacedSlice(rate), rate * PACE_BURST_SECONDS);
-  b.tokens = Math.min(burst, b.tokens + ((now - b.last) / 1000) * rate);
-  b.last = now;
-  b.tokens -= len;
-  if (b.tokens < 0) await sleep((-b.tokens / rate) * 1000, signal);
-}
-
-function pacedSlice(rate: number): number {
-  return Math.max(MIN_PACED_SLICE, Math.min(MAX_PACED_SLICE, Math.floor(rate / 100)));
-}
-
-// ---------------------------------------------------------------------------------------------
 // The server
 // ---------------------------------------------------------------------------------------------
 
@@ -927,7 +507,7 @@ export class ObjectServer {
   private readonly uploads = new Map<string, MultipartUpload>();
   private readonly sockets = new Set<Socket>();
   private readonly requestIds = new WeakMap<RequestLogEntry, string>();
-  private readonly rules: RuleState[] = [];
+  private readonly faults = new FaultRules();
   private readonly log: RequestLogEntry[] = [];
   private readonly handlers = new Set<Promise<void>>();
   private readonly closing = new AbortController();
@@ -1130,15 +710,12 @@ export class ObjectServer {
    * first rule that takes it applies its fault, and the rules after it do not see the request
    * (their `skip`/`times` counts are not touched). */
   addFault(rule: FaultRule): void {
-    if (rule.probability !== undefined && !(rule.probability >= 0 && rule.probability <= 1)) {
-      throw new RoboflowError('ERR_CONFIG', `fault rule probability must be within [0, 1], got ${rule.probability}`);
-    }
-    this.rules.push({ rule, matched: 0, applied: 0, random: mulberry32(rule.seed ?? 1) });
+    this.faults.add(rule);
   }
 
   /** Removes every fault rule (and with them their counts). */
   clearFaults(): void {
-    this.rules.length = 0;
+    this.faults.clear();
   }
 
   /** Changes the per-connection cap; responses already streaming follow it from their next slice. */
@@ -1282,28 +859,6 @@ export class ObjectServer {
     };
     this.log.push(entry);
     return entry;
-  }
-
-  private pickFault(method: string, bucket: string, key: string, ranged: boolean): Fault | undefined {
-    for (const st of this.rules) {
-      const m = st.rule.match ?? {};
-      const wanted = (m.method ?? 'GET').toUpperCase();
-      if (wanted !== '*' && wanted !== method) continue;
-      if (m.bucket !== undefined && m.bucket !== bucket) continue;
-      if (m.key !== undefined && m.key !== key) continue;
-      if (m.rangedOnly === true && !ranged) continue;
-      const index = st.matched++;
-      if (index < (st.rule.skip ?? 0)) continue;
-      if (st.rule.probability !== undefined) {
-        if (st.rule.times !== undefined && st.applied >= st.rule.times) continue;
-        if (st.random() >= st.rule.probability) continue;
-      } else if (st.applied >= (st.rule.times ?? 1)) {
-        continue;
-      }
-      st.applied++;
-      return st.rule.fault;
-    }
-    return undefined;
   }
 
   private sendXml(res: ServerResponse, entry: RequestLogEntry, status: number, xml: string | undefined, headers: Record<string, string> = {}): void {
@@ -1502,7 +1057,7 @@ export class ObjectServer {
       res.once('close', () => this.getsInFlight--);
     }
 
-    const fault = this.pickFault(entry.method, bucket, key, rangeHeader !== undefined);
+    const fault = this.faults.pick(entry.method, bucket, key, rangeHeader !== undefined);
     if (fault !== undefined) entry.fault = fault.kind;
     const { signal, dispose } = this.responseSignal(res);
     try {
@@ -1744,7 +1299,7 @@ export class ObjectServer {
     ctx: { signing: SigningContext | undefined; payloadHash: string | undefined; qv: (name: string) => string | undefined },
   ): Promise<void> {
     const { bucket, key } = target;
-    const fault = this.pickFault(entry.method, bucket, key, false);
+    const fault = this.faults.pick(entry.method, bucket, key, false);
     if (fault !== undefined) {
       switch (fault.kind) {
         case 'status':

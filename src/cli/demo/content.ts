@@ -139,3 +139,16 @@ export function generatedDigestSync(algorithm: 'md5' | 'sha256', size: number, s
 export function generatedSha256(size: number, seed: number): Promise<string> {
   return generatedDigest('sha256', size, seed);
 }
+
+/** mulberry32: a tiny seeded generator of numbers in [0, 1), for choices that must repeat with
+ * their seed (sensor noise in sample episodes, fault schedules, kill points). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

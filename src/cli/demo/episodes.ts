@@ -19,7 +19,7 @@ import path from 'node:path';
 import { McapWriter } from '@mcap/core';
 import type { IWritable } from '@mcap/core';
 import { abortError, RoboflowError } from '../../errors.js';
-import { generatedContent } from './content.js';
+import { generatedContent, mulberry32 } from './content.js';
 
 /** The topics an episode has unless told otherwise. */
 export const SAMPLE_TOPICS = ['/camera/front/image_raw', '/imu', '/odom', '/tf'] as const;
@@ -269,16 +269,9 @@ class CdrWriter {
 // Payloads
 // ---------------------------------------------------------------------------------------------
 
-/** mulberry32: a tiny seeded generator for sensor noise. */
+/** Sensor noise: mulberry32 from a seed of its own. */
 function prng(seed: number): () => number {
-  let a = (seed ^ 0x9e3779b9) >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed ^ 0x9e3779b9);
 }
 
 const IDENTITY_3 = [1, 0, 0, 0, 1, 0, 0, 0, 1];

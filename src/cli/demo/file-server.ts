@@ -8,6 +8,7 @@
  * do. Bodies are read from the file slice by slice with backpressure, paced by `pacing.ts`.
  */
 
+import { setMaxListeners } from 'node:events';
 import { open, stat } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -34,6 +35,8 @@ export class FileServer {
     private readonly server: Server,
     private readonly opts: FileServerOptions,
   ) {
+    // Every response in flight listens for the server closing; a dozen at once is normal.
+    setMaxListeners(0, this.closing.signal);
     server.on('connection', (s: Socket) => {
       this.sockets.add(s);
       s.once('close', () => this.sockets.delete(s));
