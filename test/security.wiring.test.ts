@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { loadConfig, policyFromConfig } from '../src/config.js';
+import { loadConfig, policyFromConfig } from '../src/config/load.js';
 import { RoboflowError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
 import { createLogger } from '../src/log.js';
