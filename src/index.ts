@@ -32,10 +32,10 @@ export {
   prefetchConfigFrom,
   storageOptionsFrom,
   policyFromConfig,
-  describeConfig,
-  type Config,
   type LoadedConfig,
-} from './config.js';
+} from './config/load.js';
+export { describeConfig } from './config/describe.js';
+export { type Config } from './config.js';
 export { Metrics, type MetricsOptions } from './metrics.js';
 export { METRICS } from './metric-names.js';
 export { createLogger, type Logger } from './log.js';

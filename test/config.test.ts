@@ -4,18 +4,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import {
-  addConfigFlags,
-  closestKey,
-  configFromCommand,
-  configReference,
-  describeConfig,
-  loadConfig,
-  parseListenAddress,
-  prefetchConfigFrom,
-  renderConfigReference,
-  storageOptionsFrom,
-} from '../src/config.js';
+import { addConfigFlags, configFromCommand } from '../src/cli/config-flags.js';
+import { parseListenAddress } from '../src/config.js';
+import { configReference, describeConfig, renderConfigReference } from '../src/config/describe.js';
+import { closestKey, loadConfig, prefetchConfigFrom, storageOptionsFrom } from '../src/config/load.js';
 import { DEFAULTS } from '../src/defaults.js';
 import { RoboflowError } from '../src/errors.js';
 

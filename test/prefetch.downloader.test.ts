@@ -19,7 +19,7 @@ import {
 } from '../src/prefetch/downloader.js';
 import { pageCacheBootId, readResumeState, STATE_VERSION, writeResumeState } from '../src/prefetch/resume-state.js';
 import { ChunkSet } from '../src/prefetch/ranges.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { DownloadOptions, DownloadProgress } from '../src/types.js';
 
 const KiB = 1024;

@@ -8,12 +8,12 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/config.js';
+import { loadConfig } from '../src/config/load.js';
 import { DEFAULTS } from '../src/defaults.js';
 import { openQueue } from '../src/jobs/index.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord } from '../src/types.js';
 import { Worker, type WorkerSettings } from '../src/worker.js';
 

@@ -11,13 +11,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { loadConfig, policyFromConfig } from '../src/config.js';
+import { loadConfig, policyFromConfig } from '../src/config/load.js';
 import { RoboflowError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
 import { createLogger } from '../src/log.js';
 import { jobDirectory } from '../src/paths.js';
 import type { Resolver } from '../src/security/address.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord, JobSpec, Processor } from '../src/types.js';
 import { Worker, type WorkerOptions, type WorkerSettings } from '../src/worker.js';
 

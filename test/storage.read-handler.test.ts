@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StorageClients } from '../src/storage/index.js';
 import { createS3Client, resolveS3Settings, type S3ClientHandle } from '../src/storage/s3.js';
 import { ReadHttpHandler } from '../src/storage/read-handler.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import { readAll, rejection } from './helpers.js';
 
 const KEY_ID = 'AKIAROBOFLOWREADING';

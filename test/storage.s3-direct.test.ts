@@ -5,7 +5,7 @@ import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createS3Client, resolveS3Settings, S3Source, type S3ClientHandle } from '../src/storage/s3.js';
 import { directAddress, staticCredentials } from '../src/storage/s3-direct.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import { readAll, rejection } from './helpers.js';
 
 const KEY_ID = 'AKIADIRECTTEST';

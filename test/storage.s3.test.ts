@@ -9,7 +9,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { RoboflowError } from '../src/errors.js';
 import { StorageClients } from '../src/storage/index.js';
 import { resolveS3Settings } from '../src/storage/s3.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import { readAll, rejection } from './helpers.js';
 
 

@@ -7,14 +7,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { serverProcessStore } from '../src/bench/scenario-prefetch.js';
-import { formatComparison, runPrefetchComparison } from '../src/demo.js';
+import { serverProcessStore } from '../bench/src/scenario-prefetch.js';
+import { formatComparison, runPrefetchComparison } from '../src/cli/demo/comparison.js';
 import { channels, type JobFinishedEvent } from '../src/diagnostics.js';
 import { abortError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
 import { pageCacheBootId, readResumeState } from '../src/prefetch/resume-state.js';
 import { CHECKSUM_FILE } from '../src/processors/index.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord, Processor } from '../src/types.js';
 import { Worker, type JobReport, type WorkerOptions, type WorkerSettings } from '../src/worker.js';
 

@@ -13,7 +13,8 @@
  */
 
 import { InvalidArgumentError, type Command } from 'commander';
-import { addConfigFlags, configFromCommand, storageOptionsFrom } from '../config.js';
+import { storageOptionsFrom } from '../config/load.js';
+import { addConfigFlags, configFromCommand } from './config-flags.js';
 import { toRoboflowError } from '../errors.js';
 import { openQueue } from '../jobs/index.js';
 import { createLogger, type Logger } from '../log.js';
