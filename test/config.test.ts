@@ -18,6 +18,7 @@ import {
 } from '../src/config.js';
 import { DEFAULTS } from '../src/defaults.js';
 import { RoboflowError } from '../src/errors.js';
+import { describeFull } from './tier.js';
 
 let dir: string;
 
@@ -430,7 +431,7 @@ describe('helpers', () => {
   });
 });
 
-describe('roboflow config (compiled, in a child process)', () => {
+describeFull('roboflow config (compiled, in a child process)', () => {
   const fixture = new URL('./fixtures/config-cli.mjs', import.meta.url).pathname;
 
   function run(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {

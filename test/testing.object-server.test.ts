@@ -32,6 +32,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { generatedContent, generatedSha256 } from '../src/testing/content.js';
 import { ObjectServer, type FaultRule } from '../src/testing/object-server.js';
 import { NodeSha256 } from '../src/storage/s3-direct.js';
+import { itFull } from './tier.js';
 
 const MiB = 1024 * 1024;
 const KEY_ID = 'AKIDTESTSERVER';
@@ -871,7 +872,7 @@ describe('ObjectServer', () => {
       expect(after.error?.code).toBe('ECONNREFUSED');
     });
 
-    it('runs as a standalone process that prints its endpoint and exits on SIGTERM', async () => {
+    itFull('runs as a standalone process that prints its endpoint and exits on SIGTERM', async () => {
       const main = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../dist/testing/object-server-main.js');
       const child = spawn(process.execPath, [main, '--rate', '64M', '--latency', '1', '--full-object-crc32', '--object', 'bench/data.bin=generated:1M:5'], {
         stdio: ['ignore', 'pipe', 'pipe'],
