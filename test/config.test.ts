@@ -10,6 +10,7 @@ import { configReference, describeConfig, renderConfigReference } from '../src/c
 import { closestKey, loadConfig, prefetchConfigFrom, storageOptionsFrom } from '../src/config/load.js';
 import { DEFAULTS } from '../src/defaults.js';
 import { RoboflowError } from '../src/errors.js';
+import { describeFull } from './tier.js';
 
 let dir: string;
 
@@ -422,7 +423,7 @@ describe('helpers', () => {
   });
 });
 
-describe('roboflow config (compiled, in a child process)', () => {
+describeFull('roboflow config (compiled, in a child process)', () => {
   const fixture = new URL('./fixtures/config-cli.mjs', import.meta.url).pathname;
 
   function run(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {

@@ -7,8 +7,10 @@ import type { JobQueue, JobRecord, JobSpec } from '../src/types.js';
 import { TEST_POSTGRES_URL, postgresBackend, sqliteBackend, waitFor, type QueueBackend } from './fixtures/jobs-backends.js';
 import pg from 'pg';
 import { rejection } from './helpers.js';
+import { describeFull, FULL_TIER } from './tier.js';
 
-const backends: QueueBackend[] = [sqliteBackend(), postgresBackend()];
+// The fast tier runs the contract on SQLite alone: it needs no database server.
+const backends: QueueBackend[] = [sqliteBackend(), ...(FULL_TIER ? [postgresBackend()] : [])];
 
 afterAll(async () => {
   for (const b of backends) await b.cleanup();
@@ -389,7 +391,7 @@ describe.each(backends)('JobQueue contract: $name', (backend) => {
   });
 });
 
-describe('PostgreSQL connection handling', () => {
+describeFull('PostgreSQL connection handling', () => {
   const backend = postgresBackend();
   const open: JobQueue[] = [];
   let admin: pg.Pool | undefined;

@@ -21,6 +21,7 @@ import { pageCacheBootId, readResumeState, STATE_VERSION, writeResumeState } fro
 import { ChunkSet } from '../src/prefetch/ranges.js';
 import { ObjectServer } from './support/object-server.js';
 import type { DownloadOptions, DownloadProgress } from '../src/types.js';
+import { itFull } from './tier.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -389,7 +390,7 @@ describe('integrity', () => {
     expect(await exists(dest)).toBe(false);
   });
 
-  it('verifies a CRC32 alone from the writer thread\'s batch CRCs on a large object, and catches a wrong one', async () => {
+  itFull('verifies a CRC32 alone from the writer thread\'s batch CRCs on a large object, and catches a wrong one', async () => {
     const { bytes, sum } = putWithCrc32('big-crc.bin', 64 * MiB + 12_345, 31);
     const dest = path.join(dir, 'big-crc.bin');
     const ok = await downloader().download(server.s3Url(BUCKET, 'big-crc.bin'), dest);
@@ -404,7 +405,7 @@ describe('integrity', () => {
     expect(await exists(partialPaths(bad).temp)).toBe(false);
   });
 
-  it('verifies a resumed large CRC32 download from this run\'s batch CRCs plus the bytes it had, and catches damage to those', async () => {
+  itFull('verifies a resumed large CRC32 download from this run\'s batch CRCs plus the bytes it had, and catches damage to those', async () => {
     const { bytes } = putWithCrc32('resume-crc.bin', 64 * MiB + 777, 37);
     const url = server.s3Url(BUCKET, 'resume-crc.bin');
     const dest = path.join(dir, 'resume-crc.bin');

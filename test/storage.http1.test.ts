@@ -15,6 +15,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
 import { type Http1Body, Http1Pool, type Http1PoolOptions, type Http1Response } from '../src/storage/http1.js';
 import { readAll, rejection } from './helpers.js';
+import { describeFull } from './tier.js';
 
 const MiB = 1024 * 1024;
 const TARGET = 64 * 1024;
@@ -989,7 +990,7 @@ describe('Http1Pool over TLS', () => {
   });
 });
 
-describe('Http1Pool in a process of its own', () => {
+describeFull('Http1Pool in a process of its own', () => {
   beforeAll(async () => {
     // The child imports the compiled module (`npm test` builds first); build it if it is
     // missing or older than its source.

@@ -17,6 +17,7 @@ import { CHECKSUM_FILE } from '../src/processors/index.js';
 import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord, Processor } from '../src/types.js';
 import { Worker, type JobReport, type WorkerOptions, type WorkerSettings } from '../src/worker.js';
+import { itFull } from './tier.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -356,7 +357,7 @@ describe('runPrefetchComparison', () => {
     expect((await readdir(dir)).filter((f) => f.startsWith('roboflow-demo-'))).toEqual([]);
   });
 
-  it('downloads from a store the caller starts: the bench serves files and generated objects from a process of its own, and stops it', async () => {
+  itFull('downloads from a store the caller starts: the bench serves files and generated objects from a process of its own, and stops it', async () => {
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
     for (const content of ['mcap', 'generated'] as const) {
       const started: { urls: string[]; closed: boolean }[] = [];
