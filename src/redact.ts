@@ -164,8 +164,11 @@ export function redactText(text: string, env: NodeJS.ProcessEnv = process.env): 
   return redactSecrets(redactUrlsInText(text), secretsFromEnv(env));
 }
 
-/** C0 and C1 control characters and DEL: what a terminal may act on instead of printing. */
-const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/g;
+/**
+ * C0 and C1 control characters and DEL, what a terminal may act on instead of printing: every
+ * character but printable ASCII (space to tilde) and U+00A0 on.
+ */
+const CONTROL_CHARS = /[^ -~\u00a0-\uffff]/g;
 
 /**
  * `text` with every control character written as `\xHH`. Text a server chose (an error body, a
