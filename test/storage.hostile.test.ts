@@ -20,6 +20,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { backoffDelay, MAX_TIMER_MS, retryAfterFromHeaders, RoboflowError } from '../src/errors.js';
+import { channels } from '../src/diagnostics.js';
+import { ParallelDownloader } from '../src/prefetch/downloader.js';
 import { escapeControl } from '../src/redact.js';
 import { Http1Pool } from '../src/storage/http1.js';
 import { chunked, type Script, startHostileServer } from './fixtures/hostile-server.js';
@@ -468,4 +470,58 @@ describe('the fine points', () => {
       expect(RAW_CONTROL.test(err.message), err.message).toBe(false);
     }
   });
+
+  it('the low-speed limit leaves a slow but steady body alone and retries one below it', async () => {
+    const KiB = 1024;
+    // 2 KiB every 100 ms: 20 KiB/s per connection, slow but steady.
+    const steady: Script = onGet((req, reply) => {
+      reply.socket.write(reply.head());
+      const body = reply.body();
+      let at = 0;
+      reply.every(100, () => {
+        reply.socket.write(body.subarray(at, at + 2 * KiB));
+        at += 2 * KiB;
+      });
+    });
+    const server = await startHostileServer({ size: 96 * KiB, script: steady });
+    const run = async (lowSpeedLimitBytes: number, name: string) => {
+      const d = new ParallelDownloader({
+        connections: 3,
+        chunkSize: 32 * KiB,
+        stallTimeoutMs: 2_000,
+        lowSpeedLimitBytes,
+        lowSpeedTimeMs: 500,
+        retry: { maxAttempts: 2, baseDelayMs: 5, maxDelayMs: 50 },
+      });
+      try {
+        return await d.download(server.url, path.join(dir, name)).then(
+          (r) => ({ ok: true as const, retries: r.retries }),
+          (err: unknown) => ({ ok: false as const, err: err as RoboflowError }),
+        );
+      } finally {
+        await d.close();
+      }
+    };
+    try {
+      const slow = await run(KiB, 'steady.bin');
+      expect(slow).toEqual({ ok: true, retries: 0 });
+      expect((await readFile(path.join(dir, 'steady.bin'))).equals(server.object)).toBe(true);
+      // Below a 64 KiB/s limit every range is given up each window and retried from where it
+      // stopped; each attempt moves on by more than an eighth of its chunk, so none runs out of
+      // attempts, and the bytes are the object's.
+      const retried: string[] = [];
+      const off = channels.rangeRetry.subscribe((e) => retried.push(e.code));
+      try {
+        const strict = await run(64 * KiB, 'too-slow.bin');
+        expect(strict.ok).toBe(true);
+        expect(strict.ok && strict.retries).toBeGreaterThan(0);
+        expect(new Set(retried)).toEqual(new Set(['ERR_STALLED']));
+        expect((await readFile(path.join(dir, 'too-slow.bin'))).equals(server.object)).toBe(true);
+      } finally {
+        off();
+      }
+    } finally {
+      await server.close();
+    }
+  }, 30_000);
 });

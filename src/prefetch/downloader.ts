@@ -71,8 +71,21 @@
  *   never gets more than 9 × `maxAttempts` attempts. Exhausted attempts fail the download with
  *   `ERR_RETRIES_EXHAUSTED`; a permanent error (404, 403, …) fails it at once and aborts the
  *   other lanes.
- * - A body without a byte for `stallTimeoutMs` is destroyed with `ERR_STALLED` (retried); headers
- *   that take longer than `headersTimeoutMs` fail the request with `ERR_TIMEOUT` (retried).
+ * - A body without a byte for `stallTimeoutMs`, or below `lowSpeedLimitBytes` per second over
+ *   `lowSpeedTimeMs` (default: the stall timeout), is destroyed with `ERR_STALLED` (retried on
+ *   another connection); a response head not complete within `headersTimeoutMs` or the stall
+ *   timeout, whichever is shorter (1xx heads are no progress), fails with `ERR_TIMEOUT` (retried).
+ * - A server delay (`Retry-After`, `x-oss-qos-delay-time`) is waited out up to
+ *   `retry.maxDelayMs`; a server asking for longer fails the download at once, saying so.
+ * - Trust in a body's bytes: one whose response declared its length (Content-Length equal to the
+ *   range) is counted byte by byte as it is written. One of undeclared length (chunked,
+ *   close-delimited) is counted only once it ends with exactly the range's length, so a body
+ *   found too long or malformed leaves nothing a resumed run would trust. A range whose bytes are
+ *   all in is done even if the body's end marker never comes. Every response's object size
+ *   (Content-Range total) must be the planned one, else the object changed (see below).
+ * - Sizes: free space (plus what a partial download holds) is checked before anything is
+ *   planned, and chunks grow past `chunkSize` to keep a plan at `MAX_PLAN_CHUNKS`, so an absurd
+ *   size from a server fails, or plans, in O(1).
  * - The object changed (`ERR_SOURCE_CHANGED` from an `If-Match` read, or, for objects without an
  *   ETag, a different size or last-modified on a stat after the last chunk): the partial files are
  *   deleted and the download starts over once (`restarts: 1`); a second change fails it. Bytes of
@@ -1239,6 +1252,7 @@ class Transfer {
           throw err;
         }
         if (n === 0) return;
+        watch.pause();
         await this.beforeWrite(watch);
         await write([buf.subarray(0, n)], n);
         watch.restart();
@@ -1278,6 +1292,7 @@ class Transfer {
         batchBytes += chunk.length;
         meter.add(chunk.length);
         if (batchBytes >= this.batchLimit || received === range.end) {
+          watch.pause();
           await this.beforeWrite(watch);
           // Reading waits for the write: backpressure keeps memory at one batch per lane.
           await writeBatch();
@@ -1482,13 +1497,15 @@ interface TransferState {
  * The stall timer and the low-speed limit of one body being read (curl's --speed-limit and
  * --speed-time): a body without a byte for `stallMs`, or with fewer than `minBytesPerSec` over
  * a window of `windowMs`, is given up (`onGiveUp`) and its range retried on another connection.
- * The window is judged when bytes arrive; a body that goes quiet is the stall timer's. Time the
- * lane spends writing (`restart`) counts for neither.
+ * The window is judged by a timer of its own, so a socket read costs a counter increment and a
+ * timer refresh, as before. Time the lane spends writing (`restart`) counts for neither.
  */
 class BodyWatch {
-  private readonly timer: NodeJS.Timeout;
+  private readonly stall: NodeJS.Timeout;
+  private readonly window: NodeJS.Timeout | undefined;
   private windowAt = performance.now();
   private windowBytes = 0;
+  private paused = false;
 
   constructor(
     stallMs: number,
@@ -1496,34 +1513,45 @@ class BodyWatch {
     private readonly windowMs: number,
     private readonly onGiveUp: (why: string) => void,
   ) {
-    this.timer = setTimeout(() => onGiveUp(`no data for ${stallMs} ms`), stallMs);
+    this.stall = setTimeout(() => onGiveUp(`no data for ${stallMs} ms`), stallMs);
+    if (minBytesPerSec > 0) this.window = setInterval(() => this.judge(), windowMs);
   }
 
   /** `n` bytes arrived. */
   add(n: number): void {
-    this.timer.refresh();
+    this.stall.refresh();
     this.windowBytes += n;
-    if (this.minBytesPerSec === 0) return;
-    const elapsed = performance.now() - this.windowAt;
-    if (elapsed < this.windowMs) return;
-    const rate = (this.windowBytes * 1000) / elapsed;
-    if (rate < this.minBytesPerSec) {
-      this.onGiveUp(`${Math.floor(rate)} B/s over ${formatDuration(Math.round(elapsed))}, below the low-speed limit of ${this.minBytesPerSec} B/s`);
-      return;
-    }
-    this.windowAt += elapsed;
-    this.windowBytes = 0;
+  }
+
+  /** The lane waits on its own (a write): no window is judged until `restart`. */
+  pause(): void {
+    this.paused = true;
   }
 
   /** After a wait of the lane's own: both measures start again. */
   restart(): void {
-    this.timer.refresh();
+    this.paused = false;
+    this.stall.refresh();
     this.windowAt = performance.now();
     this.windowBytes = 0;
   }
 
   stop(): void {
-    clearTimeout(this.timer);
+    clearTimeout(this.stall);
+    clearInterval(this.window);
+  }
+
+  private judge(): void {
+    const elapsed = performance.now() - this.windowAt;
+    // A window cut short by a write is judged at the next tick, whole.
+    if (this.paused || elapsed < this.windowMs * 0.9) return;
+    const rate = (this.windowBytes * 1000) / elapsed;
+    this.windowAt += elapsed;
+    this.windowBytes = 0;
+    if (rate < this.minBytesPerSec) {
+      this.stop();
+      this.onGiveUp(`${Math.floor(rate)} B/s over ${formatDuration(Math.round(elapsed))}, below the low-speed limit of ${this.minBytesPerSec} B/s`);
+    }
   }
 }
 
