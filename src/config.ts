@@ -376,7 +376,7 @@ export const FIELDS = {
     default: DEFAULTS.retryBaseDelayMs,
   }),
   retryMaxDelayMs: field(duration(0), {
-    doc: 'Longest backoff between two attempts of one range.',
+    doc: 'Longest backoff between two attempts of one range, and the longest wait a server may ask for (Retry-After, x-oss-qos-delay-time): one asking for more fails the download at once, saying so.',
     env: 'ROBOFLOW_RETRY_MAX_DELAY',
     default: DEFAULTS.retryMaxDelayMs,
   }),
@@ -387,9 +387,19 @@ export const FIELDS = {
     flag: { spec: '--stall-timeout <duration>' },
   }),
   headersTimeoutMs: field(duration(10), {
-    doc: 'Time to wait for the response headers of one request.',
+    doc: 'Time to wait for the complete response head of one request; a download also gives up on a head after the stall timeout when that is shorter (1xx heads are no progress).',
     env: 'ROBOFLOW_HEADERS_TIMEOUT',
     default: DEFAULTS.headersTimeoutMs,
+  }),
+  lowSpeedLimitBytes: field(size(0, Number.MAX_SAFE_INTEGER), {
+    doc: 'Minimum rate of a range, bytes per second: one slower over lowSpeedTimeMs is retried on another connection; 0 = off.',
+    env: 'ROBOFLOW_LOW_SPEED_LIMIT',
+    default: DEFAULTS.lowSpeedLimitBytes,
+  }),
+  lowSpeedTimeMs: field(nullable(duration(10)), {
+    doc: 'Window of the minimum rate; none = the stall timeout.',
+    env: 'ROBOFLOW_LOW_SPEED_TIME',
+    default: DEFAULTS.lowSpeedTimeMs,
   }),
   progressIntervalMs: field(duration(10), {
     doc: 'How often download progress is reported.',

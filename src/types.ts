@@ -83,6 +83,11 @@ export interface ReadOptions {
 export interface RangeBody {
   readonly range: ByteRange;
   readonly body: Readable;
+  /**
+   * The object's size as this response states it (a Content-Range total, a 200's length), when
+   * it states one: the downloader holds it against the size it planned for.
+   */
+  readonly total?: number;
 }
 
 /** What a URL becomes: a narrow interface so the downloader knows nothing of protocols. */

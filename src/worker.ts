@@ -79,6 +79,8 @@ export interface WorkerSettings {
   readonly retryBaseDelayMs: number;
   readonly retryMaxDelayMs: number;
   readonly stallTimeoutMs: number;
+  readonly lowSpeedLimitBytes: number;
+  readonly lowSpeedTimeMs: number | null;
   readonly progressIntervalMs: number;
   readonly leaseMs: number;
   readonly heartbeatMs: number;
@@ -215,6 +217,8 @@ function resolveSettings(config: Partial<WorkerSettings> | undefined): WorkerSet
     retryBaseDelayMs: pick('retryBaseDelayMs'),
     retryMaxDelayMs: pick('retryMaxDelayMs'),
     stallTimeoutMs: pick('stallTimeoutMs'),
+    lowSpeedLimitBytes: pick('lowSpeedLimitBytes'),
+    lowSpeedTimeMs: config?.lowSpeedTimeMs === undefined ? DEFAULTS.lowSpeedTimeMs : config.lowSpeedTimeMs,
     progressIntervalMs: pick('progressIntervalMs'),
     leaseMs: pick('leaseMs'),
     heartbeatMs: pick('heartbeatMs'),
@@ -398,6 +402,8 @@ export class Worker {
       connections: s.downloadConnections,
       chunkSize: s.chunkSize,
       stallTimeoutMs: s.stallTimeoutMs,
+      lowSpeedLimitBytes: s.lowSpeedLimitBytes,
+      lowSpeedTimeMs: s.lowSpeedTimeMs,
       progressIntervalMs: s.progressIntervalMs,
       retry: { maxAttempts: s.rangeMaxAttempts, baseDelayMs: s.retryBaseDelayMs, maxDelayMs: s.retryMaxDelayMs },
       durability: s.durability,

@@ -25,7 +25,7 @@ import tls from 'node:tls';
 import type { HeadObjectCommandOutput, S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { DEFAULTS } from '../defaults.js';
 import { abortError, codeForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError, withUrl, type ErrorCode } from '../errors.js';
-import { redactUrlsInText } from '../redact.js';
+import { escapeControl, redactUrlsInText } from '../redact.js';
 import type { ByteRange, Checksum, ChecksumAlgorithm, ObjectSource, ObjectStat, RangeBody, ReadOptions, StorageOptions } from '../types.js';
 import { checkRange, expectContentRange, isStrongEtag, rangeHeader } from './range.js';
 import { discard, errorBodyText, xmlErrorFields } from './http.js';
@@ -448,9 +448,9 @@ export function mapS3Error(err: unknown, url: string, what: string, kind: 's3' |
         : '';
   const serverMessage =
     !SIGNING_ERRORS.has(name) && e.message && e.message !== name && e.message !== 'UnknownError'
-      ? `: ${redactUrlsInText(e.message.split('\n', 1)[0] ?? '').slice(0, 300)}`
+      ? `: ${escapeControl(redactUrlsInText(e.message.split('\n', 1)[0] ?? '').slice(0, 300))}`
       : '';
-  return new RoboflowError(code, `${what} ${url}: ${name} (HTTP ${status})${serverMessage}${hint}`, {
+  return new RoboflowError(code, `${what} ${url}: ${escapeControl(name.slice(0, 100))} (HTTP ${status})${serverMessage}${hint}`, {
     url,
     status,
     cause: err,
@@ -582,6 +582,7 @@ export class S3Source implements ObjectSource {
         abortSignal,
       }),
     );
+    this.checkHeadStatus(out.$metadata.httpStatusCode ?? 200);
     return this.statFrom(out);
   }
 
@@ -602,11 +603,24 @@ export class S3Source implements ObjectSource {
       throw mapS3Error(err, this.url, 'HEAD', this.kind);
     }
     await discard(res.body);
-    if (res.statusCode >= 200 && res.statusCode < 300) return headFieldsFromHeaders(res.headers);
+    if (res.statusCode >= 200 && res.statusCode < 300) {
+      this.checkHeadStatus(res.statusCode);
+      return headFieldsFromHeaders(res.headers);
+    }
     // The only change of `signing`; a URL signed directly is not reused after it.
     this.signing = 'sdk';
     this.presignedUrl = undefined;
     return undefined;
+  }
+
+  /** Only a 200 describes the whole object; a 206 or another success says nothing sure of its size. */
+  private checkHeadStatus(status: number): void {
+    if (status !== 200) {
+      throw new RoboflowError('ERR_BAD_RESPONSE', `HEAD ${this.url}: HTTP ${status}, expected 200; the store's answer does not describe the object`, {
+        url: this.url,
+        status,
+      });
+    }
   }
 
   private statFrom(out: HeadFields): ObjectStat {
@@ -643,8 +657,9 @@ export class S3Source implements ObjectSource {
     if (body === undefined) {
       throw new RoboflowError('ERR_BAD_RESPONSE', `GET ${this.url}: the store answered without a body`, { url: this.url });
     }
+    let total: number | undefined;
     try {
-      this.checkRangeReply(range, opts.ifMatch, { contentRange: out.ContentRange, contentLength: out.ContentLength, etag: out.ETag });
+      total = this.checkRangeReply(range, opts.ifMatch, { contentRange: out.ContentRange, contentLength: out.ContentLength, etag: out.ETag });
     } catch (err) {
       // Unread bodies are destroyed; a listener keeps the resulting stream error from escaping.
       body.on('error', () => undefined);
@@ -658,7 +673,7 @@ export class S3Source implements ObjectSource {
       signal.addEventListener('abort', onAbort, { once: true });
       body.once('close', () => signal.removeEventListener('abort', onAbort));
     }
-    return { range, body };
+    return { range, body, ...(total !== undefined ? { total } : {}) };
   }
 
   /** A ranged GET of the presigned URL; a 403 signs again once, for a URL that went stale. */
@@ -685,9 +700,10 @@ export class S3Source implements ObjectSource {
       }
       const status = res.statusCode;
       if (status === 206 || status === 200) {
+        let total: number | undefined;
         try {
           const length = res.headers['content-length'];
-          this.checkRangeReply(range, opts.ifMatch, {
+          total = this.checkRangeReply(range, opts.ifMatch, {
             contentRange: res.headers['content-range'],
             contentLength: length === undefined ? undefined : Number(length),
             etag: res.headers['etag'],
@@ -697,7 +713,7 @@ export class S3Source implements ObjectSource {
           res.body.destroy();
           throw err;
         }
-        return { range, body: res.body };
+        return { range, body: res.body, ...(total !== undefined ? { total } : {}) };
       }
       if (status === 403 && refused === undefined) {
         await discard(res.body);
@@ -739,16 +755,22 @@ export class S3Source implements ObjectSource {
     return mapS3Error(sdkShaped, this.url, 'GET', this.kind);
   }
 
-  /** What a ranged reply must say before its body is trusted (either transport). */
+  /**
+   * What a ranged reply must say before its body is trusted (either transport); returns the
+   * object's size it states (the Content-Range total, or a whole-object reply's length).
+   */
   private checkRangeReply(
     range: ByteRange,
     ifMatch: string | undefined,
     reply: { readonly contentRange: string | undefined; readonly contentLength: number | undefined; readonly etag: string | undefined },
-  ): void {
+  ): number | undefined {
     const want = range.end - range.start;
+    let total: number | undefined;
     if (reply.contentRange !== undefined) {
-      expectContentRange(reply.contentRange, range, this.url);
-    } else if (!(range.start === 0 && reply.contentLength === range.end)) {
+      total = expectContentRange(reply.contentRange, range, this.url).total;
+    } else if (range.start === 0 && reply.contentLength === range.end) {
+      total = reply.contentLength;
+    } else {
       throw new RoboflowError(
         'ERR_RANGE_NOT_SUPPORTED',
         `GET ${this.url}: the store ignored the Range header (${rangeHeader(range)}) and sent ${reply.contentLength ?? 'an unknown number of'} bytes`,
@@ -763,10 +785,13 @@ export class S3Source implements ObjectSource {
       );
     }
     if (ifMatch !== undefined && isStrongEtag(reply.etag) && reply.etag !== ifMatch) {
-      throw new RoboflowError('ERR_SOURCE_CHANGED', `${this.url} changed since it was first read (ETag ${ifMatch}, now ${reply.etag})`, {
-        url: this.url,
-      });
+      throw new RoboflowError(
+        'ERR_SOURCE_CHANGED',
+        `${this.url} changed since it was first read (ETag ${escapeControl(ifMatch)}, now ${escapeControl(reply.etag)})`,
+        { url: this.url },
+      );
     }
+    return total;
   }
 
   close(): Promise<void> {
