@@ -154,7 +154,7 @@ async function runDownload(url: string, destArg: string, flags: DownloadFlags): 
 /** The download's limits from the configuration (see the module comment); none without a `ROBOFLOW_` variable. */
 async function configuredLimits(): Promise<{ headersTimeoutMs?: number; downloader: ParallelDownloaderOptions }> {
   if (!Object.keys(process.env).some((name) => name.startsWith('ROBOFLOW_') && process.env[name] !== '')) return { downloader: {} };
-  const { loadConfig } = await import('../config.js');
+  const { loadConfig } = await import('../config/load.js');
   const { config: c } = await loadConfig();
   return {
     headersTimeoutMs: c.headersTimeoutMs,
