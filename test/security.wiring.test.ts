@@ -509,7 +509,8 @@ describe('symbolic links in the buffer directory', () => {
     });
     await worker({}).run();
     expect((await job(j.id)).status).toBe('done');
-    expect(await readdir(results)).toEqual(['real.txt']);
+    // The real file and the completion marker; no link, and no staging left behind.
+    expect(await readdir(results)).toEqual(['_SUCCESS', 'real.txt']);
     await outsideIntact();
   });
 });
