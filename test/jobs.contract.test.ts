@@ -3,6 +3,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { RoboflowError, type ErrorCode } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
 import { PostgresJobQueue } from '../src/jobs/postgres.js';
+import { PartitionProxy } from '../src/chaos/partition-proxy.js';
 import type { JobQueue, JobRecord, JobSpec } from '../src/types.js';
 import { TEST_POSTGRES_URL, postgresBackend, sqliteBackend, waitFor, type QueueBackend } from './fixtures/jobs-backends.js';
 import pg from 'pg';
@@ -512,5 +513,47 @@ describe('PostgreSQL connection handling', () => {
     });
     expect(got.id).toBe(job.id);
     expect(await q.claim('w1', 60_000)).toMatchObject({ id: job.id });
+  });
+
+  it('fails a query that gets no answer (a network partition) with a retryable ERR_QUEUE, then works after the heal', async () => {
+    const url = new URL(await backend.freshUrl());
+    const target = new URL(TEST_POSTGRES_URL);
+    const proxy = await PartitionProxy.start(target.hostname, Number(target.port || 5432));
+    try {
+      const proxied = new URL(TEST_POSTGRES_URL);
+      proxied.port = String(proxy.port);
+      const q = await PostgresJobQueue.open({
+        connectionString: proxied.toString(),
+        schema: url.searchParams.get('schema') as string,
+        displayUrl: url.toString(),
+        queryTimeoutMs: 300,
+      });
+      open.push(q);
+      const job = await q.submit(spec('a'));
+      await q.claim('w1', 60_000);
+      proxy.partition();
+      // Without a time limit these would wait for TCP to give up: minutes.
+      const stuck = await expectCode(q.heartbeat(job.id, 'w1', 60_000), 'ERR_QUEUE');
+      expect(stuck.retryable).toBe(true);
+      // A new connection cannot be opened either; that fails in time too.
+      const results = await Promise.allSettled([q.get(job.id), q.get(job.id), q.counts(), q.counts(), q.get(job.id)]);
+      for (const r of results) {
+        expect(r.status).toBe('rejected');
+        if (r.status === 'rejected') expect((r.reason as RoboflowError).code).toBe('ERR_QUEUE');
+      }
+      proxy.heal();
+      // The connections that timed out were dropped, not handed out again.
+      const got = await waitFor('the queue to answer again', async () => {
+        try {
+          return await q.get(job.id);
+        } catch {
+          return null;
+        }
+      });
+      expect(got).toMatchObject({ id: job.id, status: 'claimed', leaseOwner: 'w1' });
+      await q.heartbeat(job.id, 'w1', 60_000);
+    } finally {
+      await proxy.close();
+    }
   });
 });
