@@ -22,7 +22,9 @@ export { PrefetchQueue, type PrefetchQueueOptions, type PrefetchedJob, type Slot
 export { ByteBudget, type ByteBudgetOptions } from './prefetch/budget.js';
 export { Worker, type WorkerOptions, type WorkerSummary, type ShutdownMode } from './worker.js';
 
-export { openQueue, parseQueueUrl, SqliteJobQueue, PostgresJobQueue, parseJobSpec } from './jobs/index.js';
+export { openQueue, parseQueueUrl, SqliteJobQueue, PostgresJobQueue, parseJobSpec, queryTimeoutFor, type OpenQueueOptions } from './jobs/index.js';
+export { leaseSafetyMarginMs, leaseTrustMs } from './lease.js';
+export { SUCCESS_MARKER, ATTEMPTS_FOLDER, type CommitMarker } from './storage/commit.js';
 export { StorageClients, openSource, parseObjectUrl, joinOutputUrl, redactUrl } from './storage/index.js';
 export { uploadFile, uploadDirectory } from './storage/upload.js';
 export { getProcessor, processorNames } from './processors/index.js';
