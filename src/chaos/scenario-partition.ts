@@ -269,6 +269,8 @@ async function round(ctx: ScenarioContext, kind: OutputKind, s: Setup): Promise<
     `${failedRenewals.length} failed-renewal warnings (left: ${failedRenewals.map((l) => l['leaseLeftMs']).join(', ')} ms); ${fencedLine ?? 'no fencing line'}`,
   );
   if (record?.status === 'done') ctx.counts.jobsCompleted++;
+  // Two worker runs per round: A, cut off, and B, which takes over.
+  ctx.counts.runs += 2;
   ctx.details[kind] = {
     stopMsAfterPartition: stopMs,
     boundMs: bound,
