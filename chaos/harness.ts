@@ -320,6 +320,9 @@ export class CountingQueue implements JobQueue {
   start(id: string, owner: string, leaseMs: number): Promise<JobRecord> {
     return this.#inner.start(id, owner, leaseMs);
   }
+  commit(id: string, owner: string, attempt: string, leaseMs: number): Promise<JobRecord> {
+    return this.#inner.commit(id, owner, attempt, leaseMs);
+  }
   complete(id: string, owner: string, result: unknown): Promise<JobRecord> {
     return this.#inner.complete(id, owner, result);
   }

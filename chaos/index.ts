@@ -9,6 +9,7 @@ import { runDiskFullScenario } from './scenario-disk-full.js';
 import { runFaultsScenario } from './scenario-faults.js';
 import { runHostileScenario } from './scenario-hostile.js';
 import { runKillScenario } from './scenario-kill.js';
+import { runPartitionScenario } from './scenario-partition.js';
 import { runPostgresScenario } from './scenario-postgres.js';
 import { runReplaceScenario } from './scenario-replace.js';
 import { runThrottleScenario } from './scenario-throttle.js';
@@ -30,6 +31,7 @@ export const SCENARIOS: readonly ScenarioEntry[] = [
   { name: 'disk-full', description: 'a 32 MiB tmpfs buffer: a job bigger than the disk, and a disk filled during a download', run: runDiskFullScenario },
   { name: 'kill', description: 'worker processes SIGKILLed while downloading, processing and uploading, then restarted', run: runKillScenario },
   { name: 'postgres', description: 'a private PostgreSQL cluster restarted mid-run, then stopped under a polling worker', run: runPostgresScenario },
+  { name: 'partition', description: 'a worker cut off from PostgreSQL mid-job (no RST) fences itself off; the worker that takes over publishes', run: runPartitionScenario },
   { name: 'hostile', description: 'object keys that try to leave the buffer directory, and replies that are not the object', run: runHostileScenario },
   { name: 'unreachable', description: 'the object server closed mid-run; a queue URL whose port is closed', run: runUnreachableScenario },
 ];

@@ -37,6 +37,7 @@
 import { z } from 'zod';
 import { DEFAULTS, type Defaults } from './defaults.js';
 import { RoboflowError } from './errors.js';
+import { leaseTrustMs } from './lease.js';
 import { parseExecCommand } from './processors/exec.js';
 import { processorNames } from './processors/index.js';
 import { parseCidr } from './security/address.js';
@@ -558,8 +559,8 @@ interface CrossCheck {
 const CROSS_CHECKS: readonly CrossCheck[] = [
   {
     keys: ['heartbeatMs', 'leaseMs'],
-    ok: (c) => c.heartbeatMs < c.leaseMs,
-    rule: 'heartbeatMs must be shorter than leaseMs, or the lease expires between two heartbeats',
+    ok: (c) => c.heartbeatMs < leaseTrustMs(c.leaseMs),
+    rule: 'heartbeatMs must be shorter than leaseMs less its safety margin (a tenth of it, src/lease.ts), or the worker gives up its jobs between two heartbeats',
   },
   {
     keys: ['retryBaseDelayMs', 'retryMaxDelayMs'],

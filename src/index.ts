@@ -38,11 +38,14 @@ export {
 // Jobs: the queue, the prefetch queue in front of it, the worker loop, the processors.
 export {
   openQueue,
+  queryTimeoutFor,
   SqliteJobQueue,
   PostgresJobQueue,
   type SqliteJobQueueOptions,
   type PostgresJobQueueOptions,
+  type OpenQueueOptions,
 } from './jobs/index.js';
+export { SUCCESS_MARKER, type CommitMarker } from './storage/commit.js';
 export {
   PrefetchQueue,
   type PrefetchQueueOptions,

@@ -240,6 +240,11 @@ export interface JobRecord {
   readonly leaseExpiresAt: Date | null;
   readonly lastError: string | null;
   readonly result: unknown;
+  /**
+   * The attempt last authorised to publish the job's output (`commit`), e.g. `3-1a2b3c4d`; null
+   * until one was. Once the job is `done`, the attempt whose output is published.
+   */
+  readonly commitAttempt: string | null;
   /** Not claimable before this time (retry backoff). */
   readonly runAt: Date;
   readonly createdAt: Date;
@@ -270,6 +275,13 @@ export interface JobQueue {
   heartbeat(id: string, owner: string, leaseMs: number): Promise<void>;
   /** `claimed` → `running`, attempts + 1. */
   start(id: string, owner: string, leaseMs: number): Promise<JobRecord>;
+  /**
+   * Authorises attempt `attempt` of a `running` job to publish its output (README "Output commit
+   * protocol"): records it as the job's `commitAttempt` and renews the lease. Refused with
+   * `ERR_LEASE_LOST` unless the owner holds a lease that has not expired by the queue's clock, so
+   * an attempt whose lease ran out never publishes, even before anyone else claimed the job.
+   */
+  commit(id: string, owner: string, attempt: string, leaseMs: number): Promise<JobRecord>;
   complete(id: string, owner: string, result: unknown): Promise<JobRecord>;
   /**
    * Back to `pending` after `backoffMs`, or `dead` when not retryable or attempts are spent.

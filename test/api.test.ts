@@ -21,6 +21,8 @@ const PUBLIC = [
   'uploadDirectory',
   // Jobs
   'openQueue',
+  'queryTimeoutFor',
+  'SUCCESS_MARKER',
   'SqliteJobQueue',
   'PostgresJobQueue',
   'PrefetchQueue',

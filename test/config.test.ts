@@ -209,6 +209,11 @@ describe('loadConfig errors', () => {
     expect(err.message).toContain('heartbeatMs must be shorter than leaseMs');
     expect(err.message).toContain('heartbeatMs = 20s (env ROBOFLOW_HEARTBEAT)');
     expect(err.message).toContain('leaseMs = 10s (flag --lease)');
+    // Below the lease but inside its safety margin (a tenth): the worker would fence its own
+    // jobs off between two heartbeats.
+    const margin = await configError(loadConfig({ env: { ROBOFLOW_HEARTBEAT: '9500ms' }, cwd: dir, flags: { leaseMs: '10s' } }));
+    expect(margin.message).toContain('less its safety margin');
+    expect((await loadConfig({ env: { ROBOFLOW_HEARTBEAT: '8900ms' }, cwd: dir, flags: { leaseMs: '10s' } })).config.heartbeatMs).toBe(8_900);
     const retry = await configError(
       loadConfig({ env: { ROBOFLOW_RETRY_BASE_DELAY: '1m', ROBOFLOW_RETRY_MAX_DELAY: '1s' }, cwd: dir }),
     );

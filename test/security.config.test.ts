@@ -163,6 +163,7 @@ describe('exec rules on a worker (judged before anything is downloaded)', () => 
       leaseExpiresAt: null,
       lastError: null,
       result: null,
+      commitAttempt: null,
       runAt: new Date(),
       createdAt: new Date(),
       updatedAt: new Date(),

@@ -343,6 +343,7 @@ describe('the job is judged again when it starts, and its output before the uplo
       },
       heartbeat: (id, owner, leaseMs) => queue.heartbeat(id, owner, leaseMs),
       start: (id, owner, leaseMs) => queue.start(id, owner, leaseMs),
+      commit: (id, owner, attempt, leaseMs) => queue.commit(id, owner, attempt, leaseMs),
       complete: (id, owner, result) => queue.complete(id, owner, result),
       fail: (id, owner, error, opts) => queue.fail(id, owner, error, opts),
       release: (id, owner) => queue.release(id, owner),
@@ -508,7 +509,8 @@ describe('symbolic links in the buffer directory', () => {
     });
     await worker({}).run();
     expect((await job(j.id)).status).toBe('done');
-    expect(await readdir(results)).toEqual(['real.txt']);
+    // The real file and the completion marker; no link, and no staging left behind.
+    expect(await readdir(results)).toEqual(['_SUCCESS', 'real.txt']);
     await outsideIntact();
   });
 });

@@ -202,9 +202,20 @@ describe('Worker', () => {
     expect(server.hasObject('results', `run/job1/${CHECKSUM_FILE}`)).toBe(true);
     expect(server.objectBytes('results', `run/job1/${CHECKSUM_FILE}`).toString()).toMatch(/^[0-9a-f]{64} /);
     const done = await queue.get(jobs[1]!.id);
-    const result = done?.result as { uploaded: { name: string; url: string }[]; worker: string };
+    const result = done?.result as { uploaded: { name: string; url: string }[]; worker: string; attempt: string };
     expect(result.worker).toBe('worker-a');
     expect(result.uploaded.map((u) => u.name)).toContain(CHECKSUM_FILE);
+    expect(result.uploaded.map((u) => u.url)).toContain(`s3://results/run/job1/${CHECKSUM_FILE}`);
+    // The output commit protocol: staged, authorised, published, the marker last; no staging left.
+    expect(done?.commitAttempt).toBe(result.attempt);
+    expect(result.attempt).toMatch(/^1-[0-9a-f]{8}$/);
+    expect(server.listKeys('results').sort()).toEqual(['run/job1/_SUCCESS', `run/job1/${CHECKSUM_FILE}`].sort());
+    const marker = JSON.parse(server.objectBytes('results', 'run/job1/_SUCCESS').toString()) as Record<string, unknown>;
+    expect(marker).toMatchObject({ version: 1, job: jobs[1]!.id, attempt: result.attempt, owner: 'worker-a' });
+    expect(marker['files']).toEqual([{ name: CHECKSUM_FILE, bytes: server.objectSize('results', `run/job1/${CHECKSUM_FILE}`) }]);
+    expect((await readdir(path.join(outDir, 'job0'))).sort()).toEqual([CHECKSUM_FILE, '_SUCCESS'].sort());
+    const localMarker = JSON.parse(await readFile(path.join(outDir, 'job0', '_SUCCESS'), 'utf8')) as Record<string, unknown>;
+    expect(localMarker['attempt']).toBe((await queue.get(jobs[0]!.id))?.commitAttempt);
   });
 
   it('stops processing a job whose lease was lost and records nothing for it', async () => {

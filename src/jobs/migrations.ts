@@ -12,6 +12,9 @@
  * - `status`: one of `JobStatus`; `attempts` counts starts (see the glossary in types.ts).
  * - `lease_owner`, `lease_expires_at`: set while `claimed` or `running`, null otherwise.
  * - `run_at`: not claimable before; `created_at`, `updated_at`: bookkeeping.
+ * - `commit_attempt` (version 2): the attempt last authorised to publish the job's output (see
+ *   `JobQueue.commit` and README "Output commit protocol"); null until one is. Kept through later
+ *   claims, so the next attempt knows whose half-published output it may have to clean up.
  * Times are `timestamptz` in PostgreSQL and integer milliseconds since the epoch in SQLite.
  *
  * One index serves the claim query: the active jobs ordered by `(run_at, id)`. The claim scans it
@@ -52,6 +55,11 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX jobs_status_idx ON jobs (status, id);
     `,
   },
+  {
+    version: 2,
+    name: 'output commit attempt',
+    sql: `ALTER TABLE jobs ADD COLUMN commit_attempt TEXT;`,
+  },
 ];
 
 export const POSTGRES_MIGRATIONS: readonly Migration[] = [
@@ -80,6 +88,11 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
       CREATE INDEX jobs_claim_idx ON jobs (run_at, id) WHERE status IN ('pending', 'claimed', 'running');
       CREATE INDEX jobs_status_idx ON jobs (status, id);
     `,
+  },
+  {
+    version: 2,
+    name: 'output commit attempt',
+    sql: `ALTER TABLE jobs ADD COLUMN commit_attempt text;`,
   },
 ];
 

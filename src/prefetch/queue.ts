@@ -47,6 +47,14 @@
  * A job whose lease was lost (someone else claimed it after it expired) is dropped: its download
  * is aborted and it is never handed out; an active job's `leaseLost` signal is aborted so the
  * worker can stop.
+ * Self-fencing: each slot keeps the monotonic time until which its lease is surely valid — when
+ * the last confirmed renewal (claim, start or heartbeat) was *sent*, plus the lease, minus the
+ * safety margin (`src/lease.ts`). A timer fires at that deadline; if no newer renewal has been
+ * confirmed by then, the job is lost for this worker at once, exactly as if another worker had
+ * taken it: a prefetched job is dropped (its download aborted, its partial files kept so that a
+ * later claim on this machine resumes them) and an active job's `leaseLost` signal aborts, which
+ * stops its processor and its upload. A failed renewal is logged as a warning with the time
+ * left; the job queue's own query time limit keeps a renewal from hanging past the next one.
  * A download that fails is never handed out either; since no attempt would ever be spent on it,
  * the failure is recorded as one (`start` then `fail`), so a job whose input is missing goes dead
  * after `maxAttempts` instead of bouncing between workers forever.
@@ -70,6 +78,7 @@ import { ensureJobDirectory, jobDirectory, safeLocalName } from '../paths.js';
 import { redactText } from '../redact.js';
 import type { StorageClients } from '../storage/index.js';
 import type { JobQueue, JobRecord, PrefetchConfig, PrefetchStatus, ReadyJob } from '../types.js';
+import { leaseSafetyMarginMs, leaseTrustMs } from '../lease.js';
 import type { ByteBudget, ReleaseBytes } from './budget.js';
 import type { ParallelDownloader } from './downloader.js';
 
@@ -177,6 +186,13 @@ interface Slot {
   startFailures: number;
   /** `performance.now()` before which `nextReady()` does not try to start this job again. */
   startRetryAt: number;
+  /**
+   * `performance.now()` until which the lease is surely valid: the send time of the last confirmed
+   * renewal plus the lease less the safety margin. 0 before the claim returned.
+   */
+  leaseValidUntil: number;
+  /** Fires at `leaseValidUntil` to fence the job off unless a renewal has moved it. */
+  fenceTimer: NodeJS.Timeout | null;
 }
 
 type Target = SlotState | 'freed';
@@ -244,10 +260,10 @@ export class PrefetchQueue {
     this.#leaseMs = opts.leaseMs ?? DEFAULTS.leaseMs;
     this.#heartbeatMs = opts.heartbeatMs ?? DEFAULTS.heartbeatMs;
     this.#pollIntervalMs = opts.pollIntervalMs ?? DEFAULTS.pollIntervalMs;
-    if (this.#heartbeatMs <= 0 || this.#heartbeatMs >= this.#leaseMs) {
+    if (this.#heartbeatMs <= 0 || this.#heartbeatMs >= leaseTrustMs(this.#leaseMs)) {
       throw new RoboflowError(
         'ERR_CONFIG',
-        `heartbeat interval (${this.#heartbeatMs} ms) must be above 0 and below the lease (${this.#leaseMs} ms), or leases expire between heartbeats`,
+        `heartbeat interval (${this.#heartbeatMs} ms) must be above 0 and below the lease (${this.#leaseMs} ms) less its safety margin (${leaseSafetyMarginMs(this.#leaseMs)} ms), or the worker gives up its jobs between heartbeats`,
       );
     }
     this.#drain = opts.drain ?? false;
@@ -581,6 +597,8 @@ export class PrefetchQueue {
       freeing: false,
       startFailures: 0,
       startRetryAt: 0,
+      leaseValidUntil: 0,
+      fenceTimer: null,
     };
   }
 
@@ -588,6 +606,7 @@ export class PrefetchQueue {
     const slot = this.#newSlot();
     this.#setSlotState(slot, 'claiming');
     let job: JobRecord | null;
+    const sentAt = performance.now();
     try {
       job = await this.#queue.claim(this.#owner, this.#leaseMs);
     } catch (err) {
@@ -609,6 +628,7 @@ export class PrefetchQueue {
     this.#stats.claimed++;
     slot.job = job;
     slot.seq = ++this.#seq;
+    this.#renewed(slot, sentAt);
     this.#log.debug({ jobId: job.id, slot: slot.id }, 'claimed job for prefetch');
     if (this.#mode !== 'running') {
       // Closed while the claim was in flight: the job goes straight back.
@@ -778,6 +798,7 @@ export class PrefetchQueue {
     // The slot no longer counts as ahead: the next job starts downloading now.
     this.#fill();
     let started: JobRecord;
+    const sentAt = performance.now();
     try {
       started = await this.#queue.start(job.id, this.#owner, this.#leaseMs);
     } catch (err) {
@@ -801,6 +822,12 @@ export class PrefetchQueue {
       this.#log.info({ jobId: job.id, failedStarts: slot.startFailures }, 'job started; the job queue is reachable again');
     }
     slot.job = started;
+    this.#renewed(slot, sentAt);
+    // Fenced while the start was in flight: the worker must not begin a job it no longer holds.
+    if (slot.lost.signal.aborted) {
+      await this.#track(this.#free(slot, false));
+      return null;
+    }
     return {
       job: started,
       inputPaths: slot.inputPaths,
@@ -832,6 +859,7 @@ export class PrefetchQueue {
   async #free(slot: Slot, keepFiles: boolean): Promise<void> {
     if (slot.freeing) return;
     slot.freeing = true;
+    this.#clearFence(slot);
     const job = slot.job;
     if (job && !keepFiles) {
       try {
@@ -872,8 +900,14 @@ export class PrefetchQueue {
 
   #heartbeatTick(): void {
     if (this.#heartbeating) return;
+    // A fenced job is not renewed: it was given up, and renewing it would only keep the job from
+    // the worker that takes it over.
     const held = this.#slots.filter(
-      (s) => s.job !== null && !s.freeing && (s.state === 'claiming' || s.state === 'downloading' || s.state === 'ready' || s.state === 'active'),
+      (s) =>
+        s.job !== null &&
+        !s.freeing &&
+        !s.lost.signal.aborted &&
+        (s.state === 'claiming' || s.state === 'downloading' || s.state === 'ready' || s.state === 'active'),
     );
     if (held.length === 0) return;
     this.#heartbeating = true;
@@ -881,10 +915,8 @@ export class PrefetchQueue {
       Promise.all(held.map((s) => this.#heartbeat(s))).then((results) => {
         const failure = results.find((r) => r !== null);
         if (failure) {
+          // Each failed renewal has been logged with the time its job has left.
           this.#heartbeatErrorStreak++;
-          if (this.#heartbeatErrorStreak === 1) {
-            this.#log.warn({ err: failure }, 'lease heartbeat failed; retrying next tick');
-          }
         } else if (this.#heartbeatErrorStreak > 0) {
           this.#log.info({ failedTicks: this.#heartbeatErrorStreak }, 'lease heartbeats work again');
           this.#heartbeatErrorStreak = 0;
@@ -899,41 +931,105 @@ export class PrefetchQueue {
   async #heartbeat(slot: Slot): Promise<RoboflowError | null> {
     const job = slot.job;
     if (!job) return null;
+    const sentAt = performance.now();
     try {
       await this.#queue.heartbeat(job.id, this.#owner, this.#leaseMs);
+      this.#renewed(slot, sentAt);
       return null;
     } catch (err) {
       const e = toRoboflowError(err, 'ERR_QUEUE');
       // The slot may have been freed meanwhile (the job completed): nothing is lost then.
       if (slot.freeing || slot.state === null || slot.state === 'released' || slot.state === 'failed') return null;
       if (e.code === 'ERR_LEASE_LOST' || e.code === 'ERR_JOB_NOT_FOUND') {
-        await this.#leaseLost(slot, e);
+        await this.#leaseLost(slot, e, false);
         return null;
+      }
+      if (!slot.lost.signal.aborted) {
+        const leftMs = Math.max(0, Math.round(slot.leaseValidUntil - performance.now()));
+        this.#log.warn(
+          { jobId: job.id, err: e, leaseLeftMs: leftMs, state: slot.state },
+          `lease renewal failed; the job is given up in ${leftMs} ms unless a renewal gets through`,
+        );
       }
       return e;
     }
   }
 
-  async #leaseLost(slot: Slot, err: RoboflowError): Promise<void> {
+  /** A renewal sent at `sentAt` was confirmed: the lease surely holds until then + lease − margin. */
+  #renewed(slot: Slot, sentAt: number): void {
+    if (slot.freeing || slot.lost.signal.aborted) return;
+    const until = sentAt + leaseTrustMs(this.#leaseMs);
+    if (until <= slot.leaseValidUntil) return;
+    slot.leaseValidUntil = until;
+    this.#armFence(slot);
+  }
+
+  #armFence(slot: Slot): void {
+    this.#clearFence(slot);
+    slot.fenceTimer = setTimeout(() => {
+      slot.fenceTimer = null;
+      this.#checkFence(slot);
+    }, Math.max(0, slot.leaseValidUntil - performance.now()));
+  }
+
+  #clearFence(slot: Slot): void {
+    if (slot.fenceTimer) clearTimeout(slot.fenceTimer);
+    slot.fenceTimer = null;
+  }
+
+  /** At the deadline: the lease can no longer be trusted, so the job is lost for this worker. */
+  #checkFence(slot: Slot): void {
+    const job = slot.job;
+    if (!job || slot.freeing || slot.lost.signal.aborted || slot.state === null) return;
+    // A timer may fire a little early; a renewal confirmed meanwhile re-armed it already.
+    if (performance.now() < slot.leaseValidUntil) {
+      this.#armFence(slot);
+      return;
+    }
+    const err = new RoboflowError(
+      'ERR_LEASE_LOST',
+      `job ${job.id}: no lease renewal confirmed for ${leaseTrustMs(this.#leaseMs)} ms (lease ${this.#leaseMs} ms less a ` +
+        `${leaseSafetyMarginMs(this.#leaseMs)} ms safety margin), so the lease may have expired and another worker may hold ` +
+        'the job; this worker stops working on it and publishes nothing for it',
+    );
+    void this.#track(this.#leaseLost(slot, err, true));
+  }
+
+  /**
+   * The job is no longer this worker's: refused by the queue, or `fenced` by the local deadline.
+   * A fenced prefetched job keeps its partial files, for a resume if it comes back here.
+   */
+  async #leaseLost(slot: Slot, err: RoboflowError, fenced: boolean): Promise<void> {
     const job = slot.job;
     if (!job || slot.lost.signal.aborted) return;
     this.#stats.leaseLost++;
+    this.#clearFence(slot);
     slot.lost.abort(err);
     const log = this.#log.child({ jobId: job.id });
     const state = slot.state;
     switch (state) {
       case 'active':
-        log.warn({ err }, 'lease lost while the job is being processed; another worker may hold it now');
+        log.warn(
+          { err },
+          fenced
+            ? 'lease can no longer be valid; stopping the job: processor stopped, upload aborted, nothing published or completed'
+            : 'lease lost while the job is being processed; another worker may hold it now',
+        );
         return;
       case 'claiming':
       case 'downloading':
       case 'ready':
-        log.warn({ err, state }, 'lease lost; dropping the prefetched job without processing it');
+        log.warn(
+          { err, state },
+          fenced
+            ? 'lease can no longer be valid; dropping the prefetched job, its partial files kept for a resume'
+            : 'lease lost; dropping the prefetched job without processing it',
+        );
         slot.abort.abort(err);
         await slot.task;
         // close() may have taken the slot meanwhile; then it releases and frees it.
         if (slot.state === 'claiming' || slot.state === 'downloading' || slot.state === 'ready') {
-          await this.#free(slot, false);
+          await this.#free(slot, fenced);
         }
         return;
       case 'failed':
@@ -968,6 +1064,7 @@ export class PrefetchQueue {
     this.#setMode('destroyed');
     const err = new RoboflowError('ERR_ABORTED', 'the prefetch queue was destroyed');
     for (const s of this.#slots) {
+      this.#clearFence(s);
       s.abort.abort(err);
     }
     await this.#settled();

@@ -23,7 +23,7 @@
 
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync, statSync } from 'node:fs';
-import { mkdtemp, open, rm, unlink, type FileHandle } from 'node:fs/promises';
+import { copyFile, mkdtemp, open, rm, unlink, type FileHandle } from 'node:fs/promises';
 import { setMaxListeners } from 'node:events';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
@@ -839,6 +839,51 @@ export class ObjectServer {
     return obj.etagPromise;
   }
 
+  /**
+   * CopyObject: `PUT` with `x-amz-copy-source: [/]bucket/key` (the key URL-encoded), a server-side
+   * copy in one request, as the output commit protocol publishes a staged file. The copy has the
+   * source's bytes, ETag and content type; a body the server owns as a temp file is copied to a
+   * file of the copy's own, so deleting the source (as the protocol does next) leaves it intact.
+   * Copy conditions (`x-amz-copy-source-if-*`) and metadata replacement are not implemented.
+   */
+  private async copyObject(res: ServerResponse, entry: RequestLogEntry, bucket: string, key: string, copySource: string): Promise<void> {
+    let source: string;
+    try {
+      source = decodeURIComponent(copySource.replace(/^\//, '').split('?')[0] ?? '');
+    } catch {
+      this.sendError(res, entry, 400, 'InvalidArgument', 'x-amz-copy-source is not a valid URL-encoded bucket/key');
+      return;
+    }
+    const slash = source.indexOf('/');
+    const obj = slash > 0 ? this.buckets.get(source.slice(0, slash))?.get(source.slice(slash + 1)) : undefined;
+    if (obj === undefined) {
+      this.sendError(res, entry, 404, 'NoSuchKey', 'The specified key does not exist.');
+      return;
+    }
+    let data = obj.data;
+    let ownedFile: string | undefined;
+    if (obj.ownedFile !== undefined) {
+      ownedFile = await this.tempPath();
+      await copyFile(obj.ownedFile, ownedFile);
+      data = { kind: 'file', path: ownedFile };
+    }
+    const etag = obj.etag ?? `"${dataDigestSync(obj, 'md5')}"`;
+    const copy = this.store(bucket, key, {
+      data,
+      size: obj.size,
+      etag,
+      contentType: obj.contentType,
+      ownedFile,
+      fullObjectChecksums: obj.fullObjectChecksums,
+    });
+    this.sendXml(
+      res,
+      entry,
+      200,
+      `${XML_HEADER}<CopyObjectResult xmlns="${S3_NS}"><LastModified>${copy.lastModified.toISOString()}</LastModified><ETag>${xmlEscape(etag)}</ETag></CopyObjectResult>`,
+    );
+  }
+
   private tempPath(): Promise<string> {
     this.tempDir ??= mkdtemp(join(tmpdir(), 'roboflow-objsrv-'));
     return this.tempDir.then((dir) => join(dir, `body-${++this.tempSeq}`));
@@ -1331,9 +1376,10 @@ export class ObjectServer {
 
     switch (operation) {
       case 'PutObject': {
-        if (req.headers['x-amz-copy-source'] !== undefined) {
+        const copySource = req.headers['x-amz-copy-source'];
+        if (copySource !== undefined) {
           req.resume();
-          this.sendError(res, entry, 501, 'NotImplemented', 'CopyObject is not supported by the test object server');
+          await this.copyObject(res, entry, bucket, key, Array.isArray(copySource) ? (copySource[0] ?? '') : copySource);
           return;
         }
         const body = await this.receiveBody(req, res, entry, ctx);
