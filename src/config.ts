@@ -42,6 +42,7 @@ import { processorNames } from './processors/index.js';
 import { REDACTED, redactUrl, redactUrlsInText } from './redact.js';
 import { parseCidr } from './security/address.js';
 import { compileAllowlist, compilePolicy, type PolicyOptions, type SecurityPolicy } from './security/policy.js';
+import { hostLanes } from './prefetch/concurrency.js';
 import { DURABILITIES, type PrefetchConfig, type StorageOptions } from './types.js';
 import { DURATION_SYNTAX, SIZE_SYNTAX, formatDuration, formatSize, parseDuration, parseSize } from './units.js';
 
@@ -334,6 +335,12 @@ const FIELDS = {
     env: 'DOWNLOAD_CONNECTIONS',
     default: DEFAULTS.downloadConnections,
     flag: { spec: '--connections <n>' },
+  }),
+  maxHostConnections: field(nullable(count(1, 4096)), {
+    doc: 'Most range transfers in flight across all downloads of the worker (each may have a look-ahead request open beside it); the job handed out next gets them first. none = every slot downloads with all its connections.',
+    env: 'ROBOFLOW_MAX_HOST_CONNECTIONS',
+    default: DEFAULTS.maxHostConnections,
+    flag: { spec: '--max-host-connections <n>' },
   }),
   chunkSize: field(size(64 * KiB, 5 * GiB), {
     doc: 'Length of one range request.',
@@ -917,7 +924,9 @@ export function storageOptionsFrom(config: Config, env: NodeJS.ProcessEnv = proc
     ...(config.endpoint !== null ? { endpoint: config.endpoint } : {}),
     ...(config.region !== null ? { region: config.region } : {}),
     ...(config.forcePathStyle !== null ? { forcePathStyle: config.forcePathStyle } : {}),
-    maxConnections: config.downloadConnections,
+    // Sockets per origin for every slot's lanes and their look-ahead requests (or the host-wide
+    // limit's): one pool of `downloadConnections` made the slots take turns.
+    maxConnections: hostLanes(config).sockets,
     headersTimeoutMs: config.headersTimeoutMs,
     env,
   };

@@ -56,6 +56,7 @@ import { DEFAULTS } from './defaults.js';
 import { channels, type JobOutcome } from './diagnostics.js';
 import { backoffDelay, isJobRetryable, RoboflowError, toRoboflowError } from './errors.js';
 import { ByteBudget } from './prefetch/budget.js';
+import { ConcurrencyLimiter, hostLanes } from './prefetch/concurrency.js';
 import { ParallelDownloader } from './prefetch/downloader.js';
 import { PrefetchQueue, type PrefetchedJob, type PrefetchStats } from './prefetch/queue.js';
 import { checkRealDirectory } from './paths.js';
@@ -70,6 +71,8 @@ import type { Durability, JobQueue, JobRecord, JobStatus, Processor, StorageOpti
 export interface WorkerSettings {
   readonly slots: number;
   readonly downloadConnections: number;
+  /** Range transfers across all downloads; null = every slot at full speed. */
+  readonly maxHostConnections: number | null;
   readonly chunkSize: number;
   readonly bufferDir: string;
   readonly bufferBudgetBytes: number | null;
@@ -206,6 +209,7 @@ function resolveSettings(config: Partial<WorkerSettings> | undefined): WorkerSet
   return {
     slots: pick('slots'),
     downloadConnections: pick('downloadConnections'),
+    maxHostConnections: config?.maxHostConnections === undefined ? DEFAULTS.maxHostConnections : config.maxHostConnections,
     chunkSize: pick('chunkSize'),
     bufferDir: pick('bufferDir'),
     bufferBudgetBytes: config?.bufferBudgetBytes === undefined ? DEFAULTS.bufferBudgetBytes : config.bufferBudgetBytes,
@@ -391,7 +395,11 @@ export class Worker {
       this.#setState('stopped');
       throw err;
     }
-    const clients = this.#opts.clients ?? new StorageClients({ ...(this.#opts.storage ?? {}), ...this.#policy.storageOptions() });
+    const lanes = hostLanes(s);
+    const limiter = new ConcurrencyLimiter({ max: lanes.transfers });
+    const clients =
+      this.#opts.clients ??
+      new StorageClients({ maxConnections: lanes.sockets, ...(this.#opts.storage ?? {}), ...this.#policy.storageOptions() });
     this.#logPolicy(clients);
     this.#clients = clients;
     const downloader = new ParallelDownloader({
@@ -402,6 +410,10 @@ export class Worker {
       retry: { maxAttempts: s.rangeMaxAttempts, baseDelayMs: s.retryBaseDelayMs, maxDelayMs: s.retryMaxDelayMs },
       durability: s.durability,
       clients,
+      // One limiter for every slot's lanes: the prefetch queue gives each download its claim
+      // order as priority, so when transfers are scarce (the host-wide limit, a throttling
+      // store) the job handed out next gets them first.
+      limiter,
     });
     this.#downloader = downloader;
     const prefetch = new PrefetchQueue({
@@ -424,6 +436,7 @@ export class Worker {
       jobRetry: { baseDelayMs: s.jobRetryBaseDelayMs, maxDelayMs: s.jobRetryMaxDelayMs },
       keepPartial: this.#opts.keepPartial ?? false,
       policy: { checkJob: (job) => this.checkJob(job) },
+      limiter,
       log: this.#log,
     });
     this.#prefetch = prefetch;
