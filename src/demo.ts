@@ -515,7 +515,8 @@ export function formatComparison(c: PrefetchComparison): string {
   const lines: string[] = [];
   lines.push(
     `${c.jobs} jobs × ${(c.sizeBytes / MiB).toFixed(1)} MiB, ${c.connections} connections at ${formatRate(c.ratePerConn)} each, ` +
-      `${c.latencyMs} ms first-byte latency, ${(c.chunkSize / MiB).toFixed(0)} MiB chunks`,
+      `${c.latencyMs} ms first-byte latency, ${(c.chunkSize / MiB).toFixed(0)} MiB chunks` +
+      (c.maxHostConnections !== null ? `, host-wide limit ${c.maxHostConnections} transfers` : ''),
   );
   lines.push(`processing: ${c.processorDescription}`);
   for (const run of [c.prefetch, c.sequential]) {

@@ -163,7 +163,11 @@ export interface JobReport {
   readonly status: JobStatus;
   readonly attempt: number;
   readonly bytes: number;
-  /** Seconds its inputs took to download (in the background, mostly). */
+  /**
+   * Seconds its inputs took to download (in the background, mostly), from the first range
+   * transfer the download got: waiting for buffer space, or for transfers a job needed sooner
+   * held under a host-wide limit, is not counted.
+   */
   readonly downloadSeconds: number;
   /** Seconds the worker waited in `nextReady()` before it got this job. */
   readonly waitSeconds: number;

@@ -76,7 +76,8 @@ describe('ConcurrencyLimiter with priorities', () => {
 
   it('a reservation keeps lanes for the job about to ask for them, and frees them when dropped', async () => {
     const limiter = new ConcurrencyLimiter({ max: 3 });
-    const unreserve = limiter.reserve(1, 2);
+    const reservation = limiter.reserve(1, 2);
+    expect(reservation.firstGrantAt).toBeNull();
     // The later job gets only what the reservation leaves.
     const later = limiter.withPriority(2);
     const first = await later.acquire();
@@ -94,9 +95,10 @@ describe('ConcurrencyLimiter with priorities', () => {
     a();
     await pending;
     expect(second).toBeDefined();
+    expect(reservation.firstGrantAt).not.toBeNull();
     // Nothing left to drop; a second call does nothing.
-    unreserve();
-    unreserve();
+    reservation.release();
+    reservation.release();
     b();
     first();
     second!();
@@ -105,12 +107,12 @@ describe('ConcurrencyLimiter with priorities', () => {
 
   it('a dropped reservation that was never redeemed lets the waiters in', async () => {
     const limiter = new ConcurrencyLimiter({ max: 1 });
-    const unreserve = limiter.reserve(1, 1);
+    const reservation = limiter.reserve(1, 1);
     let got: Release | undefined;
     const pending = limiter.withPriority(2).acquire().then((r) => (got = r));
     await ticks();
     expect(got).toBeUndefined();
-    unreserve();
+    reservation.release();
     await pending;
     expect(got).toBeDefined();
     got!();

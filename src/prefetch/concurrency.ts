@@ -48,6 +48,14 @@ const MIN_DECREASE_FACTOR = 0.25;
 /** Gives the permit back. Calling it more than once has no effect. */
 export type Release = () => void;
 
+/** Permits promised to one priority (`ConcurrencyLimiter.reserve`). */
+export interface Reservation {
+  /** `performance.now()` when that priority first took a permit: its first lane started. */
+  readonly firstGrantAt: number | null;
+  /** Drops what is left of the promise. Idempotent. */
+  release(): void;
+}
+
 interface Waiter {
   readonly priority: number;
   resolve: (release: Release) => void;
@@ -70,7 +78,7 @@ class LimiterCore {
   /** Sorted by priority, then arrival. */
   readonly waiters: Waiter[] = [];
   /** Permits promised to downloads about to ask for them, by priority (see `reserve`). */
-  readonly reserved = new Map<number, number>();
+  readonly reserved = new Map<number, { left: number; firstGrantAt: number | null }>();
 
   constructor(opts: ConcurrencyLimiterOptions) {
     const max = Math.floor(opts.max);
@@ -90,7 +98,7 @@ class LimiterCore {
   /** Permits promised to priorities more urgent than `priority`. */
   reservedBefore(priority: number): number {
     let n = 0;
-    for (const [p, k] of this.reserved) if (p < priority) n += k;
+    for (const [p, r] of this.reserved) if (p < priority) n += r.left;
     return n;
   }
 
@@ -101,10 +109,10 @@ class LimiterCore {
 
   /** A download of `priority` took a permit: one promised permit fewer. */
   consumeReservation(priority: number): void {
-    const k = this.reserved.get(priority);
-    if (k === undefined) return;
-    if (k <= 1) this.reserved.delete(priority);
-    else this.reserved.set(priority, k - 1);
+    const r = this.reserved.get(priority);
+    if (r === undefined) return;
+    r.firstGrantAt ??= performance.now();
+    r.left = Math.max(0, r.left - 1);
   }
 
   /** Someone of `priority` or more urgent waits. */
@@ -239,23 +247,24 @@ export class ConcurrencyLimiter {
    * its input or waiting for its first response): until it has asked for them, less urgent
    * callers do not take them, so a later job that got going first does not hold lanes the job
    * needed next must then wait for until a range ends. Each permit that priority takes redeems
-   * one; call the returned function when the download ends, to drop what is left. Idempotent.
+   * one; `release()` the reservation when the download ends, to drop what is left. One
+   * reservation per priority.
    */
-  reserve(priority: number, permits: number): () => void {
+  reserve(priority: number, permits: number): Reservation {
     const c = this.core;
-    const n = Math.max(0, Math.floor(permits));
-    if (n === 0) return () => undefined;
-    c.reserved.set(priority, (c.reserved.get(priority) ?? 0) + n);
+    const entry = { left: Math.max(0, Math.floor(permits)), firstGrantAt: null as number | null };
+    c.reserved.set(priority, entry);
     let done = false;
-    return () => {
-      if (done) return;
-      done = true;
-      const left = c.reserved.get(priority);
-      if (left === undefined) return;
-      const after = left - n;
-      if (after > 0) c.reserved.set(priority, after);
-      else c.reserved.delete(priority);
-      c.drain();
+    return {
+      get firstGrantAt() {
+        return entry.firstGrantAt;
+      },
+      release: () => {
+        if (done) return;
+        done = true;
+        if (c.reserved.get(priority) === entry) c.reserved.delete(priority);
+        c.drain();
+      },
     };
   }
 

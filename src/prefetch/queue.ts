@@ -703,7 +703,7 @@ export class PrefetchQueue {
     const log = this.#log.child({ jobId: job.id });
     const started = performance.now();
     // Claimed in order, reserved in order: no later job takes these lanes while this one sizes.
-    const unreserve = this.#limiter?.reserve(slot.seq, this.#config.downloadConnections);
+    const reservation = this.#limiter?.reserve(slot.seq, this.#config.downloadConnections);
     try {
       // First of all: a refused job must not cost a single request or file.
       this.#policy?.checkJob(job);
@@ -743,7 +743,9 @@ export class PrefetchQueue {
         slot.bytes += result.bytes;
       }
       slot.inputPaths = paths;
-      slot.downloadSeconds = (performance.now() - started) / 1000;
+      // From the first lane the download got: waiting for buffer space, or for lanes that a job
+      // needed sooner holds (a host-wide limit), is not download time.
+      slot.downloadSeconds = (performance.now() - (reservation?.firstGrantAt ?? started)) / 1000;
       this.#stats.downloaded++;
       this.#stats.bytes += slot.bytes;
       log.debug({ bytes: slot.bytes, seconds: slot.downloadSeconds }, 'inputs downloaded');
@@ -757,7 +759,7 @@ export class PrefetchQueue {
       await this.#reportFailure(slot, e, log);
       await this.#free(slot, false);
     } finally {
-      unreserve?.();
+      reservation?.release();
     }
   }
 
