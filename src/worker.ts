@@ -460,7 +460,7 @@ export class Worker {
     if (signal?.aborted) stop();
     signal?.addEventListener('abort', stop, { once: true });
     this.#log.info(
-      { owner: this.owner, slots: s.slots, connections: s.downloadConnections, bufferDir: s.bufferDir, drain: this.#opts.drain ?? false },
+      { owner: this.owner, slots: s.slots, connections: s.downloadConnections, maxHostConnections: s.maxHostConnections, bufferDir: s.bufferDir, drain: this.#opts.drain ?? false },
       'worker started',
     );
 
