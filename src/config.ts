@@ -337,6 +337,12 @@ export const FIELDS = {
     default: DEFAULTS.downloadConnections,
     flag: { spec: '--connections <n>' },
   }),
+  maxHostConnections: field(nullable(count(1, 4096)), {
+    doc: 'Most range transfers in flight across all downloads of the worker (each may have a look-ahead request open beside it); the job handed out next gets them first. none = every slot downloads with all its connections.',
+    env: 'ROBOFLOW_MAX_HOST_CONNECTIONS',
+    default: DEFAULTS.maxHostConnections,
+    flag: { spec: '--max-host-connections <n>' },
+  }),
   chunkSize: field(size(64 * KiB, 5 * GiB), {
     doc: 'Length of one range request.',
     env: 'CHUNK_SIZE',

@@ -22,6 +22,14 @@ export const DEFAULTS = {
    */
   downloadConnections: 16,
   /**
+   * Range transfers in flight across all downloads of a worker. null: no host-wide limit, so
+   * every prefetch slot downloads with all its connections (the pools are sized for it) and a
+   * prefetch slot never slows the job needed next. Set it when the link or the store cannot take
+   * `slots × downloadConnections` transfers; the job handed out next then gets them first.
+   * (Default: none)
+   */
+  maxHostConnections: null as number | null,
+  /**
    * Length of one range request. 8 MiB matches the AWS CLI's multipart size and the part size
    * most S3 uploads use, amortises per-request latency (20 ms ≈ 6 % of an 8 MiB range at
    * 25 MB/s), and bounds what a retry re-fetches. (Default: 8 MiB)

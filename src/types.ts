@@ -168,6 +168,12 @@ export interface DownloadOptions {
   readonly keepPartial?: boolean;
   /** What the download survives. (Default: `DEFAULTS.durability`, `disk`) */
   readonly durability?: Durability;
+  /**
+   * Where this download stands when downloads compete for the downloader's shared limiter
+   * (lower goes first; see `ConcurrencyLimiter.withPriority`). The prefetch queue passes the
+   * job's claim order. (Default: the shared limiter's own, 0)
+   */
+  readonly priority?: number;
 }
 
 export interface DownloadProgress {

@@ -62,6 +62,7 @@ import { DEFAULTS } from './defaults.js';
 import { channels, type JobOutcome } from './diagnostics.js';
 import { backoffDelay, isJobRetryable, RoboflowError, toRoboflowError } from './errors.js';
 import { ByteBudget } from './prefetch/budget.js';
+import { ConcurrencyLimiter, hostLanes } from './prefetch/concurrency.js';
 import { ParallelDownloader } from './prefetch/downloader.js';
 import { PrefetchQueue, type PrefetchedJob, type PrefetchStats } from './prefetch/queue.js';
 import { checkRealDirectory } from './paths.js';
@@ -77,6 +78,8 @@ import type { Durability, JobQueue, JobRecord, JobStatus, Processor, StorageOpti
 export interface WorkerSettings {
   readonly slots: number;
   readonly downloadConnections: number;
+  /** Range transfers across all downloads; null = every slot at full speed. */
+  readonly maxHostConnections: number | null;
   readonly chunkSize: number;
   readonly bufferDir: string;
   readonly bufferBudgetBytes: number | null;
@@ -171,7 +174,11 @@ export interface JobReport {
   readonly status: JobStatus;
   readonly attempt: number;
   readonly bytes: number;
-  /** Seconds its inputs took to download (in the background, mostly). */
+  /**
+   * Seconds its inputs took to download (in the background, mostly), from the first range
+   * transfer the download got: waiting for buffer space, or for transfers a job needed sooner
+   * held under a host-wide limit, is not counted.
+   */
   readonly downloadSeconds: number;
   /** Seconds the worker waited in `nextReady()` before it got this job. */
   readonly waitSeconds: number;
@@ -217,6 +224,7 @@ function resolveSettings(config: Partial<WorkerSettings> | undefined): WorkerSet
   return {
     slots: pick('slots'),
     downloadConnections: pick('downloadConnections'),
+    maxHostConnections: config?.maxHostConnections === undefined ? DEFAULTS.maxHostConnections : config.maxHostConnections,
     chunkSize: pick('chunkSize'),
     bufferDir: pick('bufferDir'),
     bufferBudgetBytes: config?.bufferBudgetBytes === undefined ? DEFAULTS.bufferBudgetBytes : config.bufferBudgetBytes,
@@ -404,7 +412,11 @@ export class Worker {
       this.#setState('stopped');
       throw err;
     }
-    const clients = this.#opts.clients ?? new StorageClients({ ...(this.#opts.storage ?? {}), ...this.#policy.storageOptions() });
+    const lanes = hostLanes(s);
+    const limiter = new ConcurrencyLimiter({ max: lanes.transfers });
+    const clients =
+      this.#opts.clients ??
+      new StorageClients({ maxConnections: lanes.sockets, ...(this.#opts.storage ?? {}), ...this.#policy.storageOptions() });
     this.#logPolicy(clients);
     this.#clients = clients;
     const downloader = new ParallelDownloader({
@@ -417,6 +429,10 @@ export class Worker {
       retry: { maxAttempts: s.rangeMaxAttempts, baseDelayMs: s.retryBaseDelayMs, maxDelayMs: s.retryMaxDelayMs },
       durability: s.durability,
       clients,
+      // One limiter for every slot's lanes: the prefetch queue gives each download its claim
+      // order as priority, so when transfers are scarce (the host-wide limit, a throttling
+      // store) the job handed out next gets them first.
+      limiter,
     });
     this.#downloader = downloader;
     const prefetch = new PrefetchQueue({
@@ -439,6 +455,7 @@ export class Worker {
       jobRetry: { baseDelayMs: s.jobRetryBaseDelayMs, maxDelayMs: s.jobRetryMaxDelayMs },
       keepPartial: this.#opts.keepPartial ?? false,
       policy: { checkJob: (job) => this.checkJob(job) },
+      limiter,
       log: this.#log,
     });
     this.#prefetch = prefetch;
@@ -458,7 +475,7 @@ export class Worker {
     if (signal?.aborted) stop();
     signal?.addEventListener('abort', stop, { once: true });
     this.#log.info(
-      { owner: this.owner, slots: s.slots, connections: s.downloadConnections, bufferDir: s.bufferDir, drain: this.#opts.drain ?? false },
+      { owner: this.owner, slots: s.slots, connections: s.downloadConnections, maxHostConnections: s.maxHostConnections, bufferDir: s.bufferDir, drain: this.#opts.drain ?? false },
       'worker started',
     );
 

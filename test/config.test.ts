@@ -400,10 +400,24 @@ describe('helpers', () => {
     const storage = storageOptionsFrom(config, env);
     expect(storage).toEqual({
       region: 'oss-cn-hangzhou',
-      maxConnections: DEFAULTS.downloadConnections,
+      // Every slot's lanes and their look-ahead requests: slots × connections × 2 sockets.
+      maxConnections: DEFAULTS.slots * DEFAULTS.downloadConnections * 2,
       headersTimeoutMs: DEFAULTS.headersTimeoutMs,
       env,
     });
+  });
+
+  it('sizes the pools for every slot at full speed, or for the host-wide limit', async () => {
+    const load = async (env: Record<string, string>) => (await loadConfig({ env, cwd: dir })).config;
+    expect(storageOptionsFrom(await load({ PREFETCH_SLOTS: '3', DOWNLOAD_CONNECTIONS: '4' }), {}).maxConnections).toBe(3 * 4 * 2);
+    // 0 slots still downloads one job at a time.
+    expect(storageOptionsFrom(await load({ PREFETCH_SLOTS: '0', DOWNLOAD_CONNECTIONS: '4' }), {}).maxConnections).toBe(4 * 2);
+    const limited = await load({ PREFETCH_SLOTS: '3', DOWNLOAD_CONNECTIONS: '4', ROBOFLOW_MAX_HOST_CONNECTIONS: '5' });
+    expect(limited.maxHostConnections).toBe(5);
+    expect(storageOptionsFrom(limited, {}).maxConnections).toBe(5 * 2);
+    expect((await load({ ROBOFLOW_MAX_HOST_CONNECTIONS: 'none' })).maxHostConnections).toBeNull();
+    const err = await configError(loadConfig({ env: { ROBOFLOW_MAX_HOST_CONNECTIONS: '0' }, cwd: dir }));
+    expect(err.message).toContain('maxHostConnections: "0" from environment variable ROBOFLOW_MAX_HOST_CONNECTIONS is below 1');
   });
 
   it('parseListenAddress defaults to loopback', () => {

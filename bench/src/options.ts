@@ -124,7 +124,15 @@ export interface BenchPlan {
   readonly download: { objectSize: number; singleStreamSize: number; ratePerConnection: number; latencyMs: number };
   readonly memory: { sizes: readonly number[] };
   readonly sweep: { objectSize: number; ratePerConnection: number; latencyMs: number; connections: readonly number[]; chunkMiB: readonly number[] };
-  readonly prefetch: { jobs: number; objectSize: number; connections: number; ratePerConnection: number; latencyMs: number };
+  readonly prefetch: {
+    jobs: number;
+    objectSize: number;
+    connections: number;
+    ratePerConnection: number;
+    latencyMs: number;
+    /** The slot sweep: 0–3 slots under a low per-connection cap, where slots taking turns shows. */
+    slotSweep: { jobs: number; objectSize: number; chunkSize: number; connections: number; ratePerConnection: number; latencyMs: number; slots: readonly number[] };
+  };
   readonly resume: {
     objectSize: number;
     ratePerConnection: number;
@@ -161,7 +169,17 @@ export function planFor(opts: BenchOptions): BenchPlan {
     },
     // 4 connections × 25 MB/s and 32 MiB (four 8 MiB chunks, one per lane): D ≈ 0.4 s, so the
     // six cases × two runs of 8 jobs take about a minute per repetition.
-    prefetch: { jobs: 8, objectSize: q ? 16 * MiB : 32 * MiB, connections: 4, ratePerConnection: CAP_BYTES_PER_SEC, latencyMs: CAP_LATENCY_MS },
+    prefetch: {
+      jobs: 8,
+      objectSize: q ? 16 * MiB : 32 * MiB,
+      connections: 4,
+      ratePerConnection: CAP_BYTES_PER_SEC,
+      latencyMs: CAP_LATENCY_MS,
+      // The setting, smaller: 4 connections at 4 MB/s each and 4 MiB chunks, so a
+      // download is bound by the per-connection cap (D ≈ 1 s for 16 MiB), not by this machine's
+      // CPU, and two slots that shared one download's connections would take twice as long.
+      slotSweep: { jobs: 6, objectSize: q ? 8 * MiB : 16 * MiB, chunkSize: 2 * MiB, connections: 4, ratePerConnection: 4e6, latencyMs: CAP_LATENCY_MS, slots: [0, 1, 2, 3] },
+    },
     resume: {
       objectSize: size ?? (q ? 256 * MiB : GiB),
       ratePerConnection: CAP_BYTES_PER_SEC,

@@ -215,6 +215,50 @@ export function prefetchPlot(results: BenchResults): PlotSpec | null {
   };
 }
 
+/** Wall time against prefetch slots, one panel per case, with the bound D + (N−1)·max(D,P) + P. */
+export function prefetchSlotsPlot(results: BenchResults): PlotSpec | null {
+  const sweeps = results.scenarios.prefetch?.slotSweeps ?? [];
+  const values: Record<string, unknown>[] = [];
+  for (const c of sweeps) {
+    const good = c.runs.filter((r) => r.ok);
+    if (good.length === 0) continue;
+    const slots = [...new Set(good.map((r) => r.slots))].sort((a, b) => a - b);
+    const bound = median(good.map((r) => r.boundSeconds));
+    for (const n of slots) {
+      values.push({ case: c.id, slots: n, kind: 'measured', seconds: Number(median(good.filter((r) => r.slots === n).map((r) => r.wallSeconds)).toFixed(2)) });
+      values.push({ case: c.id, slots: n, kind: 'bound D + (N−1)·max(D,P) + P', seconds: Number(bound.toFixed(2)) });
+    }
+  }
+  if (values.length === 0) return null;
+  return {
+    file: 'prefetch-slots.svg',
+    title: 'Wall time of the jobs against prefetch slots (0 = download, then process)',
+    spec: {
+      $schema: SCHEMA,
+      data: { values },
+      facet: { column: { field: 'case', type: 'nominal', title: null, sort: sweeps.map((c) => c.id) } },
+      spec: {
+        width: 150,
+        height: 180,
+        mark: { type: 'line', point: true },
+        encoding: {
+          x: { field: 'slots', type: 'ordinal', title: 'slots', axis: { labelAngle: 0 } },
+          y: { field: 'seconds', type: 'quantitative', title: 'seconds (lower is better)' },
+          color: {
+            field: 'kind',
+            type: 'nominal',
+            title: null,
+            scale: { range: [ROBOFLOW_COLOR, '#1f77b4'] },
+            sort: ['measured', 'bound D + (N−1)·max(D,P) + P'],
+            legend: { labelLimit: 300, orient: 'bottom' },
+          },
+          strokeDash: { field: 'kind', type: 'nominal', sort: ['measured', 'bound D + (N−1)·max(D,P) + P'], scale: { range: [[1, 0], [4, 4]] }, legend: null },
+        },
+      },
+    },
+  };
+}
+
 export function resumePlot(results: BenchResults): PlotSpec | null {
   const s = results.scenarios.resume;
   if (!s) return null;
@@ -250,7 +294,7 @@ export function allPlots(picked: Partial<Record<keyof BenchResults['scenarios'],
   if (picked.download) out.push(...downloadPlots(picked.download));
   if (picked.memory) out.push(memoryPlot(picked.memory));
   if (picked.sweep) out.push(sweepPlot(picked.sweep));
-  if (picked.prefetch) out.push(prefetchPlot(picked.prefetch));
+  if (picked.prefetch) out.push(prefetchPlot(picked.prefetch), prefetchSlotsPlot(picked.prefetch));
   if (picked.resume) out.push(resumePlot(picked.resume));
   return out.filter((p): p is PlotSpec => p !== null);
 }

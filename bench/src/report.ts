@@ -157,6 +157,131 @@ export function prefetchSummaries(r: BenchResults): PrefetchCaseSummary[] {
   });
 }
 
+/** One slot count of one slot sweep case, medians over its repetitions. */
+export interface SlotSweepPoint {
+  readonly slots: number;
+  readonly wallSeconds: number;
+  readonly firstReadySeconds: number;
+  readonly ok: number;
+  readonly runs: number;
+}
+
+export interface SlotSweepSummary {
+  readonly id: string;
+  readonly relation: string;
+  readonly maxHostConnections: number | null;
+  readonly jobs: number;
+  readonly downloadSeconds: number;
+  readonly processSeconds: number;
+  /** D + (N−1)·max(D,P) + P. */
+  readonly bound: number;
+  readonly points: readonly SlotSweepPoint[];
+  readonly error?: string;
+}
+
+export function slotSweepSummaries(r: BenchResults): SlotSweepSummary[] {
+  const sweeps = r.scenarios.prefetch?.slotSweeps ?? [];
+  return sweeps.map((c) => {
+    const good = c.runs.filter((x) => x.ok);
+    const slots = [...new Set(c.runs.map((x) => x.slots))].sort((a, b) => a - b);
+    const failed = c.runs.find((x) => !x.ok);
+    return {
+      id: c.id,
+      relation: c.relation,
+      maxHostConnections: c.maxHostConnections,
+      jobs: c.jobs,
+      downloadSeconds: median(good.map((x) => x.downloadSeconds)),
+      processSeconds: median(good.map((x) => x.processSeconds)),
+      bound: median(good.map((x) => x.boundSeconds)),
+      points: slots.map((n) => {
+        const at = c.runs.filter((x) => x.slots === n);
+        const ok = at.filter((x) => x.ok);
+        return {
+          slots: n,
+          wallSeconds: median(ok.map((x) => x.wallSeconds)),
+          firstReadySeconds: median(ok.map((x) => x.firstReadySeconds)),
+          ok: ok.length,
+          runs: at.length,
+        };
+      }),
+      ...(failed?.error !== undefined ? { error: failed.error } : {}),
+    };
+  });
+}
+
+/** Wall time at `slots`, NaN when not measured. */
+function wallAt(s: SlotSweepSummary, slots: number): number {
+  return s.points.find((p) => p.slots === slots)?.wallSeconds ?? Number.NaN;
+}
+
+/** The worst "more slots slower" ratio of a case: wall(n) over the best wall with fewer slots (≥ 1). */
+export function worstMoreSlots(s: SlotSweepSummary): { ratio: number; slots: number } {
+  let worst = { ratio: Number.NaN, slots: Number.NaN };
+  let best = Number.POSITIVE_INFINITY;
+  for (const p of s.points.filter((x) => x.slots >= 1 && Number.isFinite(x.wallSeconds))) {
+    if (Number.isFinite(best)) {
+      const r = p.wallSeconds / best;
+      if (!(r <= worst.ratio)) worst = { ratio: r, slots: p.slots };
+    }
+    best = Math.min(best, p.wallSeconds);
+  }
+  return worst;
+}
+
+function slotSweepGoals(picked: Picked): Goal[] {
+  const pre = picked.prefetch?.results;
+  const sums = pre ? slotSweepSummaries(pre) : [];
+  if (sums.length === 0) {
+    return [{ description: 'Prefetch slots: more slots never slower (slot sweep)', target: '—', measured: 'not measured in this run', met: null }];
+  }
+  const goals: Goal[] = [];
+  const balanced = sums.find((s) => s.relation === 'D≈P' && s.maxHostConnections === null);
+  if (balanced) {
+    const one = wallAt(balanced, 1);
+    const r2 = ratio(wallAt(balanced, 2), one);
+    const r3 = ratio(wallAt(balanced, 3), one);
+    goals.push({
+      description: 'Prefetch slots, D ≈ P: slots 2 and 3 within 3 % of slots 1 or faster',
+      target: '≤ 1.03 × slots 1',
+      measured: `slots 2 ${fmtRatio(r2)}, slots 3 ${fmtRatio(r3)}`,
+      met: Number.isFinite(r2) && Number.isFinite(r3) ? r2 <= 1.03 && r3 <= 1.03 : false,
+    });
+    const rb = ratio(wallAt(balanced, 2), balanced.bound);
+    goals.push({
+      description: 'Prefetch slots, D ≈ P: slots 2 within 3 % of D + (N−1)·max(D,P) + P',
+      target: '≤ 1.03 × bound',
+      measured: `${fmt(wallAt(balanced, 2), 2)} s against ${fmt(balanced.bound, 2)} s (${fmtRatio(rb)})`,
+      met: Number.isFinite(rb) ? rb <= 1.03 : false,
+    });
+  }
+  const worst = sums.map((s) => ({ s, w: worstMoreSlots(s) })).filter((x) => Number.isFinite(x.w.ratio));
+  if (worst.length > 0) {
+    const w = worst.reduce((a, b) => (b.w.ratio > a.w.ratio ? b : a));
+    goals.push({
+      description: 'Prefetch slots: in every case, more slots never more than 3 % slower than fewer (1 and up)',
+      target: '≤ 1.03×',
+      measured: `worst ${fmtRatio(w.w.ratio)} (${w.s.id}, ${w.w.slots} slots)`,
+      met: worst.every((x) => x.w.ratio <= 1.03),
+    });
+  }
+  const limited = sums.find((s) => s.maxHostConnections !== null);
+  if (limited) {
+    // Slots compete for the limit from 2 slots on; with 1, the next download starts only once
+    // the first job is handed out, so its first job shows the run's noise, not the limit.
+    const firsts = limited.points.filter((p) => p.slots >= 2 && Number.isFinite(p.firstReadySeconds));
+    const worstFirst = firsts.reduce((a, b) => (b.firstReadySeconds > a.firstReadySeconds ? b : a), firsts[0]!);
+    const r = ratio(worstFirst?.firstReadySeconds ?? Number.NaN, limited.downloadSeconds);
+    const all = limited.points.filter((p) => p.slots >= 1).map((p) => `${p.slots}: ${fmt(p.firstReadySeconds, 2)} s`).join(', ');
+    goals.push({
+      description: `Prefetch slots, host-wide limit of ${limited.maxHostConnections} transfers (one download's connections), 2 and more slots competing for it: first job handed out within 10 % of D alone`,
+      target: '≤ 1.10 × D',
+      measured: `worst ${fmt(worstFirst?.firstReadySeconds, 2)} s (${worstFirst?.slots} slots) against D = ${fmt(limited.downloadSeconds, 2)} s (${fmtRatio(r)}); first job by slots ${all}`,
+      met: Number.isFinite(r) ? r <= 1.1 : false,
+    });
+  }
+  return goals;
+}
+
 /** The goals set for the downloader and the prefetch queue, checked against the results. */
 export function evaluateGoals(picked: Picked): Goal[] {
   const goals: Goal[] = [];
@@ -233,6 +358,7 @@ export function evaluateGoals(picked: Picked): Goal[] {
   } else {
     goals.push({ description: 'Prefetch: within 5 % of the bound, ≥ 1.4× at D ≈ P', target: '—', measured: 'not measured in this run', met: null });
   }
+  goals.push(...slotSweepGoals(picked));
   return goals;
 }
 
@@ -710,6 +836,34 @@ function prefetchSection(entry: { file: string; results: BenchResults }, plots: 
   ]);
   parts.push(table(['case', 'jobs', 'D s', 'P s', 'sequential s', 'prefetch s', 'bound s', 'prefetch / bound', 'input wait', 'speed-up', 'runs ok'], rows), '');
   for (const p of plots.filter((x) => x.file.endsWith('prefetch.svg'))) parts.push(`![${p.title}](${p.file})`, '');
+  const sweeps = slotSweepSummaries(entry.results);
+  if (sweeps.length > 0) {
+    parts.push('### Time against prefetch slots', '');
+    if (s.slotSweepSource) parts.push(s.slotSweepSource, '');
+    parts.push(
+      'Each slot downloads with all its connections (the connection pools are sized for slots × connections lanes and their look-ahead requests), so under a per-connection cap more slots never make the job needed next wait. ' +
+        'With a host-wide limit the downloads share that many transfers, the job handed out next first. "first job" is the time from the worker\'s start until the first job was handed to the processor. Medians over the repetitions.',
+      '',
+    );
+    const counts = [...new Set(sweeps.flatMap((c) => c.points.map((p) => p.slots)))].sort((a, b) => a - b);
+    const sweepRows = sweeps.map((c) => [
+      c.id,
+      fmt(c.downloadSeconds, 2),
+      fmt(c.processSeconds, 2),
+      fmt(c.bound, 2),
+      ...counts.map((n) => {
+        const p = c.points.find((x) => x.slots === n);
+        return p ? `${fmt(p.wallSeconds, 2)} (${fmt(p.firstReadySeconds, 2)})` : '—';
+      }),
+      fmtRatio(ratio(wallAt(c, 2), c.bound)),
+      c.error ? `failed: ${c.error}` : '',
+    ]);
+    parts.push(
+      table(['case', 'D s', 'P s', 'bound s', ...counts.map((n) => `${n} slot${n === 1 ? '' : 's'}: wall s (first job s)`), 'slots 2 / bound', 'note'], sweepRows),
+      '',
+    );
+    for (const p of plots.filter((x) => x.file.endsWith('prefetch-slots.svg'))) parts.push(`![${p.title}](${p.file})`, '');
+  }
   return parts.join('\n');
 }
 

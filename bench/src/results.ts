@@ -187,9 +187,46 @@ export interface PrefetchRun {
   readonly error?: string;
 }
 
+/**
+ * One slot sweep: the same jobs through workers with 0, 1, 2, 3 prefetch slots, under a
+ * per-connection cap, optionally with a host-wide limit on range transfers.
+ */
+export interface SlotSweepCase {
+  readonly id: string;
+  /** `D≈P`, `D<P`, `D>P`. */
+  readonly relation: string;
+  /** The prefetching runs' host-wide limit (`maxHostConnections`); null = none. */
+  readonly maxHostConnections: number | null;
+  readonly jobs: number;
+  readonly objectSize: number;
+  readonly chunkSize: number;
+  readonly ratePerConnection: number;
+  readonly latencyMs: number;
+  readonly connections: number;
+  readonly runs: readonly SlotSweepRun[];
+}
+
+export interface SlotSweepRun {
+  readonly repetition: number;
+  readonly slots: number;
+  readonly wallSeconds: number;
+  /** From the worker's start until the first job was handed to the processor. */
+  readonly firstReadySeconds: number;
+  /** D and P of this repetition, measured alone in its 0-slot run. */
+  readonly downloadSeconds: number;
+  readonly processSeconds: number;
+  /** D + (N−1)·max(D,P) + P of this repetition. */
+  readonly boundSeconds: number;
+  readonly ok: boolean;
+  readonly error?: string;
+}
+
 export interface PrefetchScenario {
   readonly source: string;
   readonly cases: readonly PrefetchCase[];
+  /** Wall time against the number of slots (absent in results from before it was measured). */
+  readonly slotSweeps?: readonly SlotSweepCase[];
+  readonly slotSweepSource?: string;
   /** Set when the scenario could not run; the report says why. */
   readonly skipped?: string;
 }

@@ -14,8 +14,8 @@
  * processing. It still shares the two cores.
  */
 
-import { runPrefetchComparison, type ComparisonProcessor, type StartComparisonStore } from '../../src/cli/demo/comparison.js';
-import type { PrefetchCase, PrefetchRun, PrefetchScenario } from './results.js';
+import { runPrefetchComparison, runSlotSweep, type ComparisonProcessor, type StartComparisonStore } from '../../src/cli/demo/comparison.js';
+import type { PrefetchCase, PrefetchRun, PrefetchScenario, SlotSweepCase, SlotSweepRun } from './results.js';
 import type { BenchContext } from './runner.js';
 import { ServerProcess, type ServedFile, type ServedObject } from './server-process.js';
 
@@ -25,6 +25,15 @@ export interface PrefetchPlan {
   readonly connections: number;
   readonly ratePerConnection: number;
   readonly latencyMs: number;
+  readonly slotSweep: {
+    readonly jobs: number;
+    readonly objectSize: number;
+    readonly chunkSize: number;
+    readonly connections: number;
+    readonly ratePerConnection: number;
+    readonly latencyMs: number;
+    readonly slots: readonly number[];
+  };
 }
 
 /** P as a multiple of the calibrated D, per relation. */
@@ -131,13 +140,95 @@ export async function runPrefetchScenario(ctx: BenchContext, plan: PrefetchPlan)
       }
     }
   }
+  const sweep = await runSlotSweeps(ctx, plan.slotSweep);
   return {
     cases: cases.map(({ factor: _factor, ...c }) => c),
+    slotSweeps: sweep.cases,
+    slotSweepSource: sweep.source,
     source:
       `Each case runs ${plan.jobs} jobs of ${(plan.objectSize / 2 ** 20).toFixed(0)} MiB through a real Worker (SQLite queue, ${plan.connections} connections at ` +
       `${(plan.ratePerConnection / 1e6).toFixed(0)} MB/s each, ${plan.latencyMs} ms first-byte latency), once with 2 prefetch slots and once with 0 (download, then process), ` +
       `via runPrefetchComparison (src/cli/demo/comparison.ts), the object server in a process of its own. 'wait': the sleep processor idles for P. 'cpu': the real mcap-summary of an MCAP episode, then a child process busy on the CPU until P has passed ` +
       `(heavy processing runs outside the worker's event loop, as exec does), competing with the downloads for the two cores. 'checksum': the real checksum processor (SHA-256 of the input). P is set from D ≈ ${d.toFixed(2)} s, calibrated before the cases; ` +
       'the table shows D and P as measured in each sequential run.',
+  };
+}
+
+/**
+ * Wall time against slots: 0, 1, 2, 3 slots for D ≈ P, D < P and D > P (the sleep processor),
+ * and once more at D ≈ P with a host-wide limit of one download's connections, under a
+ * per-connection cap low enough that a download is bound by the cap, not by this machine.
+ */
+async function runSlotSweeps(ctx: BenchContext, plan: PrefetchPlan['slotSweep']): Promise<{ cases: SlotSweepCase[]; source: string }> {
+  const common = {
+    jobs: plan.jobs,
+    sizeBytes: plan.objectSize,
+    chunkSize: plan.chunkSize,
+    ratePerConn: plan.ratePerConnection,
+    latencyMs: plan.latencyMs,
+    connections: plan.connections,
+    tempDir: ctx.scratch,
+    startStore: serverProcessStore(ctx.root),
+    signal: ctx.signal,
+    content: 'generated' as const,
+  };
+  ctx.log('prefetch slots: calibrating D');
+  const calibration = await runSlotSweep({ ...common, jobs: 2, slotCounts: [0], processor: { kind: 'sleep', ms: 0 } });
+  const d = calibration.downloadSeconds;
+  ctx.log(`prefetch slots: D ≈ ${d.toFixed(3)} s per job`);
+  const specs = [
+    ...RELATIONS.map((r) => ({ ...r, hostLimit: null as number | null })),
+    { relation: 'D≈P', factor: 1, hostLimit: plan.connections as number | null },
+  ];
+  const cases: (SlotSweepCase & { runs: SlotSweepRun[] })[] = specs.map((x) => ({
+    id: x.hostLimit === null ? x.relation : `${x.relation}, host limit ${x.hostLimit}`,
+    relation: x.relation,
+    maxHostConnections: x.hostLimit,
+    jobs: plan.jobs,
+    objectSize: plan.objectSize,
+    chunkSize: plan.chunkSize,
+    ratePerConnection: plan.ratePerConnection,
+    latencyMs: plan.latencyMs,
+    connections: plan.connections,
+    runs: [],
+  }));
+  for (let rep = 1; rep <= ctx.repeat; rep++) {
+    for (const [i, x] of specs.entries()) {
+      if (ctx.signal.aborted) throw new Error('interrupted');
+      const c = cases[i]!;
+      const processMs = Math.max(10, Math.round(d * x.factor * 1000));
+      try {
+        const r = await runSlotSweep({ ...common, slotCounts: plan.slots, hostLimits: [x.hostLimit], processor: { kind: 'sleep', ms: processMs } });
+        for (const run of r.runs) {
+          c.runs.push({
+            repetition: rep,
+            slots: run.slots,
+            wallSeconds: run.wallSeconds,
+            firstReadySeconds: run.firstReadySeconds,
+            downloadSeconds: r.downloadSeconds,
+            processSeconds: r.processSeconds,
+            boundSeconds: r.boundSeconds,
+            ok: true,
+          });
+        }
+        const walls = r.runs.map((run) => `${run.slots}: ${run.wallSeconds.toFixed(2)} s`).join(', ');
+        const first = r.runs.map((run) => run.firstReadySeconds.toFixed(2)).join('/');
+        ctx.log(`  slots ${c.id.padEnd(18)} D ${r.downloadSeconds.toFixed(2)} s, P ${r.processSeconds.toFixed(2)} s, bound ${r.boundSeconds.toFixed(2)} s; ${walls}; first job ready ${first} s`);
+      } catch (err) {
+        const message = (err as Error).message;
+        for (const slots of plan.slots) {
+          c.runs.push({ repetition: rep, slots, wallSeconds: Number.NaN, firstReadySeconds: Number.NaN, downloadSeconds: Number.NaN, processSeconds: Number.NaN, boundSeconds: Number.NaN, ok: false, error: message });
+        }
+        ctx.log(`  slots ${c.id} FAILED: ${message}`);
+      }
+    }
+  }
+  return {
+    cases,
+    source:
+      `Each case runs ${plan.jobs} jobs of ${(plan.objectSize / 2 ** 20).toFixed(0)} MiB through a real Worker (SQLite queue, ${plan.connections} connections at ` +
+      `${(plan.ratePerConnection / 1e6).toFixed(0)} MB/s each, ${plan.latencyMs} ms first-byte latency, ${(plan.chunkSize / 2 ** 20).toFixed(0)} MiB chunks, the sleep processor) with ${plan.slots.join(', ')} prefetch slots, ` +
+      `via runSlotSweep (src/demo.ts), the object server in a process of its own. D and P are measured alone in each case's 0-slot run; P is set from D ≈ ${d.toFixed(2)} s calibrated first. ` +
+      `The host-limit case sets maxHostConnections to one download's connections (${plan.connections}) for its prefetching runs.`,
   };
 }

@@ -14,6 +14,7 @@ import { RoboflowError } from '../errors.js';
 import { redactUrl } from '../redact.js';
 import { compilePolicy, type PolicyOptions, type SecurityPolicy } from '../security/policy.js';
 import type { PrefetchConfig, StorageOptions } from '../types.js';
+import { hostLanes } from '../prefetch/concurrency.js';
 
 export type ConfigLayer = 'default' | 'file' | 'env' | 'flag';
 
@@ -328,7 +329,9 @@ export function storageOptionsFrom(config: Config, env: NodeJS.ProcessEnv = proc
     ...(config.endpoint !== null ? { endpoint: config.endpoint } : {}),
     ...(config.region !== null ? { region: config.region } : {}),
     ...(config.forcePathStyle !== null ? { forcePathStyle: config.forcePathStyle } : {}),
-    maxConnections: config.downloadConnections,
+    // Sockets per origin for every slot's lanes and their look-ahead requests (or the host-wide
+    // limit's): one pool of `downloadConnections` made the slots take turns.
+    maxConnections: hostLanes(config).sockets,
     headersTimeoutMs: config.headersTimeoutMs,
     env,
   };

@@ -390,7 +390,7 @@ export class ParallelDownloader {
       headersTimeoutMs: o.storage?.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
       retry,
       progressIntervalMs: opts.progressIntervalMs ?? o.progressIntervalMs ?? DEFAULTS.progressIntervalMs,
-      limiter: o.limiter,
+      limiter: opts.priority !== undefined && o.limiter ? o.limiter.withPriority(opts.priority) : o.limiter,
       lookahead: o.lookahead ?? true,
       durability: checkDurability(opts.durability ?? o.durability ?? DEFAULTS.durability),
     };
@@ -946,9 +946,16 @@ class Transfer {
         this.limiter.onSuccess();
         this.chunkDone(range.index);
         if (this.limiter.shouldYield && release) {
-          // Give the turn to a waiter (another download) or obey a lowered limit.
+          // Give the turn to a waiter (another download) or obey a lowered limit. A look-ahead
+          // request goes too: without a permit it would hold a socket and a request at the store
+          // that the waiter, or the lowered limit, should have.
           release();
           release = undefined;
+          if (ahead) {
+            ahead.abandon();
+            this.scheduler.giveBack(ahead.range);
+            ahead = undefined;
+          }
         }
       }
     } catch (err) {

@@ -4,7 +4,7 @@
  *
  * Data flow
  * ---------
- * A *filler* claims jobs from the job queue, one claim at a time, until N slots hold a job that
+ * A *filler* claims jobs from the job queue, one claim per free slot at once, until N slots hold a job that
  * is not yet being processed (N = `config.slots`; with N = 0 a job is claimed only when the
  * worker asks for one, which is the sequential baseline). Each claimed job gets a slot and is
  * judged by the worker's policy first (`policy.checkJob`): a refused job fails at once, before a
@@ -80,6 +80,7 @@ import type { StorageClients } from '../storage/index.js';
 import type { JobQueue, JobRecord, PrefetchConfig, PrefetchStatus, ReadyJob } from '../types.js';
 import { leaseSafetyMarginMs, leaseTrustMs } from '../lease.js';
 import type { ByteBudget, ReleaseBytes } from './budget.js';
+import type { ConcurrencyLimiter } from './concurrency.js';
 import type { ParallelDownloader } from './downloader.js';
 
 export { safeLocalName } from '../paths.js';
@@ -128,6 +129,13 @@ export interface PrefetchQueueOptions {
    * reason in `last_error`, and no request for it is ever made. (Default: every job passes)
    */
   readonly policy?: { checkJob(job: JobRecord): void };
+  /**
+   * The downloader's shared limiter on range transfers (`ParallelDownloaderOptions.limiter`).
+   * Each slot's download runs at its claim order as priority; given the limiter, a slot also
+   * reserves its lanes from the moment it starts, so a later job whose download got going first
+   * does not take them. (Default: priorities only)
+   */
+  readonly limiter?: ConcurrencyLimiter;
   readonly log?: Logger;
 }
 
@@ -222,13 +230,16 @@ export class PrefetchQueue {
   readonly #queueRetry: { readonly baseDelayMs: number; readonly maxDelayMs: number };
   readonly #keepPartial: boolean;
   readonly #policy: { checkJob(job: JobRecord): void } | undefined;
+  readonly #limiter: ConcurrencyLimiter | undefined;
   readonly #log: Logger;
 
   #mode: QueueMode = 'idle';
   readonly #slots: Slot[] = [];
   #seq = 0;
-  /** A claim (or the drain check after an empty one) is in flight. */
-  #claiming = false;
+  /** Claims (each with the drain check after an empty one) in flight. */
+  #claims = 0;
+  /** Claims that found the queue empty and have not yet set the poll timer: no new claim meanwhile. */
+  #emptyClaims = 0;
   /** Set while the filler waits: after an empty claim (poll) or a queue error (backoff). */
   #claimTimer: NodeJS.Timeout | null = null;
   /** Why the filler waits: an empty queue (`poll`) or a failing one (`backoff`). */
@@ -277,6 +288,7 @@ export class PrefetchQueue {
     this.#queueRetry = { baseDelayMs: Math.max(this.#pollIntervalMs, 250), maxDelayMs: 15_000 };
     this.#keepPartial = opts.keepPartial ?? false;
     this.#policy = opts.policy;
+    this.#limiter = opts.limiter;
     this.#log = opts.log ?? pino({ level: 'silent' });
   }
 
@@ -357,7 +369,7 @@ export class PrefetchQueue {
         if (job) return job;
         continue;
       }
-      if (this.#drain && this.#drained && !this.#claiming && this.#waitingSlots().length === 0) return null;
+      if (this.#drain && this.#drained && this.#claims === 0 && this.#waitingSlots().length === 0) return null;
       this.#consumers++;
       try {
         this.#fill();
@@ -561,19 +573,25 @@ export class PrefetchQueue {
   // Claiming
   // -------------------------------------------------------------------------------------------
 
-  /** Claims one more job if a slot is free and the filler is not waiting. */
+  /**
+   * Claims a job for every free slot, all at once: at start, and whenever a slot frees, no slot
+   * waits for another's claim (nor for a poll) while the job queue has work.
+   */
   #fill(): void {
-    if (this.#mode !== 'running' || this.#claiming || this.#claimTimer) return;
-    // A job that cannot get buffer space yet is better left to another worker than claimed.
-    if (this.#slots.some((s) => s.waitingForBytes > 0)) return;
-    const want = Math.max(this.#config.slots, this.#consumers > 0 ? 1 : 0);
-    if (this.#waitingSlots().length >= want) return;
-    this.#claiming = true;
-    void this.#track(this.#claimOne()).finally(() => {
-      this.#claiming = false;
-      this.#notify();
-      this.#fill();
-    });
+    for (;;) {
+      if (this.#mode !== 'running' || this.#claimTimer || this.#emptyClaims > 0) return;
+      // A job that cannot get buffer space yet is better left to another worker than claimed.
+      if (this.#slots.some((s) => s.waitingForBytes > 0)) return;
+      const want = Math.max(this.#config.slots, this.#consumers > 0 ? 1 : 0);
+      // Claims in flight hold a slot in state `claiming`, so they count here.
+      if (this.#waitingSlots().length >= want) return;
+      this.#claims++;
+      void this.#track(this.#claimOne()).finally(() => {
+        this.#claims--;
+        this.#notify();
+        this.#fill();
+      });
+    }
   }
 
   #newSlot(): Slot {
@@ -619,9 +637,14 @@ export class PrefetchQueue {
       this.#queueErrorStreak = 0;
     }
     if (!job) {
-      this.#setSlotState(slot, 'freed');
-      if (this.#drain) await this.#checkDrained();
-      this.#waitThenFill(this.#pollIntervalMs, 'poll');
+      this.#emptyClaims++;
+      try {
+        this.#setSlotState(slot, 'freed');
+        if (this.#drain) await this.#checkDrained();
+        this.#waitThenFill(this.#pollIntervalMs, 'poll');
+      } finally {
+        this.#emptyClaims--;
+      }
       return;
     }
     this.#drained = false;
@@ -699,6 +722,8 @@ export class PrefetchQueue {
     const signal = slot.abort.signal;
     const log = this.#log.child({ jobId: job.id });
     const started = performance.now();
+    // Claimed in order, reserved in order: no later job takes these lanes while this one sizes.
+    const reservation = this.#limiter?.reserve(slot.seq, this.#config.downloadConnections);
     try {
       // First of all: a refused job must not cost a single request or file.
       this.#policy?.checkJob(job);
@@ -729,6 +754,8 @@ export class PrefetchQueue {
         const result = await this.#downloader.download(input.url, dest, {
           signal,
           keepPartial: true,
+          // Claim order: the job handed out next gets scarce transfers first.
+          priority: slot.seq,
           ...(input.size !== undefined ? { expectedSize: input.size } : {}),
           ...(input.checksum !== undefined ? { expectedChecksum: input.checksum } : {}),
         });
@@ -736,7 +763,9 @@ export class PrefetchQueue {
         slot.bytes += result.bytes;
       }
       slot.inputPaths = paths;
-      slot.downloadSeconds = (performance.now() - started) / 1000;
+      // From the first lane the download got: waiting for buffer space, or for lanes that a job
+      // needed sooner holds (a host-wide limit), is not download time.
+      slot.downloadSeconds = (performance.now() - (reservation?.firstGrantAt ?? started)) / 1000;
       this.#stats.downloaded++;
       this.#stats.bytes += slot.bytes;
       log.debug({ bytes: slot.bytes, seconds: slot.downloadSeconds }, 'inputs downloaded');
@@ -749,6 +778,8 @@ export class PrefetchQueue {
       this.#setSlotState(slot, 'failed');
       await this.#reportFailure(slot, e, log);
       await this.#free(slot, false);
+    } finally {
+      reservation?.release();
     }
   }
 
@@ -1052,7 +1083,7 @@ export class PrefetchQueue {
     this.#setMode('closing');
     await Promise.all(this.#waitingSlots().map((s) => this.#track(this.#releaseSlot(s))));
     // A claim still in flight releases its job itself; the active jobs are the worker's.
-    while (this.#mode === 'closing' && (this.#claiming || this.#slots.some((s) => s.state === 'active'))) {
+    while (this.#mode === 'closing' && (this.#claims > 0 || this.#slots.some((s) => s.state === 'active'))) {
       await this.#nextChange();
     }
     await this.#settled();

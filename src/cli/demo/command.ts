@@ -18,6 +18,7 @@ interface DemoFlags {
   readonly latency: number;
   readonly connections: number;
   readonly slots: number;
+  readonly maxHostConnections?: number;
   readonly process: 'mcap' | 'mcap-cpu' | 'sleep' | 'checksum';
   readonly processMs?: number;
   readonly keep?: boolean;
@@ -99,6 +100,7 @@ export function registerDemoCommand(program: Command): Command {
     .option('--latency <duration>', 'first-byte latency of every request', duration, 20)
     .option('--connections <n>', 'range requests in flight per download', wholeNumber(1, 256), 4)
     .option('--slots <n>', 'prefetch slots of the prefetching run', wholeNumber(1, 64), 2)
+    .option('--max-host-connections <n>', 'range transfers across all downloads of a worker (default: none, every slot at full speed)', wholeNumber(1, 4096))
     .option(
       '--process <kind>',
       'processing: mcap (summary, then idle until --process-ms), mcap-cpu (summary, then CPU-busy), sleep, checksum',
@@ -124,6 +126,7 @@ export function registerDemoCommand(program: Command): Command {
           latencyMs: flags.latency,
           connections: flags.connections,
           slots: flags.slots,
+          ...(flags.maxHostConnections !== undefined ? { maxHostConnections: flags.maxHostConnections } : {}),
           ...(processor ? { processor } : {}),
           keep: flags.keep ?? false,
           signal: stop.signal,

@@ -20,7 +20,7 @@
  */
 
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -100,6 +100,11 @@ export interface PrefetchComparisonOptions {
   /** Slots of the prefetching run. (Default: 2) */
   readonly slots?: number;
   /**
+   * The workers' host-wide limit on range transfers (`maxHostConnections`); null = none, every
+   * slot downloads with all its connections. (Default: none)
+   */
+  readonly maxHostConnections?: number | null;
+  /**
    * (Default: `mcap-summary` topped up to the estimated download time, `burn: 'wait'`)
    */
   readonly processor?: ComparisonProcessor;
@@ -133,6 +138,8 @@ export interface ComparisonRun {
   readonly wallSeconds: number;
   /** Share of the wall time the processor waited for inputs. */
   readonly inputWaitShare: number;
+  /** Seconds from the worker's start until the first job was handed to the processor. */
+  readonly firstReadySeconds: number;
 }
 
 export interface PrefetchComparison {
@@ -142,6 +149,8 @@ export interface PrefetchComparison {
   readonly latencyMs: number;
   readonly connections: number;
   readonly chunkSize: number;
+  /** The host-wide limit of both runs; null = none. */
+  readonly maxHostConnections: number | null;
   readonly processor: ComparisonProcessor;
   /** What the processing was, in one sentence, for the output. */
   readonly processorDescription: string;
@@ -278,7 +287,24 @@ function checkCount(name: string, value: number, min: number, max: number): void
  * Everything it starts (server, queues, workers) is stopped and its files removed before it
  * resolves, unless `keep`.
  */
-export async function runPrefetchComparison(opts: PrefetchComparisonOptions = {}): Promise<PrefetchComparison> {
+interface Prepared {
+  readonly jobs: number;
+  readonly sizeBytes: number;
+  readonly ratePerConn: number | null;
+  readonly latencyMs: number;
+  readonly connections: number;
+  readonly chunkSize: number;
+  readonly processor: ComparisonProcessor;
+  readonly maxHostConnections: number | null;
+  /** Runs the jobs once through a fresh queue and worker with `slots`. */
+  runMode(mode: ComparisonMode, slots: number, maxHostConnections?: number | null): Promise<ComparisonRun>;
+}
+
+/**
+ * Writes (or generates) the objects, starts the store, hands `use` a way to run the jobs, and
+ * stops and removes everything afterwards (unless `keep`).
+ */
+async function withComparison<T>(opts: PrefetchComparisonOptions, minSlots: number, use: (p: Prepared) => Promise<T>): Promise<T> {
   const jobs = opts.jobs ?? 6;
   const sizeBytes = opts.sizeBytes ?? 48 * MiB;
   const ratePerConn = opts.ratePerConn === undefined ? 25e6 : opts.ratePerConn;
@@ -286,9 +312,11 @@ export async function runPrefetchComparison(opts: PrefetchComparisonOptions = {}
   const connections = opts.connections ?? 4;
   const chunkSize = opts.chunkSize ?? DEFAULTS.chunkSize;
   const slots = opts.slots ?? 2;
+  const maxHostConnections = opts.maxHostConnections ?? null;
   checkCount('jobs', jobs, 1, 10_000);
-  checkCount('slots', slots, 1, 64);
+  checkCount('slots', slots, minSlots, 64);
   checkCount('connections', connections, 1, 256);
+  if (maxHostConnections !== null) checkCount('maxHostConnections', maxHostConnections, 1, 4096);
   if (!Number.isSafeInteger(sizeBytes) || sizeBytes < 1) throw new RoboflowError('ERR_CONFIG', `size must be at least 1 byte, got ${sizeBytes}`);
   if (ratePerConn !== null && !(ratePerConn > 0)) throw new RoboflowError('ERR_CONFIG', `rate must be above 0 bytes/s, got ${ratePerConn}`);
   const estimate = estimateDownloadSeconds({ sizeBytes, ratePerConn, latencyMs, connections, chunkSize });
@@ -330,13 +358,30 @@ export async function runPrefetchComparison(opts: PrefetchComparisonOptions = {}
         sizes.push(sizeBytes);
       }
     }
+    if (content === 'mcap') {
+      // On disk before the first run: otherwise the first run's first fsync (a job directory,
+      // a resume state) waits for the episodes' writeback, in ext4's ordered mode a journal
+      // commit does, and only the run that goes first pays for the demo's own set-up.
+      progress('syncing the episodes to disk');
+      for (const o of objects) {
+        if (!('file' in o.source)) continue;
+        const fh = await open(o.source.file, 'r');
+        try {
+          await fh.datasync();
+        } finally {
+          await fh.close();
+        }
+      }
+    }
     store = await (opts.startStore ?? startInProcessStore)({ objects, ratePerConn, latencyMs });
     const started = store;
     const inputs: JobSpec['inputs'][number][] = objects.map((o, i) => ({ url: started.httpUrl(o.bucket, o.key), size: sizes[i]! }));
     const { name, args, custom } = processorFor(processor);
+    let runs = 0;
 
-    const runMode = async (mode: ComparisonMode, modeSlots: number): Promise<ComparisonRun> => {
-      const queue = await openQueue(`sqlite://${path.join(root, `${mode}.db`)}`);
+    const runMode = async (mode: ComparisonMode, modeSlots: number, hostLimit: number | null = maxHostConnections): Promise<ComparisonRun> => {
+      const tag = `${mode}-${++runs}`;
+      const queue = await openQueue(`sqlite://${path.join(root, `${tag}.db`)}`);
       try {
         for (const input of inputs) await queue.submit({ inputs: [input], processor: name, args, maxAttempts: 1 });
         const reports: JobReport[] = [];
@@ -346,8 +391,9 @@ export async function runPrefetchComparison(opts: PrefetchComparisonOptions = {}
           config: {
             slots: modeSlots,
             downloadConnections: connections,
+            maxHostConnections: hostLimit,
             chunkSize,
-            bufferDir: path.join(root, `buffer-${mode}`),
+            bufferDir: path.join(root, `buffer-${tag}`),
             // Room for the job being processed, the one finishing and the prefetched ones.
             bufferBudgetBytes: (modeSlots + 2) * largest + MiB,
             pollIntervalMs: 50,
@@ -366,6 +412,8 @@ export async function runPrefetchComparison(opts: PrefetchComparisonOptions = {}
             `the ${mode} run finished ${summary.done} of ${jobs} jobs${failed?.error ? `: ${failed.error}` : ''}`,
           );
         }
+        // Handed out in claim order, so the first report is the first job's.
+        const firstReadySeconds = reports[0]?.waitSeconds ?? 0;
         reports.sort((a, b) => Number(a.jobId) - Number(b.jobId));
         return {
           mode,
@@ -374,46 +422,110 @@ export async function runPrefetchComparison(opts: PrefetchComparisonOptions = {}
           jobs: reports,
           wallSeconds: summary.wallSeconds,
           inputWaitShare: summary.wallSeconds > 0 ? round3(summary.inputWaitSeconds / summary.wallSeconds) : 0,
+          firstReadySeconds: round3(firstReadySeconds),
         };
       } finally {
         await queue.close();
       }
     };
-
-    progress(`run 1 of 2: prefetch with ${slots} slot${slots === 1 ? '' : 's'}`);
-    const prefetch = await runMode('prefetch', slots);
-    progress('run 2 of 2: sequential (0 slots: download, then process)');
-    const sequential = await runMode('sequential', 0);
-
-    const d = median(sequential.jobs.map((j) => j.downloadSeconds));
-    const p = median(sequential.jobs.map((j) => j.processSeconds));
-    const boundSequential = jobs * (d + p);
-    const boundPrefetch = d + (jobs - 1) * Math.max(d, p) + p;
-    return {
-      jobs,
-      sizeBytes,
-      ratePerConn,
-      latencyMs,
-      connections,
-      chunkSize,
-      processor,
-      processorDescription: describeProcessor(processor),
-      prefetch,
-      sequential,
-      downloadSeconds: round3(d),
-      processSeconds: round3(p),
-      bound: {
-        sequentialSeconds: round3(boundSequential),
-        prefetchSeconds: round3(boundPrefetch),
-        speedup: round3(boundPrefetch > 0 ? boundSequential / boundPrefetch : 1),
-      },
-      speedup: round3(prefetch.wallSeconds > 0 ? sequential.wallSeconds / prefetch.wallSeconds : 1),
-    };
+    return await use({ jobs, sizeBytes, ratePerConn, latencyMs, connections, chunkSize, processor, maxHostConnections, runMode });
   } finally {
     await store?.close();
     if (opts.keep) progress(`kept ${root}`);
     else await rm(root, { recursive: true, force: true });
   }
+}
+
+/** D and P as the sequential run measured them, and the bounds they give. */
+function boundsOf(sequential: ComparisonRun, jobs: number) {
+  const d = median(sequential.jobs.map((j) => j.downloadSeconds));
+  const p = median(sequential.jobs.map((j) => j.processSeconds));
+  const boundSequential = jobs * (d + p);
+  const boundPrefetch = d + (jobs - 1) * Math.max(d, p) + p;
+  return {
+    downloadSeconds: round3(d),
+    processSeconds: round3(p),
+    bound: {
+      sequentialSeconds: round3(boundSequential),
+      prefetchSeconds: round3(boundPrefetch),
+      speedup: round3(boundPrefetch > 0 ? boundSequential / boundPrefetch : 1),
+    },
+  };
+}
+
+/**
+ * Runs the same jobs with prefetch (`slots`, default 2) and with 0 slots, and compares them.
+ * Everything it starts (server, queues, workers) is stopped and its files removed before it
+ * resolves, unless `keep`.
+ */
+export async function runPrefetchComparison(opts: PrefetchComparisonOptions = {}): Promise<PrefetchComparison> {
+  const slots = opts.slots ?? 2;
+  const progress = opts.onProgress ?? (() => undefined);
+  return withComparison(opts, 1, async (c) => {
+    progress(`run 1 of 2: prefetch with ${slots} slot${slots === 1 ? '' : 's'}`);
+    const prefetch = await c.runMode('prefetch', slots);
+    progress('run 2 of 2: sequential (0 slots: download, then process)');
+    const sequential = await c.runMode('sequential', 0);
+    const b = boundsOf(sequential, c.jobs);
+    return {
+      jobs: c.jobs,
+      sizeBytes: c.sizeBytes,
+      ratePerConn: c.ratePerConn,
+      latencyMs: c.latencyMs,
+      connections: c.connections,
+      chunkSize: c.chunkSize,
+      maxHostConnections: c.maxHostConnections,
+      processor: c.processor,
+      processorDescription: describeProcessor(c.processor),
+      prefetch,
+      sequential,
+      ...b,
+      speedup: round3(prefetch.wallSeconds > 0 ? sequential.wallSeconds / prefetch.wallSeconds : 1),
+    };
+  });
+}
+
+export interface SlotSweepOptions extends Omit<PrefetchComparisonOptions, 'slots'> {
+  /** Slot counts to run, each once per `hostLimits` entry; 0 is the sequential baseline. */
+  readonly slotCounts: readonly number[];
+  /**
+   * Host-wide limits to run the prefetching slot counts with (null = none). (Default: [none])
+   */
+  readonly hostLimits?: readonly (number | null)[];
+}
+
+export interface SlotSweep {
+  /** The runs in order: for each host limit, each slot count (0 only once, without a limit). */
+  readonly runs: readonly (ComparisonRun & { readonly maxHostConnections: number | null })[];
+  /** Median download and processing seconds of one job in the 0-slot run (D and P alone). */
+  readonly downloadSeconds: number;
+  readonly processSeconds: number;
+  /** D + (N−1)·max(D,P) + P from those. */
+  readonly boundSeconds: number;
+}
+
+/**
+ * The same jobs through workers with each of `slotCounts` prefetch slots, against one store:
+ * whether more slots ever make the worker slower. The 0-slot run (needed) gives D and P.
+ */
+export async function runSlotSweep(opts: SlotSweepOptions): Promise<SlotSweep> {
+  const counts = [...new Set(opts.slotCounts)];
+  if (!counts.includes(0)) throw new RoboflowError('ERR_CONFIG', 'a slot sweep needs the 0-slot run: it measures D and P');
+  for (const n of counts) checkCount('slots', n, 0, 64);
+  const limits = opts.hostLimits ?? [null];
+  return withComparison({ ...opts, slots: Math.max(1, ...counts) }, 1, async (c) => {
+    const runs: (ComparisonRun & { maxHostConnections: number | null })[] = [];
+    const sequential = await c.runMode('sequential', 0, null);
+    runs.push({ ...sequential, maxHostConnections: null });
+    for (const limit of limits) {
+      for (const n of counts.filter((x) => x > 0)) {
+        opts.onProgress?.(`${n} slot${n === 1 ? '' : 's'}${limit !== null ? `, host limit ${limit}` : ''}`);
+        runs.push({ ...(await c.runMode('prefetch', n, limit)), maxHostConnections: limit });
+      }
+    }
+    const b = boundsOf(sequential, c.jobs);
+    return { runs, downloadSeconds: b.downloadSeconds, processSeconds: b.processSeconds, boundSeconds: b.bound.prefetchSeconds };
+  });
 }
 
 function pad(s: string, n: number): string {
@@ -429,7 +541,8 @@ export function formatComparison(c: PrefetchComparison): string {
   const lines: string[] = [];
   lines.push(
     `${c.jobs} jobs × ${(c.sizeBytes / MiB).toFixed(1)} MiB, ${c.connections} connections at ${formatRate(c.ratePerConn)} each, ` +
-      `${c.latencyMs} ms first-byte latency, ${(c.chunkSize / MiB).toFixed(0)} MiB chunks`,
+      `${c.latencyMs} ms first-byte latency, ${(c.chunkSize / MiB).toFixed(0)} MiB chunks` +
+      (c.maxHostConnections !== null ? `, host-wide limit ${c.maxHostConnections} transfers` : ''),
   );
   lines.push(`processing: ${c.processorDescription}`);
   for (const run of [c.prefetch, c.sequential]) {
