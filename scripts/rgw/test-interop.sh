@@ -16,6 +16,9 @@ started=$(sed -n 's/^RGW_STARTED=//p' <<<"$out")
 [ -n "$endpoint" ] || { echo "[rgw] start.sh printed no endpoint" >&2; exit 1; }
 if [ "$started" = 1 ]; then
   trap 'scripts/rgw/stop.sh' EXIT
+  # Untrapped, these would end bash without its EXIT trap.
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
 fi
 echo "[rgw] $endpoint ready after $(( $(date +%s) - T0 )) s ($([ "$started" = 1 ] && echo "started here, stopped at the end" || echo "already running, left running"))" >&2
 ROBOFLOW_RGW_ENDPOINT=$endpoint npx vitest run --config vitest.interop.config.ts "$@"
