@@ -213,10 +213,13 @@ describe('direct S3 reads against the object server (SigV4)', () => {
       expect(err.code).toBe('ERR_ACCESS_DENIED');
       expect(err.message).toContain('HEAD s3://bucket/rec.mcap');
       expect(err.message).not.toContain('not-the-secret');
+      // The direct HEAD, the SDK's, and the SDK's GET of the first byte for the error code.
       expect(server.requests.map((r) => [r.method, r.auth, r.status])).toEqual([
         ['HEAD', 'header', 403],
         ['HEAD', 'header', 403],
+        ['GET', 'header', 403],
       ]);
+      expect(err.message).toContain('SignatureDoesNotMatch');
     } finally {
       wrong.destroy();
     }

@@ -413,6 +413,9 @@ const S3_ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   InternalError: 'ERR_SERVER',
 };
 
+/** What the SDK calls an S3 error reply without a body to read the code from (a HEAD's). */
+const UNNAMED_HEAD_ERRORS = new Set(['NotFound', 'Forbidden', 'Unknown', 'UnknownError']);
+
 /** Codes whose server message may echo request signing material; only the code is shown. */
 const SIGNING_ERRORS = new Set(['SignatureDoesNotMatch', 'InvalidAccessKeyId', 'ExpiredToken', 'InvalidToken']);
 
@@ -450,7 +453,9 @@ export function mapS3Error(err: unknown, url: string, what: string, kind: 's3' |
     !SIGNING_ERRORS.has(name) && e.message && e.message !== name && e.message !== 'UnknownError'
       ? `: ${escapeControl(redactUrlsInText(e.message.split('\n', 1)[0] ?? '').slice(0, 300))}`
       : '';
-  return new RoboflowError(code, `${what} ${url}: ${escapeControl(name.slice(0, 100))} (HTTP ${status})${serverMessage}${hint}`, {
+  // A reply without a code to read (a HEAD's) gets no name: "Unknown" would say nothing.
+  const named = name === 'Unknown' || name === 'UnknownError' ? `HTTP ${status}` : `${escapeControl(name.slice(0, 100))} (HTTP ${status})`;
+  return new RoboflowError(code, `${what} ${url}: ${named}${serverMessage}${hint}`, {
     url,
     status,
     cause: err,
@@ -577,13 +582,47 @@ export class S3Source implements ObjectSource {
     const direct = this.signing === 'direct' ? await this.directHead(opts.signal) : undefined;
     if (direct !== undefined) return this.statFrom(direct);
     const { HeadObjectCommand } = await loadSdk();
-    const out = await this.call('HEAD', opts.signal, async (abortSignal) =>
-      (await this.deps.client()).send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key, ChecksumMode: 'ENABLED' }), {
-        abortSignal,
-      }),
-    );
+    let out: HeadObjectCommandOutput;
+    try {
+      out = await this.call('HEAD', opts.signal, async (abortSignal) =>
+        (await this.deps.client()).send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key, ChecksumMode: 'ENABLED' }), {
+          abortSignal,
+        }),
+      );
+    } catch (err) {
+      throw await this.explainRefusedHead(err, opts.signal);
+    }
     this.checkHeadStatus(out.$metadata.httpStatusCode ?? 200);
     return this.statFrom(out);
+  }
+
+  /**
+   * A HEAD reply has no body, so a refused HEAD tells only its status: the SDK calls a 404
+   * `NotFound` whether the key or the whole bucket is missing, and a 403 `Unknown` whether the
+   * secret is wrong or the permission missing (Ceph RGW, like AWS). A GET of the first byte asks
+   * the store for its XML error code (`NoSuchBucket`, `NoSuchKey`, `SignatureDoesNotMatch`,
+   * `AccessDenied`…), reported as the HEAD's error when the GET got the same status and a named
+   * code. Anything else — the GET succeeding because the object appeared meanwhile, another
+   * status, a transport error — leaves the HEAD's error as it was. Costs one request, on failure only.
+   */
+  private async explainRefusedHead(err: unknown, signal: AbortSignal | undefined): Promise<unknown> {
+    if (!(err instanceof RoboflowError) || (err.status !== 403 && err.status !== 404) || signal?.aborted) return err;
+    if (!UNNAMED_HEAD_ERRORS.has((err.cause as SdkError | undefined)?.name ?? '')) return err;
+    const { GetObjectCommand } = await loadSdk();
+    try {
+      const probe = await this.call('GET', signal, async (abortSignal) =>
+        (await this.deps.client()).send(new GetObjectCommand({ Bucket: this.bucket, Key: this.key, Range: 'bytes=0-0' }), { abortSignal }),
+      );
+      if (probe.Body !== undefined) await discard(probe.Body as Readable);
+      return err;
+    } catch (probeErr) {
+      const named =
+        probeErr instanceof RoboflowError &&
+        probeErr.status === err.status &&
+        !UNNAMED_HEAD_ERRORS.has((probeErr.cause as SdkError | undefined)?.name ?? '');
+      // Reported as the HEAD's failure (what the caller asked for), with the GET's code.
+      return named ? mapS3Error(probeErr.cause, this.url, 'HEAD', this.kind) : err;
+    }
   }
 
   /**
