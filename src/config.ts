@@ -28,21 +28,21 @@
  * Every problem is collected before anything is thrown, so one run shows all of them: one
  * `ERR_CONFIG` whose message has one line per problem, each naming the key, the value, where it
  * came from (file and key, environment variable, flag) and what is allowed.
+ *
+ * This file holds the field table and the schema. What is done with them: `config/load.ts`
+ * (loading the layers; the library's views of a config), `config/describe.ts` (`roboflow config`
+ * and the reference table), `cli/config-flags.ts` (the flags, the only part that knows commander).
  */
 
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
-import { Option, type Command } from 'commander';
-import { parse as parseToml } from 'smol-toml';
 import { z } from 'zod';
 import { DEFAULTS, type Defaults } from './defaults.js';
 import { RoboflowError } from './errors.js';
+import { leaseTrustMs } from './lease.js';
 import { parseExecCommand } from './processors/exec.js';
 import { processorNames } from './processors/index.js';
-import { REDACTED, redactUrl, redactUrlsInText } from './redact.js';
 import { parseCidr } from './security/address.js';
-import { compileAllowlist, compilePolicy, type PolicyOptions, type SecurityPolicy } from './security/policy.js';
-import { DURABILITIES, type PrefetchConfig, type StorageOptions } from './types.js';
+import { compileAllowlist } from './security/policy.js';
+import { DURABILITIES } from './types.js';
 import { DURATION_SYNTAX, SIZE_SYNTAX, formatDuration, formatSize, parseDuration, parseSize } from './units.js';
 
 const KiB = 1024;
@@ -58,7 +58,7 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 // typed value, with messages that read after "<key>: <value> from <where> ".
 // ---------------------------------------------------------------------------------------------
 
-type FieldKind = 'count' | 'size' | 'duration' | 'string' | 'enum' | 'boolean' | 'list';
+export type FieldKind = 'count' | 'size' | 'duration' | 'string' | 'enum' | 'boolean' | 'list';
 
 interface FieldType<S extends z.ZodType> {
   readonly kind: FieldKind;
@@ -297,7 +297,7 @@ function httpUrlProblem(s: string): string | undefined {
 // The fields
 // ---------------------------------------------------------------------------------------------
 
-interface FlagSpec {
+export interface FlagSpec {
   /** `--chunk-size <size>` as commander reads it. */
   readonly spec: string;
   /** Repeatable flag that collects into a list. */
@@ -306,7 +306,7 @@ interface FlagSpec {
   readonly negatable?: boolean;
 }
 
-interface FieldSpec<S extends z.ZodType = z.ZodType> extends FieldType<S> {
+export interface FieldSpec<S extends z.ZodType = z.ZodType> extends FieldType<S> {
   readonly doc: string;
   readonly env: string;
   readonly flag?: FlagSpec;
@@ -322,7 +322,9 @@ function field<S extends z.ZodType>(
 
 const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 
-const FIELDS = {
+/** The field table: every configuration key with its schema, documentation, environment
+ * variable, flag and default. */
+export const FIELDS = {
   slots: field(count(0, 64), {
     doc: 'Jobs downloaded ahead of the one being processed (0 = download, then process).',
     env: 'PREFETCH_SLOTS',
@@ -334,6 +336,12 @@ const FIELDS = {
     env: 'DOWNLOAD_CONNECTIONS',
     default: DEFAULTS.downloadConnections,
     flag: { spec: '--connections <n>' },
+  }),
+  maxHostConnections: field(nullable(count(1, 4096)), {
+    doc: 'Most range transfers in flight across all downloads of the worker (each may have a look-ahead request open beside it); the job handed out next gets them first. none = every slot downloads with all its connections.',
+    env: 'ROBOFLOW_MAX_HOST_CONNECTIONS',
+    default: DEFAULTS.maxHostConnections,
+    flag: { spec: '--max-host-connections <n>' },
   }),
   chunkSize: field(size(64 * KiB, 5 * GiB), {
     doc: 'Length of one range request.',
@@ -375,7 +383,7 @@ const FIELDS = {
     default: DEFAULTS.retryBaseDelayMs,
   }),
   retryMaxDelayMs: field(duration(0), {
-    doc: 'Longest backoff between two attempts of one range.',
+    doc: 'Longest backoff between two attempts of one range, and the longest wait a server may ask for (Retry-After, x-oss-qos-delay-time): one asking for more fails the download at once, saying so.',
     env: 'ROBOFLOW_RETRY_MAX_DELAY',
     default: DEFAULTS.retryMaxDelayMs,
   }),
@@ -386,9 +394,19 @@ const FIELDS = {
     flag: { spec: '--stall-timeout <duration>' },
   }),
   headersTimeoutMs: field(duration(10), {
-    doc: 'Time to wait for the response headers of one request.',
+    doc: 'Time to wait for the complete response head of one request; a download also gives up on a head after the stall timeout when that is shorter (1xx heads are no progress).',
     env: 'ROBOFLOW_HEADERS_TIMEOUT',
     default: DEFAULTS.headersTimeoutMs,
+  }),
+  lowSpeedLimitBytes: field(size(0, Number.MAX_SAFE_INTEGER), {
+    doc: 'Minimum rate of a range, bytes per second: one slower over lowSpeedTimeMs is retried on another connection; 0 = off.',
+    env: 'ROBOFLOW_LOW_SPEED_LIMIT',
+    default: DEFAULTS.lowSpeedLimitBytes,
+  }),
+  lowSpeedTimeMs: field(nullable(duration(10)), {
+    doc: 'Window of the minimum rate; none = the stall timeout.',
+    env: 'ROBOFLOW_LOW_SPEED_TIME',
+    default: DEFAULTS.lowSpeedTimeMs,
   }),
   progressIntervalMs: field(duration(10), {
     doc: 'How often download progress is reported.',
@@ -537,10 +555,11 @@ const _everyDefaultHasAField: Record<keyof Defaults, FieldSpec> = FIELDS;
 
 type Fields = typeof FIELDS;
 export type ConfigKey = keyof Fields;
-const KEYS = Object.keys(FIELDS) as ConfigKey[];
+/** Every key, in the table's order. */
+export const KEYS = Object.keys(FIELDS) as ConfigKey[];
 
-type Shape = { [K in ConfigKey]: Fields[K]['schema'] };
-const shape = Object.fromEntries(KEYS.map((k) => [k, FIELDS[k].schema])) as Shape;
+export type Shape = { [K in ConfigKey]: Fields[K]['schema'] };
+export const shape = Object.fromEntries(KEYS.map((k) => [k, FIELDS[k].schema])) as Shape;
 
 interface CrossCheck {
   readonly keys: readonly [ConfigKey, ConfigKey];
@@ -551,8 +570,8 @@ interface CrossCheck {
 const CROSS_CHECKS: readonly CrossCheck[] = [
   {
     keys: ['heartbeatMs', 'leaseMs'],
-    ok: (c) => c.heartbeatMs < c.leaseMs,
-    rule: 'heartbeatMs must be shorter than leaseMs, or the lease expires between two heartbeats',
+    ok: (c) => c.heartbeatMs < leaseTrustMs(c.leaseMs),
+    rule: 'heartbeatMs must be shorter than leaseMs less its safety margin (a tenth of it, src/lease.ts), or the worker gives up its jobs between two heartbeats',
   },
   {
     keys: ['retryBaseDelayMs', 'retryMaxDelayMs'],
@@ -581,289 +600,17 @@ export const configFileSchema = z.strictObject(shape).partial();
 export type Config = z.output<typeof configSchema>;
 
 // ---------------------------------------------------------------------------------------------
-// Loading
+// Values as people read them
 // ---------------------------------------------------------------------------------------------
 
-export type ConfigLayer = 'default' | 'file' | 'env' | 'flag';
-
-export interface ConfigSource {
-  readonly layer: ConfigLayer;
-  /** `DEFAULTS`, the file path, the environment variable or the flag that set the value. */
-  readonly detail: string;
-}
-
-export interface LoadedConfig {
-  readonly config: Config;
-  readonly sources: Readonly<Record<ConfigKey, ConfigSource>>;
-  /** Absolute path of the config file read, or null. */
-  readonly configFile: string | null;
-}
-
-/** A flag value as commander hands it over (strings, booleans, repeated flags as arrays). */
-export type FlagValue = string | number | boolean | readonly string[] | null;
-
-export interface LoadConfigOptions {
-  /** Parsed command-line values keyed by config key; undefined entries are ignored. */
-  readonly flags?: Partial<Record<ConfigKey, FlagValue | undefined>>;
-  /** Flag names for messages, where they differ from the standard flags (`--chunk-size`). */
-  readonly flagNames?: Partial<Record<ConfigKey, string>>;
-  /** Default `process.env`. */
-  readonly env?: NodeJS.ProcessEnv;
-  /** Resolves relative paths. Default `process.cwd()`. */
-  readonly cwd?: string;
-  /** The `--config` value; else `ROBOFLOW_CONFIG` from `env`; else no file. */
-  readonly configPath?: string;
-}
-
-/** The environment variable that names a config file. */
-export const CONFIG_ENV = 'ROBOFLOW_CONFIG';
-
-interface Problem {
-  readonly keys: readonly ConfigKey[];
-  readonly line: string;
-}
-
-interface RawEntry {
-  readonly value: unknown;
-  readonly source: ConfigSource;
-  /** How the value is named in messages: `file x.toml (key chunkSize)`, `environment variable X`. */
-  readonly where: string;
-}
-
-/** A raw value as messages quote it: JSON, with URL passwords and signatures removed. */
-function show(v: unknown): string {
-  const clean = typeof v === 'string' ? redactUrl(v) : Array.isArray(v) ? v.map((x: unknown) => (typeof x === 'string' ? redactUrl(x) : x)) : v;
-  return JSON.stringify(clean) ?? String(v);
-}
-
-function flagName(key: ConfigKey): string | undefined {
+/** The long flag of a key (`--chunk-size`), if it has one. */
+export function flagName(key: ConfigKey): string | undefined {
   const spec: FlagSpec | undefined = (FIELDS[key] as FieldSpec).flag;
   return spec?.spec.split(' ')[0];
 }
 
-/** The closest known key to a mistyped one, or undefined when nothing is close. */
-export function closestKey(unknownKey: string): ConfigKey | undefined {
-  const norm = (s: string) => s.toLowerCase().replace(/[-_\s]/g, '');
-  const target = norm(unknownKey);
-  const exactish = KEYS.find((k) => norm(k) === target || norm(k).startsWith(target) || target.startsWith(norm(k)));
-  if (exactish !== undefined && target.length >= 3) return exactish;
-  let best: ConfigKey | undefined;
-  let bestDistance = Infinity;
-  for (const k of KEYS) {
-    const d = levenshtein(target, norm(k));
-    if (d < bestDistance) {
-      bestDistance = d;
-      best = k;
-    }
-  }
-  return bestDistance <= Math.max(2, Math.floor(target.length / 3)) ? best : undefined;
-}
-
-function levenshtein(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) {
-      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
-      row.push(Math.min((prev[j] ?? 0) + 1, (row[j - 1] ?? 0) + 1, (prev[j - 1] ?? 0) + cost));
-    }
-    prev = row;
-  }
-  return prev[b.length] ?? 0;
-}
-
-async function readConfigFile(file: string, origin: string): Promise<Record<string, unknown>> {
-  const ext = path.extname(file).toLowerCase();
-  if (ext !== '.toml' && ext !== '.json') {
-    throw new RoboflowError('ERR_CONFIG', `config file ${file} (${origin}) must end in .toml or .json`);
-  }
-  let body: string;
-  try {
-    body = await readFile(file, 'utf8');
-  } catch (err) {
-    const code = (err as { code?: string }).code;
-    const why = code === 'ENOENT' ? 'does not exist' : `cannot be read (${code ?? String(err)})`;
-    throw new RoboflowError('ERR_CONFIG', `config file ${file} (${origin}) ${why}`, { cause: err });
-  }
-  let parsed: unknown;
-  try {
-    parsed = ext === '.toml' ? parseToml(body) : JSON.parse(body);
-  } catch (err) {
-    const message = (err as Error).message.split('\n')[0];
-    throw new RoboflowError('ERR_CONFIG', `config file ${file} (${origin}) is not valid ${ext === '.toml' ? 'TOML' : 'JSON'}: ${message}`, {
-      cause: err,
-    });
-  }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new RoboflowError('ERR_CONFIG', `config file ${file} (${origin}) must hold a table of keys, e.g. chunkSize = "8MiB"`);
-  }
-  return parsed as Record<string, unknown>;
-}
-
-/**
- * Parses one layer's raw values with the field schemas. Valid values go into `values` and
- * `sources`; each invalid one adds a problem naming the key, the value and where it came from.
- */
-function applyLayer(
-  entries: Partial<Record<ConfigKey, RawEntry>>,
-  values: Record<string, unknown>,
-  sources: Record<string, ConfigSource>,
-  problems: Problem[],
-  resolveDir: string,
-): void {
-  const raw: Record<string, unknown> = {};
-  for (const key of KEYS) if (entries[key] !== undefined) raw[key] = entries[key].value;
-  const parsed = z.object(shape).partial().safeParse(raw);
-  const bad = new Set<ConfigKey>();
-  for (const issue of parsed.error?.issues ?? []) {
-    const key = issue.path[0] as ConfigKey;
-    const entry = entries[key];
-    if (bad.has(key) || entry === undefined) continue;
-    bad.add(key);
-    problems.push({
-      keys: [key],
-      line: `${key}: ${show(entry.value)} from ${entry.where} ${issue.message}; allowed: ${FIELDS[key].allowed}`,
-    });
-  }
-  // A partial object fails as a whole; parse the good keys one by one to keep them.
-  for (const key of KEYS) {
-    const entry = entries[key];
-    if (entry === undefined || bad.has(key)) continue;
-    const one = FIELDS[key].schema.safeParse(entry.value);
-    if (!one.success) continue;
-    values[key] = key === 'bufferDir' ? path.resolve(resolveDir, one.data as string) : one.data;
-    sources[key] = entry.source;
-  }
-}
-
-/**
- * Builds the configuration from DEFAULTS, the config file, the environment and flags, in that
- * order. Throws one `ERR_CONFIG` listing every problem.
- */
-export async function loadConfig(opts: LoadConfigOptions = {}): Promise<LoadedConfig> {
-  const env = opts.env ?? process.env;
-  const cwd = opts.cwd ?? process.cwd();
-  const values: Record<string, unknown> = {};
-  const sources: Record<string, ConfigSource> = {};
-  const problems: Problem[] = [];
-
-  const defaults: Partial<Record<ConfigKey, RawEntry>> = {};
-  for (const key of KEYS) {
-    defaults[key] = { value: FIELDS[key].default, source: { layer: 'default', detail: 'DEFAULTS' }, where: 'the defaults' };
-  }
-  applyLayer(defaults, values, sources, problems, cwd);
-
-  // File.
-  const envConfig = env[CONFIG_ENV];
-  const fileArg = opts.configPath ?? (envConfig !== undefined && envConfig !== '' ? envConfig : undefined);
-  const origin = opts.configPath !== undefined ? 'from --config' : `from ${CONFIG_ENV}`;
-  let configFile: string | null = null;
-  if (fileArg !== undefined) {
-    configFile = path.resolve(cwd, fileArg);
-    const body = await readConfigFile(configFile, origin);
-    const checked = configFileSchema.safeParse(body);
-    for (const issue of checked.error?.issues ?? []) {
-      if (issue.code !== 'unrecognized_keys') continue;
-      for (const k of issue.keys) {
-        const near = closestKey(k);
-        problems.push({
-          keys: [],
-          line: `${k}: unknown key in file ${configFile}${near ? `; did you mean ${near}?` : `; known keys: ${KEYS.join(', ')}`}`,
-        });
-      }
-    }
-    const fileEntries: Partial<Record<ConfigKey, RawEntry>> = {};
-    for (const key of KEYS) {
-      if (Object.hasOwn(body, key)) {
-        fileEntries[key] = {
-          value: body[key],
-          source: { layer: 'file', detail: configFile },
-          where: `file ${configFile} (key ${key})`,
-        };
-      }
-    }
-    applyLayer(fileEntries, values, sources, problems, path.dirname(configFile));
-  }
-
-  // Environment.
-  const envEntries: Partial<Record<ConfigKey, RawEntry>> = {};
-  for (const key of KEYS) {
-    const name = FIELDS[key].env;
-    const v = env[name];
-    if (v !== undefined && v !== '') {
-      envEntries[key] = { value: v, source: { layer: 'env', detail: name }, where: `environment variable ${name}` };
-    }
-  }
-  applyLayer(envEntries, values, sources, problems, cwd);
-
-  // Flags.
-  const flagEntries: Partial<Record<ConfigKey, RawEntry>> = {};
-  for (const key of KEYS) {
-    const v = opts.flags?.[key];
-    if (v === undefined) continue;
-    const name = opts.flagNames?.[key] ?? flagName(key) ?? `option ${key}`;
-    flagEntries[key] = { value: v, source: { layer: 'flag', detail: name }, where: `flag ${name}` };
-  }
-  applyLayer(flagEntries, values, sources, problems, cwd);
-
-  // Cross-field rules, skipped for keys that already have a problem (their value is not the one
-  // the operator meant).
-  const badKeys = new Set(problems.flatMap((p) => p.keys));
-  const whole = configSchema.safeParse(values);
-  for (const issue of whole.error?.issues ?? []) {
-    const keys = ((issue as { params?: { keys?: ConfigKey[] } }).params?.keys ?? [issue.path[0] as ConfigKey]).filter(
-      (k) => k !== undefined,
-    );
-    if (keys.some((k) => badKeys.has(k))) continue;
-    const parts = keys.map((k) => `${k} = ${displayValue(k, values[k])} (${describeSource(sources[k])})`);
-    problems.push({ keys, line: `${issue.message}: ${parts.join(', ')}` });
-  }
-
-  // Each list was checked on its own above; compiling the whole policy once more keeps the load
-  // and the worker in agreement about what is valid.
-  if (problems.length === 0 && whole.success) {
-    try {
-      policyFromConfig(whole.data);
-    } catch (err) {
-      const keys: ConfigKey[] = ['allowSources', 'allowOutputs', 'allowPrivateRanges'];
-      const parts = keys.map((k) => `${k} (${describeSource(sources[k])})`);
-      problems.push({ keys, line: `the security policy does not compile: ${(err as Error).message}; from ${parts.join(', ')}` });
-    }
-  }
-
-  if (problems.length > 0 || !whole.success) {
-    const lines = problems.map((p) => `  - ${p.line}`);
-    throw new RoboflowError(
-      'ERR_CONFIG',
-      `invalid configuration (${problems.length} problem${problems.length === 1 ? '' : 's'}):\n${lines.join('\n')}`,
-    );
-  }
-  return {
-    config: whole.data,
-    sources: sources as Record<ConfigKey, ConfigSource>,
-    configFile,
-  };
-}
-
-function describeSource(s: ConfigSource | undefined): string {
-  if (s === undefined) return 'unknown';
-  switch (s.layer) {
-    case 'default':
-      return 'default';
-    case 'file':
-      return `file ${s.detail}`;
-    case 'env':
-      return `env ${s.detail}`;
-    case 'flag':
-      return `flag ${s.detail}`;
-    default: {
-      const _exhaustive: never = s.layer;
-      return _exhaustive;
-    }
-  }
-}
-
-function displayValue(key: ConfigKey, v: unknown): string {
+/** A value as `roboflow config`, flag help and messages show it (`8 MiB`, `30s`, `none`). */
+export function displayValue(key: ConfigKey, v: unknown): string {
   if (v === null || v === undefined) return 'none';
   const kind: FieldKind = FIELDS[key].kind;
   switch (kind) {
@@ -883,189 +630,4 @@ function displayValue(key: ConfigKey, v: unknown): string {
       return _exhaustive;
     }
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Conversions for the library
-// ---------------------------------------------------------------------------------------------
-
-/** The prefetch queue's view of the configuration. */
-export function prefetchConfigFrom(config: Config): PrefetchConfig {
-  return {
-    slots: config.slots,
-    downloadConnections: config.downloadConnections,
-    chunkSize: config.chunkSize,
-    bufferDir: config.bufferDir,
-    bufferBudgetBytes: config.bufferBudgetBytes,
-  };
-}
-
-/**
- * The security policy the configuration describes (allowlists and private ranges). Throws
- * `ERR_CONFIG` for a bad pattern; `loadConfig` has already refused those, naming key and source.
- */
-export function policyFromConfig(
-  config: Pick<Config, 'allowSources' | 'allowOutputs' | 'allowPrivateRanges'>,
-  opts: Pick<PolicyOptions, 'resolve' | 'refusePrivate'> = {},
-): SecurityPolicy {
-  return compilePolicy({
-    allowSources: config.allowSources,
-    allowOutputs: config.allowOutputs,
-    allowPrivateRanges: config.allowPrivateRanges,
-    ...opts,
-  });
-}
-
-/** What storage sources and sinks take from the configuration. */
-export function storageOptionsFrom(config: Config, env: NodeJS.ProcessEnv = process.env): StorageOptions {
-  return {
-    ...(config.endpoint !== null ? { endpoint: config.endpoint } : {}),
-    ...(config.region !== null ? { region: config.region } : {}),
-    ...(config.forcePathStyle !== null ? { forcePathStyle: config.forcePathStyle } : {}),
-    maxConnections: config.downloadConnections,
-    headersTimeoutMs: config.headersTimeoutMs,
-    env,
-  };
-}
-
-// ---------------------------------------------------------------------------------------------
-// Describing
-// ---------------------------------------------------------------------------------------------
-
-const MASK = '****';
-const SECRET_KEY_RE = /secret|token|password|passwd|credential/i;
-
-function maskString(key: string, s: string): string {
-  if (SECRET_KEY_RE.test(key)) return MASK;
-  // redactUrl knows every signature and credential parameter; only its marker differs here.
-  // URLs inside free text (an exec command line) are found and masked too.
-  return redactUrlsInText(redactUrl(s)).split(REDACTED).join(MASK);
-}
-
-function maskValue(key: string, v: unknown): unknown {
-  if (typeof v === 'string') return maskString(key, v);
-  if (Array.isArray(v)) return v.map((x: unknown) => (typeof x === 'string' ? maskString(key, x) : x));
-  return v;
-}
-
-export interface DescribedConfig {
-  readonly configFile: string | null;
-  readonly values: Record<ConfigKey, { readonly value: unknown; readonly display: string; readonly source: ConfigSource }>;
-}
-
-/**
- * The effective configuration with the source of every value: `text` for people, `json` for
- * tools. Passwords in URLs, signature parameters and keys that look secret are masked as `****`
- * unless `showSecrets`.
- */
-export function describeConfig(
-  result: LoadedConfig,
-  opts: { showSecrets?: boolean } = {},
-): { text: string; json: DescribedConfig } {
-  const reveal = opts.showSecrets === true;
-  const values = {} as Record<ConfigKey, { value: unknown; display: string; source: ConfigSource }>;
-  for (const key of KEYS) {
-    const raw: unknown = result.config[key];
-    const value = reveal ? raw : maskValue(key, raw);
-    values[key] = { value, display: displayValue(key, value), source: result.sources[key] };
-  }
-  const rows = KEYS.map((k) => [k, values[k].display, describeSource(values[k].source)] as const);
-  const w0 = Math.max(3, ...rows.map((r) => r[0].length));
-  const w1 = Math.max(5, ...rows.map((r) => r[1].length));
-  const lines = [
-    `config file: ${result.configFile ?? 'none'}`,
-    `${'KEY'.padEnd(w0)}  ${'VALUE'.padEnd(w1)}  SOURCE`,
-    ...rows.map(([k, v, s]) => `${k.padEnd(w0)}  ${v.padEnd(w1)}  ${s}`),
-  ];
-  return { text: `${lines.join('\n')}\n`, json: { configFile: result.configFile, values } };
-}
-
-export interface ConfigReferenceRow {
-  readonly key: ConfigKey;
-  readonly env: string;
-  readonly flag: string | null;
-  readonly default: string;
-  readonly allowed: string;
-  readonly description: string;
-}
-
-/** Every key with its environment variable, flag, default and what it allows. */
-export function configReference(): ConfigReferenceRow[] {
-  return KEYS.map((key) => {
-    const f = FIELDS[key] as FieldSpec;
-    return {
-      key,
-      env: f.env,
-      flag: f.flag ? f.flag.spec + (f.flag.negatable ? `, --no-${f.flag.spec.slice(2)}` : '') : null,
-      default: displayValue(key, f.default),
-      allowed: f.allowed,
-      description: f.doc,
-    };
-  });
-}
-
-/** `configReference()` as a Markdown table. */
-export function renderConfigReference(): string {
-  const esc = (s: string) => s.replace(/\|/g, '\\|');
-  const lines = [
-    '| Key (file) | Environment | Flag | Default | Description |',
-    '| --- | --- | --- | --- | --- |',
-    ...configReference().map(
-      (r) =>
-        `| \`${r.key}\` | \`${r.env}\` | ${r.flag ? `\`${r.flag}\`` : ''} | ${esc(r.default)} | ${esc(r.description)} Allowed: ${esc(r.allowed)}. |`,
-    ),
-  ];
-  return `${lines.join('\n')}\n`;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Flags
-// ---------------------------------------------------------------------------------------------
-
-function collect(value: string, previous: string[] | undefined): string[] {
-  return [...(previous ?? []), value];
-}
-
-const FLAGGED_KEYS = KEYS.filter((k) => (FIELDS[k] as FieldSpec).flag !== undefined);
-
-/**
- * Adds every configuration flag, plus `--config <file>`, to `command`. No flag has a commander
- * default, so a flag left out never hides the file or the environment.
- */
-export function addConfigFlags(command: Command): Command {
-  command.addOption(new Option('--config <file>', `config file, .toml or .json (env ${CONFIG_ENV})`));
-  for (const key of FLAGGED_KEYS) {
-    const f = FIELDS[key] as FieldSpec;
-    const spec = f.flag;
-    if (spec === undefined) continue;
-    const help = `${f.doc} (${f.env}; default ${displayValue(key, f.default)})`;
-    const option = new Option(spec.spec, help);
-    if (spec.repeatable) option.argParser(collect);
-    command.addOption(option);
-    if (spec.negatable) command.addOption(new Option(`--no-${spec.spec.slice(2)}`, `turn ${spec.spec} off`));
-  }
-  return command;
-}
-
-/** Loads the configuration from the flags `addConfigFlags` added to `command`. */
-export async function configFromCommand(
-  command: Command,
-  opts: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
-): Promise<LoadedConfig> {
-  const values = command.optsWithGlobals<Record<string, unknown>>();
-  const flags: Partial<Record<ConfigKey, FlagValue>> = {};
-  for (const key of FLAGGED_KEYS) {
-    const spec = (FIELDS[key] as FieldSpec).flag;
-    if (spec === undefined) continue;
-    const attr = new Option(spec.spec).attributeName();
-    const v = values[attr];
-    if (v !== undefined) flags[key] = v as FlagValue;
-  }
-  const configPath = values['config'];
-  return loadConfig({
-    flags,
-    env: opts.env ?? process.env,
-    cwd: opts.cwd ?? process.cwd(),
-    ...(typeof configPath === 'string' ? { configPath } : {}),
-  });
 }

@@ -22,6 +22,14 @@ export const DEFAULTS = {
    */
   downloadConnections: 16,
   /**
+   * Range transfers in flight across all downloads of a worker. null: no host-wide limit, so
+   * every prefetch slot downloads with all its connections (the pools are sized for it) and a
+   * prefetch slot never slows the job needed next. Set it when the link or the store cannot take
+   * `slots × downloadConnections` transfers; the job handed out next then gets them first.
+   * (Default: none)
+   */
+  maxHostConnections: null as number | null,
+  /**
    * Length of one range request. 8 MiB matches the AWS CLI's multipart size and the part size
    * most S3 uploads use, amortises per-request latency (20 ms ≈ 6 % of an 8 MiB range at
    * 25 MB/s), and bounds what a retry re-fetches. (Default: 8 MiB)
@@ -67,8 +75,26 @@ export const DEFAULTS = {
    * does not hold a slot. (Default: 30 s)
    */
   stallTimeoutMs: 30_000,
-  /** Time to wait for response headers of one request. (Default: 60 s) */
+  /**
+   * Time to wait for the complete response head of one request. A download's range requests
+   * are also bounded by `stallTimeoutMs`: a head that does not come (a status line and then
+   * silence, endless `100 Continue`) is as stalled as a body. (Default: 60 s)
+   */
   headersTimeoutMs: 60_000,
+  /**
+   * A range receiving fewer bytes per second than this over `lowSpeedTimeMs` is retried on
+   * another connection (curl's --speed-limit), so a server dripping a byte a second cannot hold a
+   * download for ever. Low enough that a healthy but slow store never trips it: 16 lanes below it
+   * are under 16 KiB/s together, slower than any link a bucket is read over. 0 turns it off.
+   * (Default: 1 KiB/s)
+   */
+  lowSpeedLimitBytes: 1024,
+  /**
+   * The window of `lowSpeedLimitBytes` (curl's --speed-time); null is `stallTimeoutMs`, so one
+   * setting says how long a range may make no (or next to no) progress. (Default: none, i.e. the
+   * stall timeout)
+   */
+  lowSpeedTimeMs: null as number | null,
   /** How often progress is reported. (Default: 250 ms) */
   progressIntervalMs: 250,
   /**

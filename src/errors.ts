@@ -236,32 +236,50 @@ export interface BackoffOptions {
 }
 
 /**
+ * The longest delay a timer can hold (2^31−1 ms, ~24.8 days): Node fires a longer one at once,
+ * with a warning. Every delay is clamped to it before it reaches a timer.
+ */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
  * Exponential backoff with full jitter: a uniform pick in `[0, min(max, base · 2^(attempt-1))]`,
  * never less than what the server asked for (`retryAfterMs`), nor less than the code's minimum.
- * `attempt` is the number of the failed attempt, starting at 1.
+ * `attempt` is the number of the failed attempt, starting at 1. Never more than `maxDelayMs`:
+ * a server's delay is honoured up to it (`serverDelayMs`), whatever it asked.
  */
 export function backoffDelay(attempt: number, err: RoboflowError, opts: BackoffOptions): number {
   const row = RETRY_TABLE[err.code];
-  const min = 'minDelayMs' in row ? Math.min(row.minDelayMs, opts.maxDelayMs) : 0;
-  const max = 'maxDelayMs' in row ? Math.min(row.maxDelayMs, opts.maxDelayMs) : opts.maxDelayMs;
+  const maxDelayMs = Math.min(opts.maxDelayMs, MAX_TIMER_MS);
+  const min = 'minDelayMs' in row ? Math.min(row.minDelayMs, maxDelayMs) : 0;
+  const max = 'maxDelayMs' in row ? Math.min(row.maxDelayMs, maxDelayMs) : maxDelayMs;
   const ceiling = Math.min(max, opts.baseDelayMs * 2 ** Math.max(0, attempt - 1));
   const jittered = (opts.random ?? Math.random)() * ceiling;
-  return Math.max(jittered, min, err.retryAfterMs ?? 0);
+  return Math.max(jittered, min, serverDelayMs(err, maxDelayMs) ?? 0);
 }
 
-/** Parses `Retry-After` (seconds or an HTTP date) and `x-oss-qos-delay-time` (milliseconds). */
+/** The delay the server asked for (`retryAfterMs`), capped at `maxDelayMs` (and a timer's limit). */
+export function serverDelayMs(err: RoboflowError, maxDelayMs: number): number | undefined {
+  return err.retryAfterMs === undefined ? undefined : Math.min(err.retryAfterMs, maxDelayMs, MAX_TIMER_MS);
+}
+
+/**
+ * Parses `Retry-After` (seconds or an HTTP date) and `x-oss-qos-delay-time` (milliseconds). The
+ * value is what the server asked, at most `Number.MAX_SAFE_INTEGER` ms (a hostile or broken
+ * server can ask for anything); callers cap it at their own longest wait (`serverDelayMs`).
+ */
 export function retryAfterFromHeaders(
   get: (name: string) => string | undefined,
   now: number = Date.now(),
 ): number | undefined {
+  const clamp = (ms: number) => (Number.isNaN(ms) ? undefined : Math.min(Math.max(0, ms), Number.MAX_SAFE_INTEGER));
   const oss = get('x-oss-qos-delay-time');
-  if (oss !== undefined && /^\d+$/.test(oss.trim())) return Number(oss.trim());
+  if (oss !== undefined && /^\d+$/.test(oss.trim())) return clamp(Number(oss.trim()));
   const ra = get('retry-after');
   if (ra === undefined) return undefined;
   const trimmed = ra.trim();
-  if (/^\d+(\.\d+)?$/.test(trimmed)) return Math.round(Number(trimmed) * 1000);
+  if (/^\d+(\.\d+)?$/.test(trimmed)) return clamp(Math.round(Number(trimmed) * 1000));
   const date = Date.parse(trimmed);
-  return Number.isNaN(date) ? undefined : Math.max(0, date - now);
+  return Number.isNaN(date) ? undefined : clamp(date - now);
 }
 
 /** The error an aborted operation throws, carrying the signal's reason when it is ours. */

@@ -1,42 +1,84 @@
 /**
- * roboflow-distributed as a library. The glossary and every public type are in `./types.ts`;
- * the CLI (`src/cli/`) is a thin layer over what is exported here.
+ * roboflow-distributed as a library: what the README's "Use as a library" section documents, and
+ * nothing more. The glossary and the public types are in `./types.ts`; the CLI (`src/cli/`) is a
+ * thin layer over the same classes.
+ *
+ * Everything else (the concurrency limiter, the byte budget, the names of partial files, URL
+ * parsing, the retry delays, …) is internal: tests and the CLI import it from its own module,
+ * and it may change in any release. `test/api.test.ts` pins this list, so a new export is a
+ * decision made here and in the README together.
  */
 
+// Types: the glossary, storage, downloads, jobs, prefetch, processors.
 export type * from './types.js';
+
+// Errors: one type, a stable code, one retry table.
 export {
   RoboflowError,
   RETRY_TABLE,
   isRoboflowError,
   isJobRetryable,
   toRoboflowError,
-  backoffDelay,
   type ErrorCode,
+  type RoboflowErrorOptions,
 } from './errors.js';
 export { DEFAULTS, type Defaults } from './defaults.js';
-export { channels } from './diagnostics.js';
 
-export { ParallelDownloader, partialPaths, removePartial, type ParallelDownloaderOptions } from './prefetch/downloader.js';
-export { ConcurrencyLimiter, type ConcurrencyLimiterOptions } from './prefetch/concurrency.js';
-export { PrefetchQueue, type PrefetchQueueOptions, type PrefetchedJob, type SlotState } from './prefetch/queue.js';
-export { ByteBudget, type ByteBudgetOptions } from './prefetch/budget.js';
-export { Worker, type WorkerOptions, type WorkerSummary, type ShutdownMode } from './worker.js';
+// Objects: URL → source → local file, and outputs back.
+export { ParallelDownloader, type ParallelDownloaderOptions } from './prefetch/downloader.js';
+export { StorageClients, openSource, type StorageClientsOptions } from './storage/index.js';
+export {
+  uploadFile,
+  uploadDirectory,
+  type UploadOptions,
+  type UploadResult,
+  type DirectoryUploadResult,
+} from './storage/upload.js';
 
-export { openQueue, parseQueueUrl, SqliteJobQueue, PostgresJobQueue, parseJobSpec } from './jobs/index.js';
-export { StorageClients, openSource, parseObjectUrl, joinOutputUrl, redactUrl } from './storage/index.js';
-export { uploadFile, uploadDirectory } from './storage/upload.js';
-export { getProcessor, processorNames } from './processors/index.js';
+// Jobs: the queue, the prefetch queue in front of it, the worker loop, the processors.
+export {
+  openQueue,
+  queryTimeoutFor,
+  SqliteJobQueue,
+  PostgresJobQueue,
+  type SqliteJobQueueOptions,
+  type PostgresJobQueueOptions,
+  type OpenQueueOptions,
+} from './jobs/index.js';
+export { SUCCESS_MARKER, type CommitMarker } from './storage/commit.js';
+export {
+  PrefetchQueue,
+  type PrefetchQueueOptions,
+  type PrefetchedJob,
+  type PrefetchStats,
+  type SlotInfo,
+  type SlotState,
+} from './prefetch/queue.js';
+export {
+  Worker,
+  type WorkerOptions,
+  type WorkerSettings,
+  type WorkerSummary,
+  type WorkerJobResult,
+  type JobReport,
+  type ShutdownMode,
+} from './worker.js';
+export { getProcessor, processorNames, type ProcessorName, type ProcessorOptions } from './processors/index.js';
 
+// Configuration, as the CLI loads it.
 export {
   loadConfig,
   prefetchConfigFrom,
   storageOptionsFrom,
   policyFromConfig,
-  describeConfig,
-  type Config,
   type LoadedConfig,
-} from './config.js';
-export { Metrics, type MetricsOptions } from './metrics.js';
-export { METRICS } from './metric-names.js';
-export { createLogger, type Logger } from './log.js';
-export { compilePolicy, compileAllowlist, SecurityPolicy } from './security/policy.js';
+  type LoadConfigOptions,
+} from './config/load.js';
+export { type Config } from './config.js';
+export { compilePolicy, type SecurityPolicy, type PolicyOptions } from './security/policy.js';
+
+// Observing: events, Prometheus metrics, logs.
+export { channels, type JobOutcome } from './diagnostics.js';
+export { Metrics, type MetricsOptions, type MetricsServer } from './metrics.js';
+export { METRICS, type MetricSpec } from './metric-names.js';
+export { createLogger, type Logger, type LoggerOptions } from './log.js';

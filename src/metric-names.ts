@@ -104,7 +104,7 @@ export const METRICS = {
     name: 'roboflow_download_concurrency_limit',
     type: 'gauge',
     unit: 'connections',
-    help: 'Range requests the adaptive concurrency control currently allows in flight per download.',
+    help: 'Range requests the adaptive concurrency control currently allows in flight across the downloads of a worker (per download outside a worker).',
     labels: [],
     stability: 'experimental',
   },

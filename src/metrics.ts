@@ -41,6 +41,15 @@ type OccupiedState = (typeof SLOT_STATES)[number];
 
 const JOB_OUTCOMES = ['done', 'retried', 'dead', 'released', 'lease_lost'] as const;
 
+/** Where a prefetch error happened: the download of one input, or the slot as a whole. */
+const ERROR_STAGES = ['download', 'prefetch'] as const;
+
+/** Every value of the `reason` label of errors: each error code, and `other`. */
+const ERROR_REASONS: readonly (ErrorCode | 'other')[] = [...(Object.keys(RETRY_TABLE) as ErrorCode[]), 'other'];
+
+/** A range is retried only for a retryable code; `other` cannot be one. */
+const RETRY_REASONS: readonly ErrorCode[] = (Object.keys(RETRY_TABLE) as ErrorCode[]).filter((c) => RETRY_TABLE[c].retryable);
+
 function isOccupied(state: SlotStateName | null): state is OccupiedState {
   switch (state) {
     case 'claiming':
@@ -134,7 +143,16 @@ export class Metrics {
     this.queueDepth.set(0);
     for (const state of SLOT_STATES) this.slots.set({ state }, 0);
     this.rangesInFlight.set(0);
-    for (const outcome of JOB_OUTCOMES) this.jobs.inc({ outcome }, 0);
+    for (const outcome of JOB_OUTCOMES) {
+      this.jobs.inc({ outcome }, 0);
+      this.jobDuration.zero({ outcome });
+    }
+    // Every reason an error or a retry can carry, from the fixed code list: an alert on
+    // rate(roboflow_prefetch_errors_total[5m]) works on a worker that has not failed yet.
+    for (const reason of ERROR_REASONS) {
+      for (const stage of ERROR_STAGES) this.errors.inc({ reason, stage }, 0);
+    }
+    for (const reason of RETRY_REASONS) this.rangeRetries.inc({ reason }, 0);
   }
 
   /**

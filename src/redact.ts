@@ -163,3 +163,24 @@ export function secretsFromEnv(env: NodeJS.ProcessEnv = process.env): string[] {
 export function redactText(text: string, env: NodeJS.ProcessEnv = process.env): string {
   return redactSecrets(redactUrlsInText(text), secretsFromEnv(env));
 }
+
+/**
+ * C0 and C1 control characters and DEL, what a terminal may act on instead of printing: every
+ * character but printable ASCII (space to tilde) and U+00A0 on.
+ */
+const CONTROL_CHARS = /[^ -~\u00a0-\uffff]/g;
+
+/**
+ * `text` with every control character written as `\xHH`. Text a server chose (an error body, a
+ * status line, a header value) goes through here before it becomes part of a message, so that an
+ * escape sequence in it reaches a terminal or a log as characters, never as a command.
+ */
+export function escapeControl(text: string): string {
+  return text.replace(CONTROL_CHARS, (c) => `\\x${c.charCodeAt(0).toString(16).padStart(2, '0')}`);
+}
+
+/** Server text for a message: control characters escaped, cut to `max` characters, quoted. */
+export function quoteServerText(text: string, max = 80): string {
+  const cut = text.length > max ? `${text.slice(0, max)}…` : text;
+  return `"${escapeControl(cut)}"`;
+}

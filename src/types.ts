@@ -83,6 +83,11 @@ export interface ReadOptions {
 export interface RangeBody {
   readonly range: ByteRange;
   readonly body: Readable;
+  /**
+   * The object's size as this response states it (a Content-Range total, a 200's length), when
+   * it states one: the downloader holds it against the size it planned for.
+   */
+  readonly total?: number;
 }
 
 /** What a URL becomes: a narrow interface so the downloader knows nothing of protocols. */
@@ -163,6 +168,12 @@ export interface DownloadOptions {
   readonly keepPartial?: boolean;
   /** What the download survives. (Default: `DEFAULTS.durability`, `disk`) */
   readonly durability?: Durability;
+  /**
+   * Where this download stands when downloads compete for the downloader's shared limiter
+   * (lower goes first; see `ConcurrencyLimiter.withPriority`). The prefetch queue passes the
+   * job's claim order. (Default: the shared limiter's own, 0)
+   */
+  readonly priority?: number;
 }
 
 export interface DownloadProgress {
@@ -268,6 +279,11 @@ export interface JobRecord {
   readonly leaseExpiresAt: Date | null;
   readonly lastError: string | null;
   readonly result: unknown;
+  /**
+   * The attempt last authorised to publish the job's output (`commit`), e.g. `3-1a2b3c4d`; null
+   * until one was. Once the job is `done`, the attempt whose output is published.
+   */
+  readonly commitAttempt: string | null;
   /** Not claimable before this time (retry backoff). */
   readonly runAt: Date;
   readonly createdAt: Date;
@@ -309,6 +325,13 @@ export interface JobQueue {
   heartbeat(id: string, owner: string, leaseMs: number): Promise<void>;
   /** `claimed` → `running`, attempts + 1. */
   start(id: string, owner: string, leaseMs: number): Promise<JobRecord>;
+  /**
+   * Authorises attempt `attempt` of a `running` job to publish its output (README "Output commit
+   * protocol"): records it as the job's `commitAttempt` and renews the lease. Refused with
+   * `ERR_LEASE_LOST` unless the owner holds a lease that has not expired by the queue's clock, so
+   * an attempt whose lease ran out never publishes, even before anyone else claimed the job.
+   */
+  commit(id: string, owner: string, attempt: string, leaseMs: number): Promise<JobRecord>;
   complete(id: string, owner: string, result: unknown): Promise<JobRecord>;
   /**
    * Back to `pending` after `backoffMs`, or `dead` when not retryable or attempts are spent.

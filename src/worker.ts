@@ -10,7 +10,9 @@
  * 1. `nextReady()` hands out a job whose inputs are on disk; its attempt starts there. The time
  *    spent waiting in it is *input wait* — the I/O prefetch did not hide.
  * 2. The processor runs with the inputs and a fresh output directory `<bufferDir>/<jobId>/out`.
- * 3. *Finishing*, in the background: the output directory is uploaded to `job.output` (if set),
+ * 3. *Finishing*, in the background: the output directory is staged under the attempt's own
+ *    prefix of `job.output` (if set), the job queue authorises this attempt to publish
+ *    (`commit`), the staged files are published with `_SUCCESS` last (src/storage/commit.ts),
  *    the job is completed (or failed, released) in the job queue, and only then does the prefetch
  *    queue get `notifyComplete()`, which deletes the job's directory — so no file is deleted
  *    while it is still being uploaded. Meanwhile the loop already waits for, and processes, job
@@ -18,6 +20,10 @@
  *    awaited, so jobs complete in the order they were processed and a slow store cannot pile up
  *    uploads. The price is that job k's slot (and its disk space) is freed only after its
  *    upload, which the byte budget accounts for.
+ *
+ * Leases: the prefetch queue renews every held job's lease and fences a job off by itself once
+ * its lease can no longer be trusted (src/lease.ts): the job's `leaseLost` signal aborts its
+ * processor, upload and publishing, and nothing is committed or completed for it.
  *
  * Outcomes: `done`; `retried` / `dead` after `fail()` (retryable per the error, backoff from
  * `backoffDelay` over the job retry delays); `released` when the job was cancelled by shutdown;
@@ -56,6 +62,7 @@ import { DEFAULTS } from './defaults.js';
 import { channels, type JobOutcome } from './diagnostics.js';
 import { backoffDelay, isJobRetryable, RoboflowError, toRoboflowError } from './errors.js';
 import { ByteBudget } from './prefetch/budget.js';
+import { ConcurrencyLimiter, hostLanes } from './prefetch/concurrency.js';
 import { ParallelDownloader } from './prefetch/downloader.js';
 import { PrefetchQueue, type PrefetchedJob, type PrefetchStats } from './prefetch/queue.js';
 import { checkRealDirectory } from './paths.js';
@@ -63,13 +70,16 @@ import { checkProcessorAllowed, execTemplateFor, getProcessor, parseExecCommand,
 import { redactText } from './redact.js';
 import { compilePolicy, type SecurityPolicy } from './security/policy.js';
 import { StorageClients } from './storage/index.js';
-import { uploadDirectory, type DirectoryUploadResult } from './storage/upload.js';
+import { newAttemptName, publishAttempt, stagingPrefix } from './storage/commit.js';
+import { uploadDirectory } from './storage/upload.js';
 import type { Durability, JobQueue, JobRecord, JobStatus, Processor, StorageOptions } from './types.js';
 
 /** The configuration keys the worker reads; `Config` from `src/config.ts` has all of them. */
 export interface WorkerSettings {
   readonly slots: number;
   readonly downloadConnections: number;
+  /** Range transfers across all downloads; null = every slot at full speed. */
+  readonly maxHostConnections: number | null;
   readonly chunkSize: number;
   readonly bufferDir: string;
   readonly bufferBudgetBytes: number | null;
@@ -79,6 +89,8 @@ export interface WorkerSettings {
   readonly retryBaseDelayMs: number;
   readonly retryMaxDelayMs: number;
   readonly stallTimeoutMs: number;
+  readonly lowSpeedLimitBytes: number;
+  readonly lowSpeedTimeMs: number | null;
   readonly progressIntervalMs: number;
   readonly leaseMs: number;
   readonly heartbeatMs: number;
@@ -144,8 +156,10 @@ export interface WorkerOptions {
 export interface WorkerJobResult {
   /** What the processor returned. */
   readonly processorResult: unknown;
-  /** Files uploaded to `job.output`. */
+  /** Files published under `job.output`. */
   readonly uploaded: readonly { readonly name: string; readonly url: string; readonly bytes: number }[];
+  /** The attempt whose output was published (README "Output commit protocol"); null without an output. */
+  readonly attempt: string | null;
   /** The lease owner that completed the job. */
   readonly worker: string;
   readonly bytes: number;
@@ -162,7 +176,11 @@ export interface JobReport {
   readonly status: JobStatus;
   readonly attempt: number;
   readonly bytes: number;
-  /** Seconds its inputs took to download (in the background, mostly). */
+  /**
+   * Seconds its inputs took to download (in the background, mostly), from the first range
+   * transfer the download got: waiting for buffer space, or for transfers a job needed sooner
+   * held under a host-wide limit, is not counted.
+   */
   readonly downloadSeconds: number;
   /** Seconds the worker waited in `nextReady()` before it got this job. */
   readonly waitSeconds: number;
@@ -208,6 +226,7 @@ function resolveSettings(config: Partial<WorkerSettings> | undefined): WorkerSet
   return {
     slots: pick('slots'),
     downloadConnections: pick('downloadConnections'),
+    maxHostConnections: config?.maxHostConnections === undefined ? DEFAULTS.maxHostConnections : config.maxHostConnections,
     chunkSize: pick('chunkSize'),
     bufferDir: pick('bufferDir'),
     bufferBudgetBytes: config?.bufferBudgetBytes === undefined ? DEFAULTS.bufferBudgetBytes : config.bufferBudgetBytes,
@@ -217,6 +236,8 @@ function resolveSettings(config: Partial<WorkerSettings> | undefined): WorkerSet
     retryBaseDelayMs: pick('retryBaseDelayMs'),
     retryMaxDelayMs: pick('retryMaxDelayMs'),
     stallTimeoutMs: pick('stallTimeoutMs'),
+    lowSpeedLimitBytes: pick('lowSpeedLimitBytes'),
+    lowSpeedTimeMs: config?.lowSpeedTimeMs === undefined ? DEFAULTS.lowSpeedTimeMs : config.lowSpeedTimeMs,
     progressIntervalMs: pick('progressIntervalMs'),
     leaseMs: pick('leaseMs'),
     heartbeatMs: pick('heartbeatMs'),
@@ -394,17 +415,27 @@ export class Worker {
       this.#setState('stopped');
       throw err;
     }
-    const clients = this.#opts.clients ?? new StorageClients({ ...(this.#opts.storage ?? {}), ...this.#policy.storageOptions() });
+    const lanes = hostLanes(s);
+    const limiter = new ConcurrencyLimiter({ max: lanes.transfers });
+    const clients =
+      this.#opts.clients ??
+      new StorageClients({ maxConnections: lanes.sockets, ...(this.#opts.storage ?? {}), ...this.#policy.storageOptions() });
     this.#logPolicy(clients);
     this.#clients = clients;
     const downloader = new ParallelDownloader({
       connections: s.downloadConnections,
       chunkSize: s.chunkSize,
       stallTimeoutMs: s.stallTimeoutMs,
+      lowSpeedLimitBytes: s.lowSpeedLimitBytes,
+      lowSpeedTimeMs: s.lowSpeedTimeMs,
       progressIntervalMs: s.progressIntervalMs,
       retry: { maxAttempts: s.rangeMaxAttempts, baseDelayMs: s.retryBaseDelayMs, maxDelayMs: s.retryMaxDelayMs },
       durability: s.durability,
       clients,
+      // One limiter for every slot's lanes: the prefetch queue gives each download its claim
+      // order as priority, so when transfers are scarce (the host-wide limit, a throttling
+      // store) the job handed out next gets them first.
+      limiter,
     });
     this.#downloader = downloader;
     const prefetch = new PrefetchQueue({
@@ -428,6 +459,7 @@ export class Worker {
       jobRetry: { baseDelayMs: s.jobRetryBaseDelayMs, maxDelayMs: s.jobRetryMaxDelayMs },
       keepPartial: this.#opts.keepPartial ?? false,
       policy: { checkJob: (job) => this.checkJob(job) },
+      limiter,
       log: this.#log,
     });
     this.#prefetch = prefetch;
@@ -447,7 +479,7 @@ export class Worker {
     if (signal?.aborted) stop();
     signal?.addEventListener('abort', stop, { once: true });
     this.#log.info(
-      { owner: this.owner, slots: s.slots, connections: s.downloadConnections, bufferDir: s.bufferDir, drain: this.#opts.drain ?? false },
+      { owner: this.owner, slots: s.slots, connections: s.downloadConnections, maxHostConnections: s.maxHostConnections, bufferDir: s.bufferDir, drain: this.#opts.drain ?? false },
       'worker started',
     );
 
@@ -538,7 +570,8 @@ export class Worker {
     const { job } = ready;
     const log = this.#log.child({ jobId: job.id });
     let error: RoboflowError | null = processed.ok ? null : processed.error;
-    let uploaded: DirectoryUploadResult[] = [];
+    let uploaded: { readonly name: string; readonly url: string; readonly bytes: number }[] = [];
+    let attempt: string | null = null;
     let uploadSeconds = 0;
     let outcome: JobOutcome;
     let status: JobStatus;
@@ -550,8 +583,27 @@ export class Worker {
           // Once more, right before writing: this is the step the output allowlist protects.
           this.#policy.checkJob({ id: job.id, inputs: [], output: job.output });
           await checkRealDirectory(ready.dir, `the directory of job ${job.id}`);
+          // Staged under this attempt's own prefix; published only once the queue authorises it.
+          attempt = newAttemptName(job.attempts);
           // uploadDirectory refuses an output directory that is a link, and skips links in it.
-          uploaded = await uploadDirectory(processed.outDir, job.output, {
+          const staged = await uploadDirectory(processed.outDir, stagingPrefix(job.output, attempt), {
+            signal,
+            ...(this.#clients ? { clients: this.#clients } : {}),
+          });
+          const committing = attempt;
+          await this.#queueCall(
+            () => this.#queue.commit(job.id, this.owner, committing, this.#settings.leaseMs),
+            'commit',
+            log,
+            ready.leaseLost,
+          );
+          uploaded = await publishAttempt({
+            output: job.output,
+            jobId: job.id,
+            owner: this.owner,
+            attempt,
+            files: staged.map((f) => ({ name: f.name, bytes: f.bytes })),
+            previousAttempt: job.commitAttempt,
             signal,
             ...(this.#clients ? { clients: this.#clients } : {}),
           });
@@ -560,7 +612,7 @@ export class Worker {
         }
         uploadSeconds = (performance.now() - uploadStart) / 1000;
       }
-      ({ outcome, status } = await this.#record(ready, processed, error, uploaded, uploadSeconds, log));
+      ({ outcome, status } = await this.#record(ready, processed, error, uploaded, attempt, uploadSeconds, log));
     } catch (err) {
       // #record handles every queue answer; anything else is a bug worth seeing, not a crash.
       log.error({ err: toRoboflowError(err) }, 'could not record the outcome of the job');
@@ -617,7 +669,8 @@ export class Worker {
     ready: PrefetchedJob,
     processed: Processed,
     error: RoboflowError | null,
-    uploaded: readonly DirectoryUploadResult[],
+    uploaded: readonly { readonly name: string; readonly url: string; readonly bytes: number }[],
+    attempt: string | null,
     uploadSeconds: number,
     log: Logger,
   ): Promise<{ outcome: JobOutcome; status: JobStatus }> {
@@ -665,6 +718,7 @@ export class Worker {
     const result: WorkerJobResult = {
       processorResult: processed.ok ? processed.result : null,
       uploaded: uploaded.map((u) => ({ name: u.name, url: u.url, bytes: u.bytes })),
+      attempt,
       worker: this.owner,
       bytes: ready.bytes,
       downloadSeconds: round3(ready.downloadSeconds),
@@ -672,7 +726,8 @@ export class Worker {
       uploadSeconds: round3(uploadSeconds),
     };
     try {
-      await this.#queueCall(() => this.#queue.complete(job.id, this.owner, result), 'complete', log);
+      // Never after the lease stopped being trusted: another worker may hold the job by then.
+      await this.#queueCall(() => this.#queue.complete(job.id, this.owner, result), 'complete', log, ready.leaseLost);
       log.info(
         { processSeconds: result.processSeconds, uploadSeconds: result.uploadSeconds, uploaded: uploaded.length },
         'job done',
@@ -693,9 +748,14 @@ export class Worker {
     return { outcome: 'retried', status: 'running' };
   }
 
-  /** A job-queue call, retried with backoff while the database is unreachable (`ERR_QUEUE`). */
-  async #queueCall<T>(call: () => Promise<T>, what: string, log: Logger): Promise<T> {
+  /**
+   * A job-queue call, retried with backoff while the database is unreachable (`ERR_QUEUE`). With
+   * `leaseLost`, the call is not made, nor made again, once that signal has aborted: the job's
+   * lease can no longer be trusted, and it fails with the signal's `ERR_LEASE_LOST`.
+   */
+  async #queueCall<T>(call: () => Promise<T>, what: string, log: Logger, leaseLost?: AbortSignal): Promise<T> {
     for (let attempt = 1; ; attempt++) {
+      if (leaseLost?.aborted) throw toRoboflowError(leaseLost.reason, 'ERR_LEASE_LOST');
       try {
         return await call();
       } catch (err) {
@@ -703,7 +763,15 @@ export class Worker {
         if (e.code !== 'ERR_QUEUE' || attempt >= QUEUE_CALL_ATTEMPTS) throw e;
         const wait = backoffDelay(attempt, e, { baseDelayMs: 500, maxDelayMs: 15_000 });
         log.warn({ op: what, attempt, waitMs: Math.round(wait), err: e }, 'job queue unreachable; retrying');
-        await new Promise((resolve) => setTimeout(resolve, wait));
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            clearTimeout(timer);
+            leaseLost?.removeEventListener('abort', done);
+            resolve();
+          };
+          const timer = setTimeout(done, wait);
+          leaseLost?.addEventListener('abort', done, { once: true });
+        });
       }
     }
   }

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { parseBenchArgs, planFor } from '../src/bench/options.js';
-import { seededRandom } from '../src/bench/scenario-resume.js';
-import { rotated } from '../src/bench/runner.js';
-import { benchEnv } from '../src/bench/tools.js';
+import { parseBenchArgs, planFor } from '../bench/src/options.js';
+import { seededRandom } from '../bench/src/scenario-resume.js';
+import { rotated } from '../bench/src/runner.js';
+import { benchEnv } from '../bench/src/tools.js';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;

@@ -1,5 +1,5 @@
 /**
- * The phase hook the benchmark preloads into roboflow (`dist/bench/phase-hook.js`), in a real
+ * The phase hook the benchmark preloads into roboflow (`build/bench/src/phase-hook.js`), in a real
  * `roboflow download` process against the test object server.
  */
 import { execFile } from 'node:child_process';
@@ -9,17 +9,18 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { PhaseMarks } from '../src/bench/results.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import type { PhaseMarks } from '../bench/src/results.js';
+import { ObjectServer } from './support/object-server.js';
+import { TOOL_SCRIPTS } from './support/package-root.js';
 
 // Built by `npm test` (pretest) or `npm run build`.
 const MAIN = fileURLToPath(new URL('../dist/bin/roboflow.js', import.meta.url));
-const HOOK = fileURLToPath(new URL('../dist/bench/phase-hook.js', import.meta.url));
+const HOOK = fileURLToPath(new URL(`../${TOOL_SCRIPTS.phaseHook}`, import.meta.url));
 
 let server: ObjectServer;
 let dir: string;
 beforeAll(async () => {
-  if (!existsSync(MAIN) || !existsSync(HOOK)) throw new Error('dist/ is missing: run `npm run build` first');
+  if (!existsSync(MAIN) || !existsSync(HOOK)) throw new Error('dist/ or build/ is missing: run `npm run build && npm run build:tools` first (npm test does)');
   server = await ObjectServer.start();
   dir = await mkdtemp(path.join(os.tmpdir(), 'roboflow-'));
 });

@@ -1,8 +1,8 @@
 import { describe, expect, it } from 'vitest';
-import { allPlots } from '../src/bench/plots.js';
-import { bestPeer, conditionSummaries, evaluateGoals, fmt, fmtRatio, generateMarkdown, losses, phaseSpans, table, type Picked } from '../src/bench/report.js';
-import type { BenchResults, DownloadCondition, PrefetchCase, ToolRun } from '../src/bench/results.js';
-import { RESULTS_SCHEMA } from '../src/bench/results.js';
+import { allPlots } from '../bench/src/plots.js';
+import { bestPeer, conditionSummaries, evaluateGoals, fmt, fmtRatio, generateMarkdown, losses, phaseSpans, table, type Picked } from '../bench/src/report.js';
+import type { BenchResults, DownloadCondition, PrefetchCase, ToolRun } from '../bench/src/results.js';
+import { RESULTS_SCHEMA } from '../bench/src/results.js';
 
 const GiB = 2 ** 30;
 

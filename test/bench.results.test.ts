@@ -2,8 +2,8 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { summariseCpuProfile } from '../src/bench/profile.js';
-import type { BenchResults } from '../src/bench/results.js';
+import { summariseCpuProfile } from '../bench/src/profile.js';
+import type { BenchResults } from '../bench/src/results.js';
 import {
   loadAllResults,
   parseLastJsonLine,
@@ -14,8 +14,8 @@ import {
   resultsFileName,
   RESULTS_SCHEMA,
   saveResults,
-} from '../src/bench/results.js';
-import { cpuModelFrom } from '../src/bench/machine.js';
+} from '../bench/src/results.js';
+import { cpuModelFrom } from '../bench/src/machine.js';
 
 function results(startedAt: string, quick: boolean, scenarios: BenchResults['scenarios']): BenchResults {
   return {

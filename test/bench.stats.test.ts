@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import type { ToolRun } from '../src/bench/results.js';
-import { compareTo, cpuSecondsPerGB, mbPerSecond, median, prefetchBound, ratio, refetchedPerKill, summarise } from '../src/bench/stats.js';
+import type { ToolRun } from '../bench/src/results.js';
+import { compareTo, cpuSecondsPerGB, mbPerSecond, median, prefetchBound, ratio, refetchedPerKill, summarise } from '../bench/src/stats.js';
 
 function run(tool: string, wall: number, opts: Partial<{ user: number; sys: number; rssKiB: number; exit: number | null; sha: boolean; bytes: number }> = {}): ToolRun {
   return {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { runDiskFullScenario } from '../src/chaos/scenario-disk-full.js';
+import { runDiskFullScenario } from '../chaos/scenario-disk-full.js';
 
 describe('chaos: disk-full (short form)', () => {
   it('fails a too-big job with ERR_NO_SPACE, retries the job whose download hit a full disk, completes the rest', async (t) => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { runFaultsScenario } from '../src/chaos/scenario-faults.js';
+import { runFaultsScenario } from '../chaos/scenario-faults.js';
 
 describe('chaos: faults (short form)', () => {
   it('survives resets, truncations and stalls on 5 % of ranges with byte-identical results', async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { runHostileScenario } from '../src/chaos/scenario-hostile.js';
+import { runHostileScenario } from '../chaos/scenario-hostile.js';
 
 describe('chaos: hostile (short form)', () => {
   it('keeps hostile names inside the buffer and takes malformed replies as errors, never as data', async () => {

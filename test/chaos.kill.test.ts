@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { runKillScenario } from '../src/chaos/scenario-kill.js';
+import { runKillScenario } from '../chaos/scenario-kill.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { runPostgresScenario } from '../src/chaos/scenario-postgres.js';
+import { runPostgresScenario } from '../chaos/scenario-postgres.js';
 
 describe('chaos: postgres (short form, private cluster)', () => {
   it('reconnects after a restart, loses and doubles no job, and backs off while the database is down', async (t) => {

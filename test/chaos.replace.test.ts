@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { runReplaceScenario } from '../src/chaos/scenario-replace.js';
+import { runReplaceScenario } from '../chaos/scenario-replace.js';
 
 describe('chaos: replace (short form)', () => {
   it('delivers a replaced object whole after a restart, or fails with ERR_SOURCE_CHANGED, never a mix', async () => {

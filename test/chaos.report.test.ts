@@ -3,12 +3,13 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { scenarioNames } from '../src/chaos/index.js';
-import { Checks, markdownTable, type ScenarioReport } from '../src/chaos/report.js';
-import { deriveSeed, Rng } from '../src/chaos/seed.js';
+import { scenarioNames } from '../chaos/index.js';
+import { Checks, markdownTable, type ScenarioReport } from '../chaos/report.js';
+import { deriveSeed, Rng } from '../chaos/seed.js';
+import { TOOL_SCRIPTS } from './support/package-root.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const main = path.join(here, '..', 'dist', 'chaos', 'main.js');
+const main = path.join(here, '..', TOOL_SCRIPTS.chaosMain);
 
 function report(over: Partial<ScenarioReport>): ScenarioReport {
   return { name: 'x', seed: 1, short: true, runs: 1, faultsInjected: 0, jobsCompleted: 0, jobsDead: 0, bytesRefetched: 0, outcome: 'pass', seconds: 1, details: { checks: [] }, ...over };
@@ -58,7 +59,7 @@ describe('chaos report', () => {
 
 describe('chaos main', () => {
   beforeAll(() => {
-    if (!existsSync(main)) throw new Error('dist/ is missing: run `npx tsc -p tsconfig.build.json` (npm test does) before this test');
+    if (!existsSync(main)) throw new Error('build/ is missing: run `npm run build && npm run build:tools` (npm test does) before this test');
   });
 
   it('lists the scenarios in --help and refuses unknown ones with exit code 2', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { runThrottleScenario, type ThrottleRun } from '../src/chaos/scenario-throttle.js';
+import { runThrottleScenario, type ThrottleRun } from '../chaos/scenario-throttle.js';
 import { ConcurrencyLimiter } from '../src/prefetch/concurrency.js';
 
 describe('chaos: throttle (short form)', () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { runUnreachableScenario } from '../src/chaos/scenario-unreachable.js';
+import { runUnreachableScenario } from '../chaos/scenario-unreachable.js';
 
 describe('chaos: unreachable (short form)', () => {
   it('backs off while the store is gone, completes once it is back, and fails fast on a closed queue port', async () => {

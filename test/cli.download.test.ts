@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { partialPaths } from '../src/prefetch/downloader.js';
 import { pageCacheBootId, readResumeState } from '../src/prefetch/resume-state.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 
 // Built by `npm test` (pretest) or `npm run build`.
 // The `roboflow` bin: a bundle of dist/cli/bin.js (scripts/bundle-cli.mjs).

@@ -4,20 +4,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import {
-  addConfigFlags,
-  closestKey,
-  configFromCommand,
-  configReference,
-  describeConfig,
-  loadConfig,
-  parseListenAddress,
-  prefetchConfigFrom,
-  renderConfigReference,
-  storageOptionsFrom,
-} from '../src/config.js';
+import { addConfigFlags, configFromCommand } from '../src/cli/config-flags.js';
+import { parseListenAddress } from '../src/config.js';
+import { configReference, describeConfig, renderConfigReference } from '../src/config/describe.js';
+import { closestKey, loadConfig, prefetchConfigFrom, storageOptionsFrom } from '../src/config/load.js';
 import { DEFAULTS } from '../src/defaults.js';
 import { RoboflowError } from '../src/errors.js';
+import { describeFull } from './tier.js';
 
 let dir: string;
 
@@ -216,6 +209,11 @@ describe('loadConfig errors', () => {
     expect(err.message).toContain('heartbeatMs must be shorter than leaseMs');
     expect(err.message).toContain('heartbeatMs = 20s (env ROBOFLOW_HEARTBEAT)');
     expect(err.message).toContain('leaseMs = 10s (flag --lease)');
+    // Below the lease but inside its safety margin (a tenth): the worker would fence its own
+    // jobs off between two heartbeats.
+    const margin = await configError(loadConfig({ env: { ROBOFLOW_HEARTBEAT: '9500ms' }, cwd: dir, flags: { leaseMs: '10s' } }));
+    expect(margin.message).toContain('less its safety margin');
+    expect((await loadConfig({ env: { ROBOFLOW_HEARTBEAT: '8900ms' }, cwd: dir, flags: { leaseMs: '10s' } })).config.heartbeatMs).toBe(8_900);
     const retry = await configError(
       loadConfig({ env: { ROBOFLOW_RETRY_BASE_DELAY: '1m', ROBOFLOW_RETRY_MAX_DELAY: '1s' }, cwd: dir }),
     );
@@ -402,10 +400,24 @@ describe('helpers', () => {
     const storage = storageOptionsFrom(config, env);
     expect(storage).toEqual({
       region: 'oss-cn-hangzhou',
-      maxConnections: DEFAULTS.downloadConnections,
+      // Every slot's lanes and their look-ahead requests: slots × connections × 2 sockets.
+      maxConnections: DEFAULTS.slots * DEFAULTS.downloadConnections * 2,
       headersTimeoutMs: DEFAULTS.headersTimeoutMs,
       env,
     });
+  });
+
+  it('sizes the pools for every slot at full speed, or for the host-wide limit', async () => {
+    const load = async (env: Record<string, string>) => (await loadConfig({ env, cwd: dir })).config;
+    expect(storageOptionsFrom(await load({ PREFETCH_SLOTS: '3', DOWNLOAD_CONNECTIONS: '4' }), {}).maxConnections).toBe(3 * 4 * 2);
+    // 0 slots still downloads one job at a time.
+    expect(storageOptionsFrom(await load({ PREFETCH_SLOTS: '0', DOWNLOAD_CONNECTIONS: '4' }), {}).maxConnections).toBe(4 * 2);
+    const limited = await load({ PREFETCH_SLOTS: '3', DOWNLOAD_CONNECTIONS: '4', ROBOFLOW_MAX_HOST_CONNECTIONS: '5' });
+    expect(limited.maxHostConnections).toBe(5);
+    expect(storageOptionsFrom(limited, {}).maxConnections).toBe(5 * 2);
+    expect((await load({ ROBOFLOW_MAX_HOST_CONNECTIONS: 'none' })).maxHostConnections).toBeNull();
+    const err = await configError(loadConfig({ env: { ROBOFLOW_MAX_HOST_CONNECTIONS: '0' }, cwd: dir }));
+    expect(err.message).toContain('maxHostConnections: "0" from environment variable ROBOFLOW_MAX_HOST_CONNECTIONS is below 1');
   });
 
   it('parseListenAddress defaults to loopback', () => {
@@ -430,7 +442,7 @@ describe('helpers', () => {
   });
 });
 
-describe('roboflow config (compiled, in a child process)', () => {
+describeFull('roboflow config (compiled, in a child process)', () => {
   const fixture = new URL('./fixtures/config-cli.mjs', import.meta.url).pathname;
 
   function run(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; stdout: string; stderr: string }> {

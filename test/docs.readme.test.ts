@@ -4,7 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { renderConfigReference } from '../src/config.js';
+import { renderConfigReference } from '../src/config/describe.js';
 import { METRICS } from '../src/metric-names.js';
 
 const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8');

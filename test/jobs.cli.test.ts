@@ -9,7 +9,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { mkdir, writeFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
 import { openQueue } from '../src/jobs/index.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import { postgresBackend } from './fixtures/jobs-backends.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

@@ -4,12 +4,15 @@ import { RoboflowError, type ErrorCode } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
 import { POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS } from '../src/jobs/migrations.js';
 import { PostgresJobQueue } from '../src/jobs/postgres.js';
+import { PartitionProxy } from '../chaos/partition-proxy.js';
 import type { JobQueue, JobRecord, JobSpec } from '../src/types.js';
 import { TEST_POSTGRES_URL, postgresBackend, sqliteBackend, waitFor, type QueueBackend } from './fixtures/jobs-backends.js';
 import pg from 'pg';
 import { rejection } from './helpers.js';
+import { describeFull, FULL_TIER } from './tier.js';
 
-const backends: QueueBackend[] = [sqliteBackend(), postgresBackend()];
+// The fast tier runs the contract on SQLite alone: it needs no database server.
+const backends: QueueBackend[] = [sqliteBackend(), ...(FULL_TIER ? [postgresBackend()] : [])];
 
 afterAll(async () => {
   for (const b of backends) await b.cleanup();
@@ -73,6 +76,7 @@ describe.each(backends)('JobQueue contract: $name', (backend) => {
       leaseExpiresAt: null,
       lastError: null,
       result: null,
+      commitAttempt: null,
     });
     expect(a.id).toMatch(/^[1-9][0-9]*$/);
     expect(a.runAt).toBeInstanceOf(Date);
@@ -276,6 +280,76 @@ describe.each(backends)('JobQueue contract: $name', (backend) => {
     await expectCode(q.complete(job.id, 'w1', 'twice'), 'ERR_LEASE_LOST');
     expect((await q.get(job.id))?.result).toEqual({ files: ['a.txt'], bytes: 12 });
     await expectCode(q.complete('424242', 'w1', null), 'ERR_JOB_NOT_FOUND');
+  });
+
+  it('commit authorises the running attempt of the lease holder only, renews its lease and records it', async () => {
+    const { q } = await fresh();
+    const job = await q.submit(spec('a', { output: 's3://bucket/out/a/' }));
+    expect(job.commitAttempt).toBeNull();
+    await q.claim('w1', 60_000);
+    // Only a running attempt publishes: a claimed job has not started one.
+    const notStarted = await expectCode(q.commit(job.id, 'w1', '1-aaaa', 60_000), 'ERR_LEASE_LOST');
+    expect(notStarted.message).toContain('commit needs a job that is running');
+    const running = await q.start(job.id, 'w1', 1_000);
+    await expectCode(q.commit(job.id, 'intruder', '1-bbbb', 60_000), 'ERR_LEASE_LOST');
+    await expectCode(q.commit(job.id, 'w1', '../x', 60_000), 'ERR_CONFIG');
+    await expectCode(q.commit(job.id, 'w1', '', 60_000), 'ERR_CONFIG');
+    const committed = await q.commit(job.id, 'w1', '1-aaaa', 60_000);
+    expect(committed).toMatchObject({ status: 'running', commitAttempt: '1-aaaa', leaseOwner: 'w1' });
+    expect((committed.leaseExpiresAt as Date).getTime()).toBeGreaterThan((running.leaseExpiresAt as Date).getTime() + 30_000);
+    // The same attempt may ask again (a retried call whose answer was lost).
+    expect((await q.commit(job.id, 'w1', '1-aaaa', 60_000)).commitAttempt).toBe('1-aaaa');
+    const done = await q.complete(job.id, 'w1', { ok: 1 });
+    expect(done).toMatchObject({ status: 'done', commitAttempt: '1-aaaa' });
+    await expectCode(q.commit(job.id, 'w1', '1-aaaa', 60_000), 'ERR_LEASE_LOST');
+    await expectCode(q.commit('424242', 'w1', '1-aaaa', 60_000), 'ERR_JOB_NOT_FOUND');
+  });
+
+  it('refuses to commit once the lease expired, even before anyone else claimed the job', async () => {
+    const { q } = await fresh();
+    const job = await q.submit(spec('a', { output: 's3://bucket/out/a/' }));
+    await q.claim('w1', 60_000);
+    const running = await q.start(job.id, 'w1', 200);
+    const expiry = (running.leaseExpiresAt as Date).getTime();
+    await waitFor('the lease to expire', async () => (Date.now() > expiry + 100 ? true : null));
+    // A heartbeat still renews an expired lease nobody took; a commit does not.
+    const err = await expectCode(q.commit(job.id, 'w1', '1-late', 60_000), 'ERR_LEASE_LOST');
+    expect(err.message).toContain('lease expired before the commit');
+    expect((await q.get(job.id))?.commitAttempt).toBeNull();
+    // The next attempt, by another worker, is authorised; the record names it.
+    await q.claim('w2', 60_000);
+    await q.start(job.id, 'w2', 60_000);
+    expect((await q.commit(job.id, 'w2', '2-win', 60_000)).commitAttempt).toBe('2-win');
+    await expectCode(q.commit(job.id, 'w1', '1-late', 60_000), 'ERR_LEASE_LOST');
+    expect((await q.complete(job.id, 'w2', null)).commitAttempt).toBe('2-win');
+  });
+
+  it('migrates a store of schema version 1: existing jobs keep their data and gain commitAttempt null', async () => {
+    const url = await backend.freshUrl();
+    const first = await openQueue(url);
+    const job = await first.submit(spec('old', { output: 'file:///tmp/out/' }));
+    await first.close();
+    // Back to what version 1 created, as a database from before the change looks.
+    await backend.sql(
+      url,
+      `DROP INDEX jobs_key_idx; DROP INDEX jobs_claim_idx;
+       CREATE INDEX jobs_claim_idx ON jobs (run_at, id) WHERE status IN ('pending', 'claimed', 'running');
+       ALTER TABLE jobs DROP COLUMN key; ALTER TABLE jobs DROP COLUMN priority; ALTER TABLE jobs DROP COLUMN commit_attempt;
+       DELETE FROM migrations WHERE version >= 2;`,
+    );
+    const reopened = await openQueue(url);
+    open.push(reopened);
+    expect(await reopened.get(job.id)).toMatchObject({
+      id: job.id,
+      output: 'file:///tmp/out/',
+      status: 'pending',
+      commitAttempt: null,
+      key: `id:${job.id}`,
+      priority: 0,
+    });
+    await reopened.claim('w1', 60_000);
+    await reopened.start(job.id, 'w1', 60_000);
+    expect((await reopened.commit(job.id, 'w1', '1-x', 60_000)).commitAttempt).toBe('1-x');
   });
 
   it('reclaims an expired running job with its attempt counted, or sends it dead when none is left', async () => {
@@ -545,7 +619,7 @@ describe.each(backends)('JobQueue contract: $name', (backend) => {
   });
 });
 
-describe('PostgreSQL connection handling', () => {
+describeFull('PostgreSQL connection handling', () => {
   const backend = postgresBackend();
   const open: JobQueue[] = [];
   let admin: pg.Pool | undefined;
@@ -610,6 +684,48 @@ describe('PostgreSQL connection handling', () => {
     });
     expect(got.id).toBe(job.id);
     expect(await q.claim('w1', 60_000)).toMatchObject({ id: job.id });
+  });
+
+  it('fails a query that gets no answer (a network partition) with a retryable ERR_QUEUE, then works after the heal', async () => {
+    const url = new URL(await backend.freshUrl());
+    const target = new URL(TEST_POSTGRES_URL);
+    const proxy = await PartitionProxy.start(target.hostname, Number(target.port || 5432));
+    try {
+      const proxied = new URL(TEST_POSTGRES_URL);
+      proxied.port = String(proxy.port);
+      const q = await PostgresJobQueue.open({
+        connectionString: proxied.toString(),
+        schema: url.searchParams.get('schema') as string,
+        displayUrl: url.toString(),
+        queryTimeoutMs: 300,
+      });
+      open.push(q);
+      const job = await q.submit(spec('a'));
+      await q.claim('w1', 60_000);
+      proxy.partition();
+      // Without a time limit these would wait for TCP to give up: minutes.
+      const stuck = await expectCode(q.heartbeat(job.id, 'w1', 60_000), 'ERR_QUEUE');
+      expect(stuck.retryable).toBe(true);
+      // A new connection cannot be opened either; that fails in time too.
+      const results = await Promise.allSettled([q.get(job.id), q.get(job.id), q.counts(), q.counts(), q.get(job.id)]);
+      for (const r of results) {
+        expect(r.status).toBe('rejected');
+        if (r.status === 'rejected') expect((r.reason as RoboflowError).code).toBe('ERR_QUEUE');
+      }
+      proxy.heal();
+      // The connections that timed out were dropped, not handed out again.
+      const got = await waitFor('the queue to answer again', async () => {
+        try {
+          return await q.get(job.id);
+        } catch {
+          return null;
+        }
+      });
+      expect(got).toMatchObject({ id: job.id, status: 'claimed', leaseOwner: 'w1' });
+      await q.heartbeat(job.id, 'w1', 60_000);
+    } finally {
+      await proxy.close();
+    }
   });
 });
 

@@ -3,6 +3,7 @@ import { Writable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
 import { createLogger, type LoggerOptions } from '../src/log.js';
+import { describeFull } from './tier.js';
 
 /** A destination that keeps what it receives. */
 function sink(): { stream: Writable; text: () => string; lines: () => Record<string, unknown>[] } {
@@ -134,7 +135,7 @@ describe('createLogger', () => {
   });
 });
 
-describe('createLogger defaults (compiled, in a child process)', () => {
+describeFull('createLogger defaults (compiled, in a child process)', () => {
   const fixture = new URL('./fixtures/log-stderr.mjs', import.meta.url).pathname;
 
   function run(args: string[]): Promise<{ stdout: string; stderr: string }> {

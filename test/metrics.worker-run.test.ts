@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { openQueue } from '../src/jobs/index.js';
 import { Metrics } from '../src/metrics.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue } from '../src/types.js';
 import { Worker } from '../src/worker.js';
 

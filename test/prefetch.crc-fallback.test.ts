@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { portableCrc } from '../src/prefetch/crc.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 
 const FIXTURE = fileURLToPath(new URL('./fixtures/crc-download.mjs', import.meta.url));
 const HIDE = fileURLToPath(new URL('./fixtures/hide-native-crc.mjs', import.meta.url));

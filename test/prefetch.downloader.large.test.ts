@@ -8,7 +8,7 @@ import { RoboflowError } from '../src/errors.js';
 import { ParallelDownloader, partialPaths } from '../src/prefetch/downloader.js';
 import { ChunkPlan } from '../src/prefetch/ranges.js';
 import { readResumeState } from '../src/prefetch/resume-state.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 
 const MiB = 1024 * 1024;
 // Not a multiple of the chunk size, so the last range is short.

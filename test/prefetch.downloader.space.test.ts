@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
 import { ParallelDownloader } from '../src/prefetch/downloader.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 
 const MiB = 1024 * 1024;
 let server: ObjectServer;

@@ -19,8 +19,9 @@ import {
 } from '../src/prefetch/downloader.js';
 import { pageCacheBootId, readResumeState, STATE_VERSION, writeResumeState } from '../src/prefetch/resume-state.js';
 import { ChunkSet } from '../src/prefetch/ranges.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { DownloadOptions, DownloadProgress } from '../src/types.js';
+import { itFull } from './tier.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -198,7 +199,8 @@ describe('faults', () => {
     const off = channels.rangeRetry.subscribe((e) => retried.push(e.delayMs));
     try {
       const dest = path.join(dir, 'slow.bin');
-      const result = await downloader().download(server.httpUrl(BUCKET, 'slow.bin'), dest);
+      // The longest wait allowed covers the server's second (a longer one is not waited for).
+      const result = await downloader({ retry: { baseDelayMs: 5, maxDelayMs: 1_500 } }).download(server.httpUrl(BUCKET, 'slow.bin'), dest);
       expect(await sha256File(dest)).toBe(await server.objectSha256(BUCKET, 'slow.bin'));
       expect(result.retries).toBe(2);
       expect(gets('slow.bin').length).toBe(17 + 2);
@@ -389,7 +391,7 @@ describe('integrity', () => {
     expect(await exists(dest)).toBe(false);
   });
 
-  it('verifies a CRC32 alone from the writer thread\'s batch CRCs on a large object, and catches a wrong one', async () => {
+  itFull('verifies a CRC32 alone from the writer thread\'s batch CRCs on a large object, and catches a wrong one', async () => {
     const { bytes, sum } = putWithCrc32('big-crc.bin', 64 * MiB + 12_345, 31);
     const dest = path.join(dir, 'big-crc.bin');
     const ok = await downloader().download(server.s3Url(BUCKET, 'big-crc.bin'), dest);
@@ -404,7 +406,7 @@ describe('integrity', () => {
     expect(await exists(partialPaths(bad).temp)).toBe(false);
   });
 
-  it('verifies a resumed large CRC32 download from this run\'s batch CRCs plus the bytes it had, and catches damage to those', async () => {
+  itFull('verifies a resumed large CRC32 download from this run\'s batch CRCs plus the bytes it had, and catches damage to those', async () => {
     const { bytes } = putWithCrc32('resume-crc.bin', 64 * MiB + 777, 37);
     const url = server.s3Url(BUCKET, 'resume-crc.bin');
     const dest = path.join(dir, 'resume-crc.bin');

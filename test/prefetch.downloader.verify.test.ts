@@ -18,6 +18,7 @@ import {
   SegmentCrc32Hasher,
   WorkerHasher,
 } from '../src/prefetch/verify.js';
+import { describeFull } from './tier.js';
 
 let dir: string;
 beforeEach(async () => {
@@ -211,7 +212,7 @@ describe('compareChecksums', () => {
   });
 });
 
-describe('WorkerHasher in a process with nothing else to wait for', () => {
+describeFull('WorkerHasher in a process with nothing else to wait for', () => {
   it('settles finish() and stop() before the event loop empties', async () => {
     const dir = await mkdtemp(path.join(os.tmpdir(), 'roboflow-hasher-'));
     try {

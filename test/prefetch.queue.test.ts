@@ -14,7 +14,7 @@ import { ByteBudget } from '../src/prefetch/budget.js';
 import { ParallelDownloader } from '../src/prefetch/downloader.js';
 import { PrefetchQueue, type PrefetchQueueOptions } from '../src/prefetch/queue.js';
 import { StorageClients } from '../src/storage/index.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord } from '../src/types.js';
 
 const KiB = 1024;

@@ -9,7 +9,7 @@ import { openQueue } from '../src/jobs/index.js';
 import { ParallelDownloader } from '../src/prefetch/downloader.js';
 import { PrefetchQueue } from '../src/prefetch/queue.js';
 import { StorageClients } from '../src/storage/index.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue } from '../src/types.js';
 import { postgresBackend } from './fixtures/jobs-backends.js';
 

@@ -30,6 +30,7 @@ function makeJob(urls: string[]): JobRecord {
     leaseExpiresAt: now,
     lastError: null,
     result: null,
+    commitAttempt: null,
     runAt: now,
     createdAt: now,
     updatedAt: now,

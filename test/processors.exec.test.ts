@@ -27,6 +27,7 @@ function makeJob(args: Record<string, unknown>, inputs: string[] = []): JobRecor
     leaseExpiresAt: now,
     lastError: null,
     result: null,
+    commitAttempt: null,
     runAt: now,
     createdAt: now,
     updatedAt: now,

@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
 import { getProcessor } from '../src/processors/index.js';
 import { SUMMARY_FILE, summarizeMcap, type McapFileSummary, type McapSummaryResult } from '../src/processors/mcap-summary.js';
-import { writeSampleEpisode, type SampleEpisode, type SampleEpisodeLayout } from '../src/testing/mcap.js';
+import { writeSampleEpisode, type SampleEpisode, type SampleEpisodeLayout } from '../src/cli/demo/episodes.js';
 import type { JobRecord } from '../src/types.js';
 
 function makeJob(urls: string[]): JobRecord {
@@ -25,6 +25,7 @@ function makeJob(urls: string[]): JobRecord {
     leaseExpiresAt: now,
     lastError: null,
     result: null,
+    commitAttempt: null,
     runAt: now,
     createdAt: now,
     updatedAt: now,

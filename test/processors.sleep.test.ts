@@ -20,6 +20,7 @@ function makeJob(args: Record<string, unknown>): JobRecord {
     leaseExpiresAt: now,
     lastError: null,
     result: null,
+    commitAttempt: null,
     runAt: now,
     createdAt: now,
     updatedAt: now,

@@ -5,7 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { addConfigFlags, configFromCommand, configReference, loadConfig, policyFromConfig } from '../src/config.js';
+import { addConfigFlags, configFromCommand } from '../src/cli/config-flags.js';
+import { configReference } from '../src/config/describe.js';
+import { loadConfig, policyFromConfig } from '../src/config/load.js';
 import { DEFAULTS } from '../src/defaults.js';
 import { RoboflowError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
@@ -163,6 +165,7 @@ describe('exec rules on a worker (judged before anything is downloaded)', () => 
       leaseExpiresAt: null,
       lastError: null,
       result: null,
+      commitAttempt: null,
       runAt: new Date(),
       createdAt: new Date(),
       updatedAt: new Date(),

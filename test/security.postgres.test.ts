@@ -15,7 +15,7 @@ import { TEST_POSTGRES_URL, postgresBackend } from './fixtures/jobs-backends.js'
 import { rejection } from './helpers.js';
 
 const ROLE = `roboflow_worker_${process.pid}_${Math.random().toString(36).slice(2, 8)}`;
-const WORKER_COLUMNS = 'status, attempts, lease_owner, lease_expires_at, last_error, result, run_at, updated_at';
+const WORKER_COLUMNS = 'status, attempts, lease_owner, lease_expires_at, last_error, result, run_at, updated_at, commit_attempt';
 
 function schemaOf(url: string): string {
   const schema = new URL(url).searchParams.get('schema');
@@ -105,12 +105,13 @@ describe('a worker role without CREATE or INSERT', () => {
     expect(summary).toMatchObject({ done: 3, dead: 0 });
     for (const j of jobs) expect((await owner.get(j.id))?.status).toBe('done');
 
-    // The other lease-holding calls a worker makes: heartbeat, fail, release.
+    // The other lease-holding calls a worker makes: heartbeat, commit, fail, release.
     const a = await owner.submit({ inputs: [{ url: 's3://recordings/a.mcap' }], processor: 'checksum', maxAttempts: 2 });
     const b = await owner.submit({ inputs: [{ url: 's3://recordings/b.mcap' }], processor: 'checksum' });
     expect((await q.claim('w', 60_000))?.id).toBe(a.id);
     await q.heartbeat(a.id, 'w', 60_000);
     await q.start(a.id, 'w', 60_000);
+    expect((await q.commit(a.id, 'w', '1-restricted', 60_000)).commitAttempt).toBe('1-restricted');
     expect(await q.fail(a.id, 'w', 'broken input', { retryable: true, backoffMs: 0 })).toMatchObject({ status: 'pending', attempts: 1 });
     // The failed job went to the back of the line (run_at moved); release keeps b's place.
     expect((await q.claim('w', 60_000))?.id).toBe(b.id);

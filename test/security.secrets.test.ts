@@ -8,14 +8,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { loadConfig } from '../src/config.js';
+import { loadConfig } from '../src/config/load.js';
 import { DEFAULTS } from '../src/defaults.js';
 import { openQueue } from '../src/jobs/index.js';
 import { createLogger } from '../src/log.js';
 import { Metrics } from '../src/metrics.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord } from '../src/types.js';
 import { Worker, type WorkerSettings } from '../src/worker.js';
+import { describeFull } from './tier.js';
 
 const KiB = 1024;
 
@@ -216,7 +217,7 @@ describe('a worker with credentials, running hostile and failing jobs, at debug 
   });
 });
 
-describe('roboflow config (compiled, in a child process) masks secrets', () => {
+describeFull('roboflow config (compiled, in a child process) masks secrets', () => {
   const fixture = new URL('./fixtures/config-cli.mjs', import.meta.url).pathname;
   let dir: string;
 

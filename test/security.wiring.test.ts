@@ -11,13 +11,13 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { loadConfig, policyFromConfig } from '../src/config.js';
+import { loadConfig, policyFromConfig } from '../src/config/load.js';
 import { RoboflowError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
 import { createLogger } from '../src/log.js';
 import { jobDirectory } from '../src/paths.js';
 import type { Resolver } from '../src/security/address.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord, JobSpec, Processor } from '../src/types.js';
 import { Worker, type WorkerOptions, type WorkerSettings } from '../src/worker.js';
 
@@ -345,6 +345,7 @@ describe('the job is judged again when it starts, and its output before the uplo
       },
       heartbeat: (id, owner, leaseMs) => queue.heartbeat(id, owner, leaseMs),
       start: (id, owner, leaseMs) => queue.start(id, owner, leaseMs),
+      commit: (id, owner, attempt, leaseMs) => queue.commit(id, owner, attempt, leaseMs),
       complete: (id, owner, result) => queue.complete(id, owner, result),
       fail: (id, owner, error, opts) => queue.fail(id, owner, error, opts),
       release: (id, owner) => queue.release(id, owner),
@@ -510,7 +511,8 @@ describe('symbolic links in the buffer directory', () => {
     });
     await worker({}).run();
     expect((await job(j.id)).status).toBe('done');
-    expect(await readdir(results)).toEqual(['real.txt']);
+    // The real file and the completion marker; no link, and no staging left behind.
+    expect(await readdir(results)).toEqual(['_SUCCESS', 'real.txt']);
     await outsideIntact();
   });
 });

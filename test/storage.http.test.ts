@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { toRoboflowError } from '../src/errors.js';
 import { StorageClients } from '../src/storage/index.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import { anyRejection, readAll, rejection } from './helpers.js';
 
 

@@ -15,6 +15,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
 import { type Http1Body, Http1Pool, type Http1PoolOptions, type Http1Response } from '../src/storage/http1.js';
 import { readAll, rejection } from './helpers.js';
+import { describeFull } from './tier.js';
 
 const MiB = 1024 * 1024;
 const TARGET = 64 * 1024;
@@ -420,13 +421,16 @@ describe('Http1Pool: chunked and close-delimited bodies', () => {
     ]);
   });
 
-  it('does not take a Transfer-Encoding other than chunked as chunked: the body runs to the close', async () => {
-    const srv = await startServer((req, socket) => {
-      socket.end(head(200, { 'transfer-encoding': 'gzip' }) + '1\r\nraw bytes');
-    });
-    const pool = newPool(srv.origin);
-    const res = await get(pool, '/');
-    expect((await readAll(res.body)).toString()).toBe('1\r\nraw bytes');
+  it('refuses a Transfer-Encoding other than chunked alone (gzip; gzip, chunked; chunked twice) before any body byte', async () => {
+    for (const te of ['gzip', 'gzip, chunked', 'chunked, identity', 'chunked, chunked']) {
+      const srv = await startServer((req, socket) => {
+        socket.end(head(200, { 'transfer-encoding': te }) + '1\r\nx\r\n0\r\n\r\n');
+      });
+      const pool = newPool(srv.origin);
+      const err = await rejection(get(pool, '/'));
+      expect(err.code, te).toBe('ERR_BAD_RESPONSE');
+      expect(err.message).toContain('only chunked is read');
+    }
   });
 });
 
@@ -989,7 +993,7 @@ describe('Http1Pool over TLS', () => {
   });
 });
 
-describe('Http1Pool in a process of its own', () => {
+describeFull('Http1Pool in a process of its own', () => {
   beforeAll(async () => {
     // The child imports the compiled module (`npm test` builds first); build it if it is
     // missing or older than its source.

@@ -12,8 +12,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StorageClients } from '../src/storage/index.js';
 import { createS3Client, resolveS3Settings, type S3ClientHandle } from '../src/storage/s3.js';
 import { ReadHttpHandler } from '../src/storage/read-handler.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import { readAll, rejection } from './helpers.js';
+import { describeFull } from './tier.js';
 
 const KEY_ID = 'AKIAROBOFLOWREADING';
 const SECRET = 'roboflow/read/secret+key';
@@ -95,7 +96,7 @@ describe('S3 reads over the read handler (Http1Pool)', () => {
   });
 });
 
-describe('start-up', () => {
+describeFull('start-up', () => {
   it('an http:// download does not load the AWS SDK (it costs start-up time)', async () => {
     const server = await ObjectServer.start();
     const tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'roboflow-'));

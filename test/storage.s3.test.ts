@@ -9,7 +9,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { RoboflowError } from '../src/errors.js';
 import { StorageClients } from '../src/storage/index.js';
 import { resolveS3Settings } from '../src/storage/s3.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import { readAll, rejection } from './helpers.js';
 
 
@@ -170,6 +170,61 @@ describe('S3Source against the object server (SigV4)', () => {
     } finally {
       await wrong.close();
     }
+  });
+
+  it('names what a refused HEAD cannot say (no body): a GET of the first byte asks for the code', async () => {
+    const noBucket = await rejection(clients.open('s3://other-bucket/x').stat());
+    expect(noBucket.code).toBe('ERR_NOT_FOUND');
+    expect(noBucket.message).toMatch(/^HEAD s3:\/\/other-bucket\/x: NoSuchBucket \(HTTP 404\)/);
+    expect(noBucket.message).toContain('the bucket does not exist; check the bucket name and the endpoint');
+    expect(server.requests.map((r) => [r.method, r.status])).toEqual([
+      ['HEAD', 404],
+      ['HEAD', 404],
+      ['GET', 404],
+    ]);
+    const noKey = await rejection(clients.open('s3://bucket/nope.mcap').stat());
+    expect(noKey.code).toBe('ERR_NOT_FOUND');
+    expect(noKey.message).toMatch(/^HEAD s3:\/\/bucket\/nope\.mcap: NoSuchKey \(HTTP 404\).* — check the bucket and key$/);
+    const wrong = new StorageClients({
+      endpoint: server.endpoint,
+      env: { AWS_ACCESS_KEY_ID: KEY_ID, AWS_SECRET_ACCESS_KEY: 'not-the-secret' },
+    });
+    try {
+      const denied = await rejection(wrong.open('s3://bucket/rec/run 1.mcap').stat());
+      expect(denied.code).toBe('ERR_ACCESS_DENIED');
+      expect(denied.status).toBe(403);
+      expect(denied.message).toMatch(/^HEAD s3:\/\/bucket\/rec\/run 1\.mcap: SignatureDoesNotMatch \(HTTP 403\) — check the credentials/);
+      expect(denied.message).not.toContain('not-the-secret');
+    } finally {
+      await wrong.close();
+    }
+  });
+
+  it("reads the code of a Ceph RGW (Pacific) error body, whose <Message> is empty", async () => {
+    // RGW answers a HEAD with a bare status and a GET with this body.
+    const rgwBody = (code: string) =>
+      `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message></Message><BucketName>bucket</BucketName>` +
+      `<RequestId>tx00000a1-default</RequestId><HostId>100a-default-default</HostId></Error>`;
+    server.addFault({ match: { method: 'HEAD' }, fault: { kind: 'status', status: 404 }, times: 2 });
+    server.addFault({ match: { method: 'GET' }, fault: { kind: 'status', status: 404, body: rgwBody('NoSuchBucket'), contentType: 'application/xml' }, times: 1 });
+    const src = clients.open('s3://bucket/rec/run 1.mcap');
+    const head = await rejection(src.stat());
+    expect(head.message).toBe('HEAD s3://bucket/rec/run 1.mcap: NoSuchBucket (HTTP 404) — the bucket does not exist; check the bucket name and the endpoint');
+    server.addFault({ fault: { kind: 'status', status: 404, body: rgwBody('NoSuchKey'), contentType: 'application/xml' }, times: 1 });
+    const get = await rejection(src.read({ start: 0, end: 10 }));
+    expect(get.message).toBe('GET s3://bucket/rec/run 1.mcap: NoSuchKey (HTTP 404) — check the bucket and key');
+  });
+
+  it("keeps a refused HEAD's bare status when the GET that would name it succeeds", async () => {
+    server.addFault({ match: { method: 'HEAD' }, fault: { kind: 'status', status: 403 }, times: 2 });
+    const err = await rejection(clients.open('s3://bucket/rec/run 1.mcap').stat());
+    expect(err.code).toBe('ERR_ACCESS_DENIED');
+    expect(err.message).toBe('HEAD s3://bucket/rec/run 1.mcap: HTTP 403 — check the credentials and that they may read this object');
+    expect(server.requests.map((r) => [r.method, r.status])).toEqual([
+      ['HEAD', 403],
+      ['HEAD', 403],
+      ['GET', 206],
+    ]);
   });
 
   it('maps SlowDown to ERR_THROTTLED with the Retry-After delay, and does not retry inside the SDK', async () => {

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { channels, type UploadDoneEvent } from '../src/diagnostics.js';
 import { StorageClients } from '../src/storage/index.js';
 import { uploadDirectory, uploadFile } from '../src/storage/upload.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import { readAll, rejection } from './helpers.js';
 
 const MiB = 1024 * 1024;

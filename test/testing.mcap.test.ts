@@ -6,7 +6,7 @@ import { McapIndexedReader, McapStreamReader } from '@mcap/core';
 import type { IReadable } from '@mcap/core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
-import { SAMPLE_TOPICS, writeSampleEpisode, type SampleEpisode } from '../src/testing/mcap.js';
+import { SAMPLE_TOPICS, writeSampleEpisode, type SampleEpisode } from '../src/cli/demo/episodes.js';
 
 const MiB = 1024 * 1024;
 let dir: string;

@@ -29,9 +29,11 @@ import { Upload } from '@aws-sdk/lib-storage';
 import { SignatureV4 } from '@smithy/signature-v4';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
-import { generatedContent, generatedSha256 } from '../src/testing/content.js';
-import { ObjectServer, type FaultRule } from '../src/testing/object-server.js';
+import { generatedContent, generatedSha256 } from '../src/cli/demo/content.js';
+import { ObjectServer, type FaultRule } from './support/object-server.js';
 import { NodeSha256 } from '../src/storage/s3-direct.js';
+import { TOOL_SCRIPTS } from './support/package-root.js';
+import { itFull } from './tier.js';
 
 const MiB = 1024 * 1024;
 const KEY_ID = 'AKIDTESTSERVER';
@@ -871,8 +873,8 @@ describe('ObjectServer', () => {
       expect(after.error?.code).toBe('ECONNREFUSED');
     });
 
-    it('runs as a standalone process that prints its endpoint and exits on SIGTERM', async () => {
-      const main = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../dist/testing/object-server-main.js');
+    itFull('runs as a standalone process that prints its endpoint and exits on SIGTERM', async () => {
+      const main = path.resolve(path.dirname(fileURLToPath(import.meta.url)), `../${TOOL_SCRIPTS.objectServer}`);
       const child = spawn(process.execPath, [main, '--rate', '64M', '--latency', '1', '--full-object-crc32', '--object', 'bench/data.bin=generated:1M:5'], {
         stdio: ['ignore', 'pipe', 'pipe'],
       });

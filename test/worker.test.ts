@@ -7,16 +7,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { serverProcessStore } from '../src/bench/scenario-prefetch.js';
-import { formatComparison, runPrefetchComparison } from '../src/demo.js';
+import { serverProcessStore } from '../bench/src/scenario-prefetch.js';
+import { formatComparison, runPrefetchComparison } from '../src/cli/demo/comparison.js';
 import { channels, type JobFinishedEvent } from '../src/diagnostics.js';
 import { abortError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
 import { pageCacheBootId, readResumeState } from '../src/prefetch/resume-state.js';
 import { CHECKSUM_FILE } from '../src/processors/index.js';
-import { ObjectServer } from '../src/testing/object-server.js';
+import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord, Processor } from '../src/types.js';
 import { Worker, type JobReport, type WorkerOptions, type WorkerSettings } from '../src/worker.js';
+import { itFull } from './tier.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -201,9 +202,20 @@ describe('Worker', () => {
     expect(server.hasObject('results', `run/job1/${CHECKSUM_FILE}`)).toBe(true);
     expect(server.objectBytes('results', `run/job1/${CHECKSUM_FILE}`).toString()).toMatch(/^[0-9a-f]{64} /);
     const done = await queue.get(jobs[1]!.id);
-    const result = done?.result as { uploaded: { name: string; url: string }[]; worker: string };
+    const result = done?.result as { uploaded: { name: string; url: string }[]; worker: string; attempt: string };
     expect(result.worker).toBe('worker-a');
     expect(result.uploaded.map((u) => u.name)).toContain(CHECKSUM_FILE);
+    expect(result.uploaded.map((u) => u.url)).toContain(`s3://results/run/job1/${CHECKSUM_FILE}`);
+    // The output commit protocol: staged, authorised, published, the marker last; no staging left.
+    expect(done?.commitAttempt).toBe(result.attempt);
+    expect(result.attempt).toMatch(/^1-[0-9a-f]{8}$/);
+    expect(server.listKeys('results').sort()).toEqual(['run/job1/_SUCCESS', `run/job1/${CHECKSUM_FILE}`].sort());
+    const marker = JSON.parse(server.objectBytes('results', 'run/job1/_SUCCESS').toString()) as Record<string, unknown>;
+    expect(marker).toMatchObject({ version: 1, job: jobs[1]!.id, attempt: result.attempt, owner: 'worker-a' });
+    expect(marker['files']).toEqual([{ name: CHECKSUM_FILE, bytes: server.objectSize('results', `run/job1/${CHECKSUM_FILE}`) }]);
+    expect((await readdir(path.join(outDir, 'job0'))).sort()).toEqual([CHECKSUM_FILE, '_SUCCESS'].sort());
+    const localMarker = JSON.parse(await readFile(path.join(outDir, 'job0', '_SUCCESS'), 'utf8')) as Record<string, unknown>;
+    expect(localMarker['attempt']).toBe((await queue.get(jobs[0]!.id))?.commitAttempt);
   });
 
   it('stops processing a job whose lease was lost and records nothing for it', async () => {
@@ -356,7 +368,7 @@ describe('runPrefetchComparison', () => {
     expect((await readdir(dir)).filter((f) => f.startsWith('roboflow-demo-'))).toEqual([]);
   });
 
-  it('downloads from a store the caller starts: the bench serves files and generated objects from a process of its own, and stops it', async () => {
+  itFull('downloads from a store the caller starts: the bench serves files and generated objects from a process of its own, and stops it', async () => {
     const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
     for (const content of ['mcap', 'generated'] as const) {
       const started: { urls: string[]; closed: boolean }[] = [];

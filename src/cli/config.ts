@@ -7,7 +7,8 @@
  */
 
 import type { Command } from 'commander';
-import { addConfigFlags, configFromCommand, describeConfig, renderConfigReference } from '../config.js';
+import { describeConfig, renderConfigReference } from '../config/describe.js';
+import { addConfigFlags, configFromCommand } from './config-flags.js';
 import { toRoboflowError } from '../errors.js';
 import { redactText } from '../redact.js';
 

@@ -5,6 +5,12 @@
  * Exit codes: 0 done; 1 failed; 2 usage (bad flag, bad URL); 130/143 interrupted by SIGINT/SIGTERM.
  * An interrupted download keeps its partial files, so running the same command again resumes it.
  * A failure prints one line on stderr: `roboflow: <message> [<code>]`.
+ *
+ * The limits of a download come from the configuration (src/config.ts: its file named by
+ * `ROBOFLOW_CONFIG`, then the environment), flags first: `headersTimeoutMs`, `stallTimeoutMs`,
+ * `lowSpeedLimitBytes`, `lowSpeedTimeMs`, `rangeMaxAttempts`, `retryBaseDelayMs`,
+ * `retryMaxDelayMs`. The configuration is loaded only when a `ROBOFLOW_` variable is set: without
+ * one it holds the defaults, and loading it costs every download ~0.1 CPU s at start-up.
  */
 
 import { mkdir, stat } from 'node:fs/promises';
@@ -16,6 +22,7 @@ import { RoboflowError, toRoboflowError } from '../errors.js';
 import { ParallelDownloader } from '../prefetch/downloader.js';
 import { redactText } from '../redact.js';
 import { type ParsedUrl, parseObjectUrl } from '../storage/index.js';
+import type { ParallelDownloaderOptions } from '../prefetch/downloader.js';
 import { DURABILITIES, isDurability, type DownloadOptions, type DownloadProgress, type DownloadResult, type Durability, type StorageOptions } from '../types.js';
 import { formatBytes, formatDuration, formatSize, parseDuration, parseSize } from '../units.js';
 
@@ -104,14 +111,17 @@ async function runDownload(url: string, destArg: string, flags: DownloadFlags): 
   process.on('SIGTERM', onSignal);
   // cli-progress is loaded only for a terminal: every run without one would pay for it at start-up.
   const bar = !flags.json && process.stderr.isTTY ? new ProgressBar((await import('cli-progress')).default) : undefined;
-  const storage: StorageOptions = {
-    ...(flags.endpoint !== undefined ? { endpoint: flags.endpoint } : {}),
-    ...(flags.pathStyle ? { forcePathStyle: true } : {}),
-    // A look-ahead request needs a socket beside the body its lane is reading.
-    maxConnections: 2 * (flags.connections ?? DEFAULTS.downloadConnections),
-  };
-  const downloader = new ParallelDownloader({ storage });
+  let downloader: ParallelDownloader | undefined;
   try {
+    const limits = await configuredLimits();
+    const storage: StorageOptions = {
+      ...(flags.endpoint !== undefined ? { endpoint: flags.endpoint } : {}),
+      ...(flags.pathStyle ? { forcePathStyle: true } : {}),
+      // A look-ahead request needs a socket beside the body its lane is reading.
+      maxConnections: 2 * (flags.connections ?? DEFAULTS.downloadConnections),
+      ...(limits.headersTimeoutMs !== undefined ? { headersTimeoutMs: limits.headersTimeoutMs } : {}),
+    };
+    downloader = new ParallelDownloader({ ...limits.downloader, storage });
     const dest = await resolveDest(url, destArg);
     const opts: DownloadOptions = {
       signal: stop.signal,
@@ -135,10 +145,26 @@ async function runDownload(url: string, destArg: string, flags: DownloadFlags): 
     if (caught !== undefined) return SIGNAL_EXIT[caught];
     return USAGE_CODES.has(e.code) ? 2 : 1;
   } finally {
-    await downloader.close();
+    await downloader?.close();
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** The download's limits from the configuration (see the module comment); none without a `ROBOFLOW_` variable. */
+async function configuredLimits(): Promise<{ headersTimeoutMs?: number; downloader: ParallelDownloaderOptions }> {
+  if (!Object.keys(process.env).some((name) => name.startsWith('ROBOFLOW_') && process.env[name] !== '')) return { downloader: {} };
+  const { loadConfig } = await import('../config/load.js');
+  const { config: c } = await loadConfig();
+  return {
+    headersTimeoutMs: c.headersTimeoutMs,
+    downloader: {
+      stallTimeoutMs: c.stallTimeoutMs,
+      lowSpeedLimitBytes: c.lowSpeedLimitBytes,
+      lowSpeedTimeMs: c.lowSpeedTimeMs,
+      retry: { maxAttempts: c.rangeMaxAttempts, baseDelayMs: c.retryBaseDelayMs, maxDelayMs: c.retryMaxDelayMs },
+    },
+  };
 }
 
 /** `dest` as given, or `<dest>/<object name>` when it names a directory; creates the parent. */

@@ -27,7 +27,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   worker: async () => (await import('./worker.js')).registerWorkerCommand,
   jobs: async () => (await import('./jobs.js')).registerJobsCommand,
   config: async () => (await import('./config.js')).registerConfigCommand,
-  demo: async () => (await import('./demo.js')).registerDemoCommand,
+  demo: async () => (await import('./demo/command.js')).registerDemoCommand,
 };
 
 function packageVersion(): string {

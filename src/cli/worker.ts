@@ -13,9 +13,10 @@
  */
 
 import { InvalidArgumentError, type Command } from 'commander';
-import { addConfigFlags, configFromCommand, storageOptionsFrom } from '../config.js';
+import { storageOptionsFrom } from '../config/load.js';
+import { addConfigFlags, configFromCommand } from './config-flags.js';
 import { toRoboflowError } from '../errors.js';
-import { openQueue } from '../jobs/index.js';
+import { openQueue, queryTimeoutFor } from '../jobs/index.js';
 import { createLogger, type Logger } from '../log.js';
 import { Metrics, type MetricsServer } from '../metrics.js';
 import { redactText, redactUrl } from '../redact.js';
@@ -78,7 +79,8 @@ async function runWorkerCommand(flags: WorkerFlags, command: Command): Promise<n
   try {
     const { config } = await configFromCommand(command);
     log = createLogger({ level: config.logLevel });
-    queue = await openQueue(config.queue);
+    // A renewal stuck in a network partition must fail before the next one is due.
+    queue = await openQueue(config.queue, { queryTimeoutMs: queryTimeoutFor(config.heartbeatMs) });
     // The config carries the exec limits, the processor rules and the allowlists; the worker
     // compiles its security policy from them (loadConfig has already refused bad patterns).
     worker = new Worker({

@@ -95,12 +95,27 @@ export function resultJson(id: string, result: unknown): string | null {
   }
 }
 
-export type LeaseOperation = 'heartbeat' | 'start' | 'complete' | 'fail' | 'release';
+export type LeaseOperation = 'heartbeat' | 'start' | 'commit' | 'complete' | 'fail' | 'release';
 
 /** Where the job stood when a lease-holding call matched no row. */
 export interface JobLeaseState {
   readonly status: JobStatus;
   readonly leaseOwner: string | null;
+  /** The lease's end has passed by the queue's clock (only `commit` asks). */
+  readonly leaseExpired?: boolean;
+}
+
+/** What an attempt name may be: it becomes part of an object key and a directory name. */
+const ATTEMPT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
+
+/** Throws `ERR_CONFIG` unless `attempt` is a name `commit` accepts. */
+export function checkAttempt(attempt: string): void {
+  if (typeof attempt !== 'string' || !ATTEMPT_NAME.test(attempt)) {
+    throw new RoboflowError(
+      'ERR_CONFIG',
+      `attempt name ${JSON.stringify(attempt)} is not valid: use 1 to 100 letters, digits, '.', '_' or '-', starting with a letter or digit`,
+    );
+  }
 }
 
 /**
@@ -121,7 +136,11 @@ export function leaseRefusal(
       ? 'another worker holds the lease (this one expired and the job was claimed again)'
       : op === 'start' && state.status === 'running'
         ? 'the job was already started'
-        : `${op} needs a job that is ${op === 'start' ? 'claimed' : 'claimed or running'}`;
+        : op === 'commit' && state.status === 'running' && state.leaseExpired === true
+          ? 'the lease expired before the commit (another worker may claim the job at any moment), so this attempt must not publish'
+          : op === 'commit'
+            ? 'commit needs a job that is running'
+            : `${op} needs a job that is ${op === 'start' ? 'claimed' : 'claimed or running'}`;
   return new RoboflowError(
     'ERR_LEASE_LOST',
     `${op} of job ${id} by ${JSON.stringify(owner)} refused: the job is ${state.status} (${holder}); ${why}`,

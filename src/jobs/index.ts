@@ -20,7 +20,7 @@ import type { JobQueue } from '../types.js';
 import { PostgresJobQueue } from './postgres.js';
 import { SqliteJobQueue } from './sqlite.js';
 
-export { PostgresJobQueue, type PostgresJobQueueOptions } from './postgres.js';
+export { PostgresJobQueue, queryTimeoutFor, type PostgresJobQueueOptions } from './postgres.js';
 export { SqliteJobQueue, type SqliteJobQueueOptions } from './sqlite.js';
 export { parseJobSpec, splitCommand, type CheckedJobSpec } from './spec.js';
 export { JOB_STATUSES } from './checks.js';
@@ -113,7 +113,16 @@ export function parseQueueUrl(url: string, cwd: string = process.cwd()): QueueLo
  * `ERR_CONFIG` for a bad URL; `ERR_QUEUE` (retryable for connection trouble) when the database
  * cannot be reached.
  */
-export async function openQueue(url: string): Promise<JobQueue> {
+export interface OpenQueueOptions {
+  /**
+   * Time limit of one PostgreSQL query (and of opening a connection); a worker passes
+   * `queryTimeoutFor(heartbeatMs)`. SQLite ignores it: its calls are local and bounded by the
+   * busy timeout. (Default: 10 s)
+   */
+  readonly queryTimeoutMs?: number;
+}
+
+export async function openQueue(url: string, opts: OpenQueueOptions = {}): Promise<JobQueue> {
   const location = parseQueueUrl(url);
   switch (location.kind) {
     case 'sqlite':
@@ -123,6 +132,7 @@ export async function openQueue(url: string): Promise<JobQueue> {
         connectionString: location.connectionString,
         schema: location.schema,
         displayUrl: location.displayUrl,
+        ...(opts.queryTimeoutMs !== undefined ? { queryTimeoutMs: opts.queryTimeoutMs } : {}),
       });
     default: {
       const _exhaustive: never = location;

@@ -12,11 +12,14 @@
  * - `status`: one of `JobStatus`; `attempts` counts starts (see the glossary in types.ts).
  * - `lease_owner`, `lease_expires_at`: set while `claimed` or `running`, null otherwise.
  * - `run_at`: not claimable before; `created_at`, `updated_at`: bookkeeping.
+ * - `commit_attempt` (version 2): the attempt last authorised to publish the job's output (see
+ *   `JobQueue.commit` and README "Output commit protocol"); null until one is. Kept through later
+ *   claims, so the next attempt knows whose half-published output it may have to clean up.
  * Times are `timestamptz` in PostgreSQL and integer milliseconds since the epoch in SQLite.
  *
- * - `key`: unique; given by the submitter or derived from the spec (`deriveJobKey`). A submit
- *   whose key is taken adds nothing. Jobs from before version 2 got `id:<id>`.
- * - `priority`: higher is claimed first.
+ * - `key` (version 3): unique; given by the submitter or derived from the spec (`deriveJobKey`). A submit
+ *   whose key is taken adds nothing. Jobs from before version 3 got `id:<id>`.
+ * - `priority` (version 3): higher is claimed first.
  *
  * One index serves the claim query: the active jobs ordered by `(priority DESC, run_at, id)`. The
  * claim scans it from the front and skips the few rows whose lease is still live (at most one per
@@ -58,6 +61,11 @@ export const SQLITE_MIGRATIONS: readonly Migration[] = [
   },
   {
     version: 2,
+    name: 'output commit attempt',
+    sql: `ALTER TABLE jobs ADD COLUMN commit_attempt TEXT;`,
+  },
+  {
+    version: 3,
     name: 'job keys and priorities',
     // SQLite adds a NOT NULL column only with a default; every insert writes the key.
     sql: `
@@ -100,6 +108,11 @@ export const POSTGRES_MIGRATIONS: readonly Migration[] = [
   },
   {
     version: 2,
+    name: 'output commit attempt',
+    sql: `ALTER TABLE jobs ADD COLUMN commit_attempt text;`,
+  },
+  {
+    version: 3,
     name: 'job keys and priorities',
     sql: `
       ALTER TABLE jobs ADD COLUMN key text;

@@ -48,6 +48,7 @@ import { RoboflowError } from '../errors.js';
 import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus, SubmitOptions, SubmitOutcome } from '../types.js';
 import {
   JOB_STATUSES,
+  checkAttempt,
   checkBackoffMs,
   checkLeaseMs,
   checkListLimit,
@@ -68,8 +69,15 @@ import { PostgresWakeups, wakeChannel, wakePayload } from './wakeups.js';
 
 /** Connections per queue: a worker holds one at a time; a few more cover heartbeats and listings. */
 const DEFAULT_POOL_MAX = 4;
-/** A server that does not accept a connection within this long is reported as down. */
-const CONNECT_TIMEOUT_MS = 10_000;
+/**
+ * Default time limit of one queue query, and of opening a connection. A worker passes a shorter
+ * one derived from its heartbeat interval (`queryTimeoutFor`), so that a network partition, where
+ * packets vanish and nothing ever answers, fails a lease renewal in time for the next one instead
+ * of blocking it until TCP gives up (minutes).
+ */
+export const DEFAULT_QUERY_TIMEOUT_MS = 10_000;
+/** Slack the server-side `statement_timeout` leaves the client-side timer, which decides. */
+const SERVER_TIMEOUT_SLACK_MS = 100;
 /** First key of the migration advisory lock (the second is the schema's hash): "RoFl". */
 const MIGRATION_LOCK_CLASS = 0x526f466c;
 
@@ -84,6 +92,22 @@ export interface PostgresJobQueueOptions {
   readonly applicationName?: string;
   /** Most connections the pool opens. (Default: 4) */
   readonly poolMax?: number;
+  /**
+   * Time limit of one query and of opening a connection, in ms. A query that has not answered by
+   * then fails with a retryable `ERR_QUEUE` and its connection is destroyed, not reused; the
+   * server also cancels the statement (`statement_timeout`) so it does not run on unseen.
+   * (Default: 10 s; a worker uses `queryTimeoutFor(heartbeatMs)`)
+   */
+  readonly queryTimeoutMs?: number;
+}
+
+/**
+ * The query time limit for a worker renewing leases every `heartbeatMs`: half of it, so a renewal
+ * stuck in a partition has failed before the next one is due, but at least 250 ms (a loaded
+ * database must not fail every query) and at most the default.
+ */
+export function queryTimeoutFor(heartbeatMs: number): number {
+  return Math.min(DEFAULT_QUERY_TIMEOUT_MS, Math.max(250, Math.floor(heartbeatMs / 2)));
 }
 
 interface JobRow {
@@ -101,6 +125,7 @@ interface JobRow {
   readonly lease_expires_at: Date | null;
   readonly last_error: string | null;
   readonly result: unknown;
+  readonly commit_attempt: string | null;
   readonly run_at: Date;
   readonly created_at: Date;
   readonly updated_at: Date;
@@ -126,17 +151,28 @@ export class PostgresJobQueue implements JobQueue {
       applicationName: opts.applicationName ?? 'roboflow',
       channel: this.#channel,
       jobsTable: this.#jobs,
-      connectTimeoutMs: CONNECT_TIMEOUT_MS,
+      connectTimeoutMs: opts.queryTimeoutMs ?? DEFAULT_QUERY_TIMEOUT_MS,
     });
   }
 
   /** Connects, creating the schema if needed, and brings it up to date. */
   static async open(opts: PostgresJobQueueOptions): Promise<PostgresJobQueue> {
+    const timeout = opts.queryTimeoutMs ?? DEFAULT_QUERY_TIMEOUT_MS;
+    if (!Number.isFinite(timeout) || timeout <= 0) {
+      throw new RoboflowError('ERR_CONFIG', `queue query timeout must be above 0 ms, got ${timeout}`);
+    }
     const pool = new pg.Pool({
       connectionString: opts.connectionString,
       max: opts.poolMax ?? DEFAULT_POOL_MAX,
       application_name: opts.applicationName ?? 'roboflow',
-      connectionTimeoutMillis: CONNECT_TIMEOUT_MS,
+      connectionTimeoutMillis: timeout,
+      // Client side: the query fails after `timeout` and the pool, seeing the error, ends the
+      // connection, which pg destroys since a query is still outstanding on it. A partitioned
+      // socket is never reused.
+      query_timeout: timeout,
+      // Server side, a little later: a statement that did reach the server is cancelled there
+      // rather than holding row locks for a client that has given up on it.
+      statement_timeout: timeout + SERVER_TIMEOUT_SLACK_MS,
       keepAlive: true,
     });
     // An idle connection that the server drops (restart, idle timeout) emits 'error' on the pool;
@@ -292,6 +328,26 @@ export class PostgresJobQueue implements JobQueue {
       [jobId, owner, leaseMs],
     );
     if (row === undefined) throw await this.refusal('start', id, owner);
+    return recordFromRow(row);
+  }
+
+  async commit(id: string, owner: string, attempt: string, leaseMs: number): Promise<JobRecord> {
+    const jobId = parseJobId(id);
+    checkOwner(owner);
+    checkAttempt(attempt);
+    checkLeaseMs(leaseMs);
+    // Unlike a heartbeat, an expired lease is refused even while no one else has claimed the
+    // job: the owner's own deadline has passed, so it may already have fenced itself off, and
+    // another worker may claim the job at any moment.
+    const row = await this.write(
+      'commit',
+      `UPDATE ${this.#jobs} SET commit_attempt = $3,
+         lease_expires_at = now() + $4::float8 * interval '1 millisecond', updated_at = now()
+       WHERE id = $1 AND lease_owner = $2 AND status = 'running' AND lease_expires_at > now()
+       RETURNING *`,
+      [jobId, owner, attempt, leaseMs],
+    );
+    if (row === undefined) throw await this.refusal('commit', id, owner);
     return recordFromRow(row);
   }
 
@@ -451,8 +507,11 @@ export class PostgresJobQueue implements JobQueue {
 
   /** Why a lease-holding call matched no row, as the error to throw. */
   private async refusal(op: LeaseOperation, id: string, owner: string): Promise<RoboflowError> {
-    const row = await this.one(op, `SELECT * FROM ${this.#jobs} WHERE id = $1`, [parseJobId(id)]);
-    const state: JobLeaseState | null = row === undefined ? null : { status: row.status, leaseOwner: row.lease_owner };
+    const row = (await this.one(op, `SELECT *, lease_expires_at <= now() AS lease_expired FROM ${this.#jobs} WHERE id = $1`, [
+      parseJobId(id),
+    ])) as (JobRow & { lease_expired: boolean | null }) | undefined;
+    const state: JobLeaseState | null =
+      row === undefined ? null : { status: row.status, leaseOwner: row.lease_owner, leaseExpired: row.lease_expired === true };
     return leaseRefusal(op, id, owner, state);
   }
 
@@ -576,6 +635,7 @@ function recordFromRow(row: JobRow): JobRecord {
     leaseExpiresAt: row.lease_expires_at,
     lastError: row.last_error,
     result: row.result ?? null,
+    commitAttempt: row.commit_attempt,
     runAt: row.run_at,
     createdAt: row.created_at,
     updatedAt: row.updated_at,

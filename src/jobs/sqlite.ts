@@ -46,6 +46,7 @@ import { RoboflowError } from '../errors.js';
 import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus, SubmitOptions, SubmitOutcome } from '../types.js';
 import {
   JOB_STATUSES,
+  checkAttempt,
   checkBackoffMs,
   checkLeaseMs,
   checkListLimit,
@@ -88,6 +89,7 @@ interface JobRow {
   readonly lease_expires_at: number | null;
   readonly last_error: string | null;
   readonly result: string | null;
+  readonly commit_attempt: string | null;
   readonly run_at: number;
   readonly created_at: number;
   readonly updated_at: number;
@@ -254,6 +256,26 @@ export class SqliteJobQueue implements JobQueue {
     return recordFromRow(row);
   }
 
+  async commit(id: string, owner: string, attempt: string, leaseMs: number): Promise<JobRecord> {
+    const jobId = parseJobId(id);
+    checkOwner(owner);
+    checkAttempt(attempt);
+    checkLeaseMs(leaseMs);
+    // Unlike a heartbeat, an expired lease is refused even while no one else has claimed the
+    // job: the owner's own deadline has passed, so it may already have fenced itself off, and
+    // another worker may claim the job at any moment.
+    const now = Date.now();
+    const row = await this.write(
+      'commit',
+      `UPDATE jobs SET commit_attempt = $3, lease_expires_at = $5 + $4, updated_at = $5
+       WHERE id = $1 AND lease_owner = $2 AND status = 'running' AND lease_expires_at > $5
+       RETURNING *`,
+      [jobId, owner, attempt, leaseMs, now],
+    );
+    if (row === undefined) throw await this.refusal('commit', id, owner);
+    return recordFromRow(row);
+  }
+
   async complete(id: string, owner: string, result: unknown): Promise<JobRecord> {
     const jobId = parseJobId(id);
     checkOwner(owner);
@@ -362,7 +384,14 @@ export class SqliteJobQueue implements JobQueue {
   /** Why a lease-holding call matched no row, as the error to throw. */
   private async refusal(op: LeaseOperation, id: string, owner: string): Promise<RoboflowError> {
     const row = await this.one(op, 'SELECT * FROM jobs WHERE id = $1', [parseJobId(id)]);
-    const state: JobLeaseState | null = row === undefined ? null : { status: row.status, leaseOwner: row.lease_owner };
+    const state: JobLeaseState | null =
+      row === undefined
+        ? null
+        : {
+            status: row.status,
+            leaseOwner: row.lease_owner,
+            leaseExpired: row.lease_expires_at !== null && row.lease_expires_at <= Date.now(),
+          };
     return leaseRefusal(op, id, owner, state);
   }
 
@@ -458,6 +487,7 @@ function recordFromRow(row: JobRow): JobRecord {
     leaseExpiresAt: row.lease_expires_at === null ? null : new Date(row.lease_expires_at),
     lastError: row.last_error,
     result: row.result === null ? null : (JSON.parse(row.result) as unknown),
+    commitAttempt: row.commit_attempt,
     runAt: new Date(row.run_at),
     createdAt: new Date(row.created_at),
     updatedAt: new Date(row.updated_at),

@@ -71,8 +71,21 @@
  *   never gets more than 9 × `maxAttempts` attempts. Exhausted attempts fail the download with
  *   `ERR_RETRIES_EXHAUSTED`; a permanent error (404, 403, …) fails it at once and aborts the
  *   other lanes.
- * - A body without a byte for `stallTimeoutMs` is destroyed with `ERR_STALLED` (retried); headers
- *   that take longer than `headersTimeoutMs` fail the request with `ERR_TIMEOUT` (retried).
+ * - A body without a byte for `stallTimeoutMs`, or below `lowSpeedLimitBytes` per second over
+ *   `lowSpeedTimeMs` (default: the stall timeout), is destroyed with `ERR_STALLED` (retried on
+ *   another connection); a response head not complete within `headersTimeoutMs` or the stall
+ *   timeout, whichever is shorter (1xx heads are no progress), fails with `ERR_TIMEOUT` (retried).
+ * - A server delay (`Retry-After`, `x-oss-qos-delay-time`) is waited out up to
+ *   `retry.maxDelayMs`; a server asking for longer fails the download at once, saying so.
+ * - Trust in a body's bytes: one whose response declared its length (Content-Length equal to the
+ *   range) is counted byte by byte as it is written. One of undeclared length (chunked,
+ *   close-delimited) is counted only once it ends with exactly the range's length, so a body
+ *   found too long or malformed leaves nothing a resumed run would trust. A range whose bytes are
+ *   all in is done even if the body's end marker never comes. Every response's object size
+ *   (Content-Range total) must be the planned one, else the object changed (see below).
+ * - Sizes: free space (plus what a partial download holds) is checked before anything is
+ *   planned, and chunks grow past `chunkSize` to keep a plan at `MAX_PLAN_CHUNKS`, so an absurd
+ *   size from a server fails, or plans, in O(1).
  * - The object changed (`ERR_SOURCE_CHANGED` from an `If-Match` read, or, for objects without an
  *   ETag, a different size or last-modified on a stat after the last chunk): the partial files are
  *   deleted and the download starts over once (`restarts: 1`); a second change fails it. Bytes of
@@ -101,7 +114,7 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { DEFAULTS } from '../defaults.js';
 import { channels, newDownloadId } from '../diagnostics.js';
-import { abortError, backoffDelay, RoboflowError, toRoboflowError } from '../errors.js';
+import { abortError, backoffDelay, RoboflowError, serverDelayMs, toRoboflowError } from '../errors.js';
 import { type Http1Body, isHttp1Body } from '../storage/http1.js';
 import { StorageClients } from '../storage/index.js';
 import type {
@@ -120,6 +133,7 @@ import type {
   VerifiedBy,
 } from '../types.js';
 import { DURABILITIES, isDurability } from '../types.js';
+import { formatDuration } from '../units.js';
 import { ConcurrencyLimiter, type Release } from './concurrency.js';
 import { FileWriter } from './file-writer.js';
 import { sharedBuffer, WriterThread } from './writer-thread.js';
@@ -144,8 +158,19 @@ export interface ParallelDownloaderOptions {
   readonly connections?: number;
   /** Chunk length of one range request. (Default: `DEFAULTS.chunkSize`) */
   readonly chunkSize?: number;
-  /** A body without a byte for this long is aborted and retried. (Default: `DEFAULTS.stallTimeoutMs`) */
+  /**
+   * A body without a byte for this long is aborted and retried; so is a request whose response
+   * head is not complete by then (when shorter than the headers timeout). (Default:
+   * `DEFAULTS.stallTimeoutMs`)
+   */
   readonly stallTimeoutMs?: number;
+  /**
+   * A body receiving fewer bytes per second than this over `lowSpeedTimeMs` is aborted and
+   * retried on another connection; 0 turns the check off. (Default: `DEFAULTS.lowSpeedLimitBytes`)
+   */
+  readonly lowSpeedLimitBytes?: number;
+  /** The window of `lowSpeedLimitBytes`. (Default: `DEFAULTS.lowSpeedTimeMs`, null = `stallTimeoutMs`) */
+  readonly lowSpeedTimeMs?: number | null;
   /** Per-range retry policy. (Default: `DEFAULTS.rangeMaxAttempts`, `retryBaseDelayMs`, `retryMaxDelayMs`) */
   readonly retry?: Partial<RetryOptions>;
   /** How often `onProgress` is called. (Default: `DEFAULTS.progressIntervalMs`) */
@@ -213,6 +238,12 @@ const WRITE_BATCH_BYTES = 2 * 1024 * 1024;
  * pool (`file-writer.ts`).
  */
 const WRITER_THREAD_MIN_BYTES = 64 * 1024 * 1024;
+/**
+ * Most chunks in a plan. The chunk set, the scheduler's list and the state file grow with the
+ * count; past it chunks are longer than asked (8 TiB in the default 8 MiB chunks, 64 GiB in the
+ * smallest configurable 64 KiB), so no size a server names makes the plan large.
+ */
+const MAX_PLAN_CHUNKS = 1024 * 1024;
 /** Smallest write batch, for small chunks (the batch is at most a quarter of a chunk). */
 const MIN_WRITE_BATCH_BYTES = 64 * 1024;
 /** Window over which a lane measures its rate for the look-ahead decision. */
@@ -344,14 +375,22 @@ export class ParallelDownloader {
     positive('chunkSize', chunkSize);
     positive('stallTimeoutMs', stallTimeoutMs);
     positive('retry.maxAttempts', retry.maxAttempts);
+    const lowSpeedLimitBytes = o.lowSpeedLimitBytes ?? DEFAULTS.lowSpeedLimitBytes;
+    const lowSpeedTimeMs = (o.lowSpeedTimeMs === undefined ? DEFAULTS.lowSpeedTimeMs : o.lowSpeedTimeMs) ?? stallTimeoutMs;
+    if (!Number.isSafeInteger(lowSpeedLimitBytes) || lowSpeedLimitBytes < 0) {
+      throw new RoboflowError('ERR_CONFIG', `lowSpeedLimitBytes must be a whole number of bytes per second, 0 or more, got ${lowSpeedLimitBytes}`);
+    }
+    positive('lowSpeedTimeMs', lowSpeedTimeMs);
     return {
       connections,
       chunkSize,
       stallTimeoutMs,
+      lowSpeedLimitBytes,
+      lowSpeedTimeMs,
       headersTimeoutMs: o.storage?.headersTimeoutMs ?? DEFAULTS.headersTimeoutMs,
       retry,
       progressIntervalMs: opts.progressIntervalMs ?? o.progressIntervalMs ?? DEFAULTS.progressIntervalMs,
-      limiter: o.limiter,
+      limiter: opts.priority !== undefined && o.limiter ? o.limiter.withPriority(opts.priority) : o.limiter,
       lookahead: o.lookahead ?? true,
       durability: checkDurability(opts.durability ?? o.durability ?? DEFAULTS.durability),
     };
@@ -367,6 +406,8 @@ interface Settings {
   readonly connections: number;
   readonly chunkSize: number;
   readonly stallTimeoutMs: number;
+  readonly lowSpeedLimitBytes: number;
+  readonly lowSpeedTimeMs: number;
   readonly headersTimeoutMs: number;
   readonly retry: RetryOptions;
   readonly progressIntervalMs: number;
@@ -510,8 +551,12 @@ class Download {
         { url: st.url },
       );
     }
+    // Room first, before anything grows with the size: a size no disk holds (a server's HEAD
+    // can claim 2^53−1 bytes) fails here, in O(1).
+    if (st.size > 0) await this.checkFreeSpace(st.size);
     // Without range support the whole object is one chunk: a retry starts it again from byte 0.
-    const chunkSize = st.rangesSupported ? this.s.chunkSize : Math.max(1, st.size);
+    // Otherwise chunks grow past `chunkSize` where needed to keep the plan at MAX_PLAN_CHUNKS.
+    const chunkSize = st.rangesSupported ? Math.max(this.s.chunkSize, Math.ceil(st.size / MAX_PLAN_CHUNKS)) : Math.max(1, st.size);
     const identity: ResumeIdentity = {
       url: st.url,
       size: st.size,
@@ -533,7 +578,6 @@ class Download {
     if (st.size === 0) {
       verifiedChecksums = await this.writeEmpty(st, expected);
     } else {
-      await this.checkFreeSpace(st.size - resumedBytes);
       verifiedChecksums = await this.fill(st, identity, plan, completed, partial, expected);
     }
     await rename(this.temp, this.dest);
@@ -573,8 +617,18 @@ class Download {
     return { plan, completed: new ChunkSet(plan.count), partial: new Map() };
   }
 
-  private async checkFreeSpace(needed: number): Promise<void> {
+  /**
+   * Throws `ERR_NO_SPACE` unless the object fits: free space plus what a partial download of it
+   * already holds (a resumed one needs only the rest; one that does not match is deleted, which
+   * frees as much).
+   */
+  private async checkFreeSpace(size: number): Promise<void> {
     const fs = await statfs(this.dir);
+    const held = await statPath(this.temp).then(
+      (s) => (s.isFile() ? Math.min(s.blocks * 512, s.size) : 0),
+      () => 0,
+    );
+    const needed = size - held;
     const available = fs.bavail * fs.bsize;
     if (available <= needed) {
       throw new RoboflowError(
@@ -892,9 +946,16 @@ class Transfer {
         this.limiter.onSuccess();
         this.chunkDone(range.index);
         if (this.limiter.shouldYield && release) {
-          // Give the turn to a waiter (another download) or obey a lowered limit.
+          // Give the turn to a waiter (another download) or obey a lowered limit. A look-ahead
+          // request goes too: without a permit it would hold a socket and a request at the store
+          // that the waiter, or the lowered limit, should have.
           release();
           release = undefined;
+          if (ahead) {
+            ahead.abandon();
+            this.scheduler.giveBack(ahead.range);
+            ahead = undefined;
+          }
         }
       }
     } catch (err) {
@@ -926,7 +987,7 @@ class Transfer {
     for (;;) {
       attempts++;
       const startedAt = offset;
-      const state = { offset, ahead: undefined as PendingRequest | undefined };
+      const state: TransferState = { offset, counted: offset, ahead: undefined };
       try {
         await this.transferOnce(range, pending ?? this.request(range, offset), state, meter, (to) => {
           if (to > counted) {
@@ -944,8 +1005,12 @@ class Transfer {
         if (signal.aborted) throw err;
         const e = toRoboflowError(err, 'ERR_CONNECTION', this.d.displayUrl);
         if (!e.retryable) throw e;
-        offset = this.rangesSupported ? state.offset : range.start;
-        if (state.offset - startedAt >= length * PROGRESS_RESETS_ATTEMPTS_FRACTION) attempts = 0;
+        // Only counted bytes are kept: those of a body that failed before its length was
+        // proven are fetched again.
+        offset = this.rangesSupported ? state.counted : range.start;
+        // Every byte counted: whatever failed after them, there is nothing left to ask for.
+        if (offset >= range.end) return undefined;
+        if (state.counted - startedAt >= length * PROGRESS_RESETS_ATTEMPTS_FRACTION) attempts = 0;
         let paced = false;
         if (e.code === 'ERR_THROTTLED') {
           this.limiter.onThrottle();
@@ -956,16 +1021,25 @@ class Transfer {
           paced = this.limiter.adaptive && this.limiter.limit > this.limiter.min;
           if (paced) attempts--;
         }
-        if (attempts >= retry.maxAttempts) {
+        // A server asking for a longer wait than any this download makes (retry.maxDelayMs)
+        // is not retried sooner against its word: it fails now, saying so (as curl does past
+        // --retry-max-time).
+        const tooLong = e.retryAfterMs !== undefined && e.retryAfterMs > retry.maxDelayMs;
+        if (attempts >= retry.maxAttempts || tooLong) {
+          const asked = tooLong
+            ? `; the server asked to wait ${formatDuration(e.retryAfterMs ?? 0)} before retrying, longer than the longest wait honoured (${formatDuration(retry.maxDelayMs)}, retryMaxDelayMs) — try again later`
+            : '';
           throw new RoboflowError(
             'ERR_RETRIES_EXHAUSTED',
-            `bytes ${range.start}-${range.end - 1} of ${this.d.displayUrl} failed ${attempts} times in a row; last error: ${e.message}`,
+            `bytes ${range.start}-${range.end - 1} of ${this.d.displayUrl} failed ${attempts} times in a row; last error: ${e.message}${asked}`,
             { url: this.d.displayUrl, cause: e, ...(e.status !== undefined ? { status: e.status } : {}) },
           );
         }
         // Paced: the store's own hint if it gave one, else a short pause (the permit queue does
         // the rest); otherwise exponential backoff with the table's floors.
-        const delayMs = paced ? (e.retryAfterMs ?? PACED_THROTTLE_PAUSE_MS + Math.random() * retry.baseDelayMs) : backoffDelay(Math.max(1, attempts), e, retry);
+        const delayMs = paced
+          ? (serverDelayMs(e, retry.maxDelayMs) ?? PACED_THROTTLE_PAUSE_MS + Math.random() * retry.baseDelayMs)
+          : backoffDelay(Math.max(1, attempts), e, retry);
         this.d.countRetry(e.code, attempts, delayMs);
         // Waiting does not need a permit; giving it back lets a lowered limit take effect.
         holder.release?.();
@@ -986,7 +1060,10 @@ class Transfer {
    */
   private request(range: IndexedRange, from: number): PendingRequest {
     const source = this.d.objectSource;
-    const { headersTimeoutMs } = this.d.settingsOf;
+    // A head not complete within the stall timeout made no progress a body would be allowed
+    // (informational heads, a status line and then silence): it is as stalled as a body.
+    const { headersTimeoutMs: headersLimitMs, stallTimeoutMs } = this.d.settingsOf;
+    const headersTimeoutMs = Math.min(headersLimitMs, stallTimeoutMs);
     const ctl = new AbortController();
     const downloadSignal = this.control.signal;
     const onAbort = () => ctl.abort(downloadSignal.reason);
@@ -1065,17 +1142,18 @@ class Transfer {
   }
 
   /**
-   * Reads one response body into the temp file. `state.offset` follows the bytes written, so a
-   * retry continues from there; `state.ahead` is the look-ahead request, if one was sent.
+   * Reads one response body into the temp file. `state.offset` follows the bytes written,
+   * `state.counted` those counted, where a retry continues; `state.ahead` is the look-ahead
+   * request, if one was sent.
    */
   private async transferOnce(
     range: IndexedRange,
     pending: PendingRequest,
-    state: { offset: number; ahead: PendingRequest | undefined },
+    state: TransferState,
     meter: LaneMeter,
     onWritten: (offset: number) => void,
   ): Promise<void> {
-    const { stallTimeoutMs, lookahead } = this.d.settingsOf;
+    const { stallTimeoutMs, lowSpeedLimitBytes, lowSpeedTimeMs, lookahead } = this.d.settingsOf;
     const url = this.d.displayUrl;
     let serving = false;
     try {
@@ -1093,32 +1171,55 @@ class Transfer {
           { url },
         );
       }
-      const stall = setTimeout(() => {
-        body.destroy(
-          new RoboflowError(
-            'ERR_STALLED',
-            `no data from ${url} for ${stallTimeoutMs} ms (bytes ${state.offset}-${range.end - 1}); retrying`,
-            { url },
-          ),
+      // Every response names the object's size (Content-Range total): one naming another size
+      // than the plan's is of another object version, or the HEAD did not tell the truth.
+      if (o.body.total !== undefined && o.body.total !== this.st.size) {
+        body.destroy();
+        throw new RoboflowError(
+          'ERR_SOURCE_CHANGED',
+          `${url}: the response for bytes ${pending.from}-${range.end - 1} gives the object's size as ${o.body.total} bytes, the download planned for ${this.st.size}`,
+          { url },
         );
-      }, stallTimeoutMs);
-      const write = async (bufs: Buffer[], n: number) => {
-        const crc = await this.writer.write(bufs, n, state.offset);
-        if (crc !== undefined && this.hasher instanceof SegmentCrc32Hasher) this.hasher.add(state.offset, n, crc);
-        state.offset += n;
+      }
+      const watch = new BodyWatch(stallTimeoutMs, lowSpeedLimitBytes, lowSpeedTimeMs, (why) => {
+        body.destroy(new RoboflowError('ERR_STALLED', `${why} from ${url} (bytes ${state.offset}-${range.end - 1}); retrying`, { url }));
+      });
+      // A body whose length its response declared (Content-Length = the range) holds the
+      // range's bytes in order: each is counted as it is written, and a retry continues after
+      // it. Any other (chunked, close-delimited) proves its length only at its end; until then
+      // its bytes are written but not counted, so a body found too long or malformed leaves
+      // nothing behind that a resumed run would trust.
+      const countsAsWritten = !(isHttp1Body(body) && body.length === undefined);
+      const held: [number, number, number][] = [];
+      const count = () => {
+        if (this.hasher instanceof SegmentCrc32Hasher) for (const [at, n, crc] of held.splice(0)) this.hasher.add(at, n, crc);
+        state.counted = state.offset;
         onWritten(state.offset);
+      };
+      const write = async (bufs: Buffer[], n: number) => {
+        const at = state.offset;
+        const crc = await this.writer.write(bufs, n, at);
+        if (crc !== undefined) held.push([at, n, crc]);
+        state.offset = at + n;
+        if (countsAsWritten) count();
       };
       const lookAhead = (received: number) => {
         if (lookahead && state.ahead === undefined) state.ahead = this.requestAhead(range.end - received, meter);
       };
       try {
-        const reading: BodyReading = { range, from: pending.from, state, stall, meter, write, lookAhead };
+        const reading: BodyReading = { range, from: pending.from, state, watch, meter, write, lookAhead };
         if (isHttp1Body(body) && body.length === range.end - pending.from) await this.fillFrom(body, reading);
         else await this.streamFrom(body, reading);
+      } catch (err) {
+        // Every byte of the range is in and the body then broke off (no final chunk, the
+        // connection closed or went quiet): nothing is left to fetch. A malformed or too long
+        // body (not retryable) still fails.
+        if (state.offset !== range.end || this.control.signal.aborted || !toRoboflowError(err, 'ERR_CONNECTION').retryable) throw err;
       } finally {
-        clearTimeout(stall);
+        watch.stop();
         if (!body.destroyed && state.offset < range.end) body.destroy();
       }
+      if (state.offset === range.end && state.counted !== state.offset) count();
       if (state.offset < range.end) {
         throw new RoboflowError(
           'ERR_TRUNCATED_BODY',
@@ -1138,7 +1239,7 @@ class Transfer {
    * one batch per lane.
    */
   private async fillFrom(body: Http1Body, r: BodyReading): Promise<void> {
-    const { range, state, stall, meter, write, lookAhead } = r;
+    const { range, state, watch, meter, write, lookAhead } = r;
     const buf =
       this.writeBuffers.pop() ??
       (this.writer instanceof WriterThread ? sharedBuffer(this.batchLimit) : Buffer.allocUnsafeSlow(this.batchLimit));
@@ -1148,7 +1249,7 @@ class Transfer {
         let n: number;
         try {
           n = await body.fill(buf.subarray(0, want), (k) => {
-            stall.refresh();
+            watch.add(k);
             meter.add(k);
             lookAhead(state.offset + body.filled);
           });
@@ -1158,9 +1259,10 @@ class Transfer {
           throw err;
         }
         if (n === 0) return;
-        await this.beforeWrite(stall);
+        watch.pause();
+        await this.beforeWrite(watch);
         await write([buf.subarray(0, n)], n);
-        stall.refresh();
+        watch.restart();
         if (n < want) return;
       }
     } finally {
@@ -1173,7 +1275,7 @@ class Transfer {
    * wait until `batchLimit` bytes are together, then go to the file as one batch.
    */
   private async streamFrom(body: Readable, r: BodyReading): Promise<void> {
-    const { range, from, state, stall, meter, write, lookAhead } = r;
+    const { range, from, state, watch, meter, write, lookAhead } = r;
     const batch: Buffer[] = [];
     let batchBytes = 0;
     const writeBatch = async () => {
@@ -1184,7 +1286,7 @@ class Transfer {
     };
     try {
       for await (const chunk of body as AsyncIterable<Buffer>) {
-        stall.refresh();
+        watch.add(chunk.length);
         const received = state.offset + batchBytes + chunk.length;
         if (received > range.end) {
           throw new RoboflowError(
@@ -1197,10 +1299,11 @@ class Transfer {
         batchBytes += chunk.length;
         meter.add(chunk.length);
         if (batchBytes >= this.batchLimit || received === range.end) {
-          await this.beforeWrite(stall);
+          watch.pause();
+          await this.beforeWrite(watch);
           // Reading waits for the write: backpressure keeps memory at one batch per lane.
           await writeBatch();
-          stall.refresh();
+          watch.restart();
         }
         lookAhead(received);
       }
@@ -1214,10 +1317,10 @@ class Transfer {
   }
 
   /** Too much written and not yet recorded: a crash now would fetch it all again, so wait. */
-  private async beforeWrite(stall: NodeJS.Timeout): Promise<void> {
+  private async beforeWrite(watch: BodyWatch): Promise<void> {
     if (!this.durabilityBacklogFull()) return;
     await this.drainDurabilityBacklog();
-    stall.refresh();
+    watch.restart();
   }
 
   /**
@@ -1378,13 +1481,85 @@ interface BodyReading {
   readonly from: number;
   /** Where the next byte goes: advanced by `write`. */
   readonly state: { offset: number };
-  /** The stall timer, refreshed whenever bytes arrive or a write completes. */
-  readonly stall: NodeJS.Timeout;
+  /** The stall timer and low-speed limit: told of bytes as they arrive, restarted after a write. */
+  readonly watch: BodyWatch;
   readonly meter: LaneMeter;
   /** Writes `n` bytes at `state.offset` and advances it. */
   readonly write: (bufs: Buffer[], n: number) => Promise<void>;
   /** Sends the lane's next request when `received` says it is time (look-ahead). */
   readonly lookAhead: (received: number) => void;
+}
+
+/** Where one attempt at a chunk stands. */
+interface TransferState {
+  /** Where the next byte goes in the temp file. */
+  offset: number;
+  /** Bytes up to here are counted (progress, resume state): where a retry continues. */
+  counted: number;
+  /** The lane's look-ahead request, if one was sent. */
+  ahead: PendingRequest | undefined;
+}
+
+/**
+ * The stall timer and the low-speed limit of one body being read (curl's --speed-limit and
+ * --speed-time): a body without a byte for `stallMs`, or with fewer than `minBytesPerSec` over
+ * a window of `windowMs`, is given up (`onGiveUp`) and its range retried on another connection.
+ * The window is judged by a timer of its own, so a socket read costs a counter increment and a
+ * timer refresh, as before. Time the lane spends writing (`restart`) counts for neither.
+ */
+class BodyWatch {
+  private readonly stall: NodeJS.Timeout;
+  private readonly window: NodeJS.Timeout | undefined;
+  private windowAt = performance.now();
+  private windowBytes = 0;
+  private paused = false;
+
+  constructor(
+    stallMs: number,
+    private readonly minBytesPerSec: number,
+    private readonly windowMs: number,
+    private readonly onGiveUp: (why: string) => void,
+  ) {
+    this.stall = setTimeout(() => onGiveUp(`no data for ${stallMs} ms`), stallMs);
+    if (minBytesPerSec > 0) this.window = setInterval(() => this.judge(), windowMs);
+  }
+
+  /** `n` bytes arrived. */
+  add(n: number): void {
+    this.stall.refresh();
+    this.windowBytes += n;
+  }
+
+  /** The lane waits on its own (a write): no window is judged until `restart`. */
+  pause(): void {
+    this.paused = true;
+  }
+
+  /** After a wait of the lane's own: both measures start again. */
+  restart(): void {
+    this.paused = false;
+    this.stall.refresh();
+    this.windowAt = performance.now();
+    this.windowBytes = 0;
+  }
+
+  stop(): void {
+    clearTimeout(this.stall);
+    clearInterval(this.window);
+  }
+
+  private judge(): void {
+    const elapsed = performance.now() - this.windowAt;
+    // A window cut short by a write is judged at the next tick, whole.
+    if (this.paused || elapsed < this.windowMs * 0.9) return;
+    const rate = (this.windowBytes * 1000) / elapsed;
+    this.windowAt += elapsed;
+    this.windowBytes = 0;
+    if (rate < this.minBytesPerSec) {
+      this.stop();
+      this.onGiveUp(`${Math.floor(rate)} B/s over ${formatDuration(Math.round(elapsed))}, below the low-speed limit of ${this.minBytesPerSec} B/s`);
+    }
+  }
 }
 
 /**

@@ -4,7 +4,7 @@
  *
  * Data flow
  * ---------
- * A *filler* claims jobs from the job queue, one claim at a time, until N slots hold a job that
+ * A *filler* claims jobs from the job queue, one claim per free slot at once, until N slots hold a job that
  * is not yet being processed (N = `config.slots`; with N = 0 a job is claimed only when the
  * worker asks for one, which is the sequential baseline). Each claimed job gets a slot and is
  * judged by the worker's policy first (`policy.checkJob`): a refused job fails at once, before a
@@ -47,6 +47,14 @@
  * A job whose lease was lost (someone else claimed it after it expired) is dropped: its download
  * is aborted and it is never handed out; an active job's `leaseLost` signal is aborted so the
  * worker can stop.
+ * Self-fencing: each slot keeps the monotonic time until which its lease is surely valid — when
+ * the last confirmed renewal (claim, start or heartbeat) was *sent*, plus the lease, minus the
+ * safety margin (`src/lease.ts`). A timer fires at that deadline; if no newer renewal has been
+ * confirmed by then, the job is lost for this worker at once, exactly as if another worker had
+ * taken it: a prefetched job is dropped (its download aborted, its partial files kept so that a
+ * later claim on this machine resumes them) and an active job's `leaseLost` signal aborts, which
+ * stops its processor and its upload. A failed renewal is logged as a warning with the time
+ * left; the job queue's own query time limit keeps a renewal from hanging past the next one.
  * A download that fails is never handed out either; since no attempt would ever be spent on it,
  * the failure is recorded as one (`start` then `fail`), so a job whose input is missing goes dead
  * after `maxAttempts` instead of bouncing between workers forever.
@@ -70,7 +78,9 @@ import { ensureJobDirectory, jobDirectory, safeLocalName } from '../paths.js';
 import { redactText } from '../redact.js';
 import type { StorageClients } from '../storage/index.js';
 import type { JobQueue, JobRecord, PrefetchConfig, PrefetchStatus, ReadyJob } from '../types.js';
+import { leaseSafetyMarginMs, leaseTrustMs } from '../lease.js';
 import type { ByteBudget, ReleaseBytes } from './budget.js';
+import type { ConcurrencyLimiter } from './concurrency.js';
 import type { ParallelDownloader } from './downloader.js';
 
 export { safeLocalName } from '../paths.js';
@@ -125,6 +135,13 @@ export interface PrefetchQueueOptions {
    * reason in `last_error`, and no request for it is ever made. (Default: every job passes)
    */
   readonly policy?: { checkJob(job: JobRecord): void };
+  /**
+   * The downloader's shared limiter on range transfers (`ParallelDownloaderOptions.limiter`).
+   * Each slot's download runs at its claim order as priority; given the limiter, a slot also
+   * reserves its lanes from the moment it starts, so a later job whose download got going first
+   * does not take them. (Default: priorities only)
+   */
+  readonly limiter?: ConcurrencyLimiter;
   readonly log?: Logger;
 }
 
@@ -183,6 +200,13 @@ interface Slot {
   startFailures: number;
   /** `performance.now()` before which `nextReady()` does not try to start this job again. */
   startRetryAt: number;
+  /**
+   * `performance.now()` until which the lease is surely valid: the send time of the last confirmed
+   * renewal plus the lease less the safety margin. 0 before the claim returned.
+   */
+  leaseValidUntil: number;
+  /** Fires at `leaseValidUntil` to fence the job off unless a renewal has moved it. */
+  fenceTimer: NodeJS.Timeout | null;
 }
 
 type Target = SlotState | 'freed';
@@ -213,13 +237,16 @@ export class PrefetchQueue {
   readonly #queueRetry: { readonly baseDelayMs: number; readonly maxDelayMs: number };
   readonly #keepPartial: boolean;
   readonly #policy: { checkJob(job: JobRecord): void } | undefined;
+  readonly #limiter: ConcurrencyLimiter | undefined;
   readonly #log: Logger;
 
   #mode: QueueMode = 'idle';
   readonly #slots: Slot[] = [];
   #seq = 0;
-  /** A claim (or the drain check after an empty one) is in flight. */
-  #claiming = false;
+  /** Claims (each with the drain check after an empty one) in flight. */
+  #claims = 0;
+  /** Claims that found the queue empty and have not yet set the poll timer: no new claim meanwhile. */
+  #emptyClaims = 0;
   /** Set while the filler waits: after an empty claim (poll) or a queue error (backoff). */
   #claimTimer: NodeJS.Timeout | null = null;
   /** Why the filler waits: an empty queue (`poll`) or a failing one (`backoff`). */
@@ -256,10 +283,10 @@ export class PrefetchQueue {
     this.#heartbeatMs = opts.heartbeatMs ?? DEFAULTS.heartbeatMs;
     this.#pollIntervalMs = opts.pollIntervalMs ?? DEFAULTS.pollIntervalMs;
     this.#fallbackPollIntervalMs = opts.fallbackPollIntervalMs ?? this.#pollIntervalMs;
-    if (this.#heartbeatMs <= 0 || this.#heartbeatMs >= this.#leaseMs) {
+    if (this.#heartbeatMs <= 0 || this.#heartbeatMs >= leaseTrustMs(this.#leaseMs)) {
       throw new RoboflowError(
         'ERR_CONFIG',
-        `heartbeat interval (${this.#heartbeatMs} ms) must be above 0 and below the lease (${this.#leaseMs} ms), or leases expire between heartbeats`,
+        `heartbeat interval (${this.#heartbeatMs} ms) must be above 0 and below the lease (${this.#leaseMs} ms) less its safety margin (${leaseSafetyMarginMs(this.#leaseMs)} ms), or the worker gives up its jobs between heartbeats`,
       );
     }
     this.#drain = opts.drain ?? false;
@@ -273,6 +300,7 @@ export class PrefetchQueue {
     this.#queueRetry = { baseDelayMs: Math.max(this.#pollIntervalMs, 250), maxDelayMs: 15_000 };
     this.#keepPartial = opts.keepPartial ?? false;
     this.#policy = opts.policy;
+    this.#limiter = opts.limiter;
     this.#log = opts.log ?? pino({ level: 'silent' });
   }
 
@@ -353,7 +381,7 @@ export class PrefetchQueue {
         if (job) return job;
         continue;
       }
-      if (this.#drain && this.#drained && !this.#claiming && this.#waitingSlots().length === 0) return null;
+      if (this.#drain && this.#drained && this.#claims === 0 && this.#waitingSlots().length === 0) return null;
       this.#consumers++;
       try {
         this.#fill();
@@ -560,19 +588,25 @@ export class PrefetchQueue {
   // Claiming
   // -------------------------------------------------------------------------------------------
 
-  /** Claims one more job if a slot is free and the filler is not waiting. */
+  /**
+   * Claims a job for every free slot, all at once: at start, and whenever a slot frees, no slot
+   * waits for another's claim (nor for a poll) while the job queue has work.
+   */
   #fill(): void {
-    if (this.#mode !== 'running' || this.#claiming || this.#claimTimer) return;
-    // A job that cannot get buffer space yet is better left to another worker than claimed.
-    if (this.#slots.some((s) => s.waitingForBytes > 0)) return;
-    const want = Math.max(this.#config.slots, this.#consumers > 0 ? 1 : 0);
-    if (this.#waitingSlots().length >= want) return;
-    this.#claiming = true;
-    void this.#track(this.#claimOne()).finally(() => {
-      this.#claiming = false;
-      this.#notify();
-      this.#fill();
-    });
+    for (;;) {
+      if (this.#mode !== 'running' || this.#claimTimer || this.#emptyClaims > 0) return;
+      // A job that cannot get buffer space yet is better left to another worker than claimed.
+      if (this.#slots.some((s) => s.waitingForBytes > 0)) return;
+      const want = Math.max(this.#config.slots, this.#consumers > 0 ? 1 : 0);
+      // Claims in flight hold a slot in state `claiming`, so they count here.
+      if (this.#waitingSlots().length >= want) return;
+      this.#claims++;
+      void this.#track(this.#claimOne()).finally(() => {
+        this.#claims--;
+        this.#notify();
+        this.#fill();
+      });
+    }
   }
 
   #newSlot(): Slot {
@@ -596,6 +630,8 @@ export class PrefetchQueue {
       freeing: false,
       startFailures: 0,
       startRetryAt: 0,
+      leaseValidUntil: 0,
+      fenceTimer: null,
     };
   }
 
@@ -618,6 +654,7 @@ export class PrefetchQueue {
     const slot = this.#newSlot();
     this.#setSlotState(slot, 'claiming');
     let job: JobRecord | null;
+    const sentAt = performance.now();
     try {
       job = await this.#queue.claim(this.#owner, this.#leaseMs);
     } catch (err) {
@@ -630,19 +667,25 @@ export class PrefetchQueue {
       this.#queueErrorStreak = 0;
     }
     if (!job) {
-      this.#setSlotState(slot, 'freed');
-      if (this.#drain) await this.#checkDrained();
-      // A wake-up during the claim may announce a job the claim's query did not see yet.
-      const woken = this.#wakeups !== wakeupsBefore;
-      // A draining worker waits for others' running jobs, which end unannounced: it keeps polling.
-      const quiet = this.#unsubscribeWork !== null && !this.#drain;
-      this.#waitThenFill(woken ? 0 : quiet ? this.#fallbackPollIntervalMs : this.#pollIntervalMs, 'poll');
+      this.#emptyClaims++;
+      try {
+        this.#setSlotState(slot, 'freed');
+        if (this.#drain) await this.#checkDrained();
+        // A wake-up during the claim may announce a job the claim's query did not see yet.
+        const woken = this.#wakeups !== wakeupsBefore;
+        // A draining worker waits for others' running jobs, which end unannounced: it keeps polling.
+        const quiet = this.#unsubscribeWork !== null && !this.#drain;
+        this.#waitThenFill(woken ? 0 : quiet ? this.#fallbackPollIntervalMs : this.#pollIntervalMs, 'poll');
+      } finally {
+        this.#emptyClaims--;
+      }
       return;
     }
     this.#drained = false;
     this.#stats.claimed++;
     slot.job = job;
     slot.seq = ++this.#seq;
+    this.#renewed(slot, sentAt);
     this.#log.debug({ jobId: job.id, slot: slot.id }, 'claimed job for prefetch');
     if (this.#mode !== 'running') {
       // Closed while the claim was in flight: the job goes straight back.
@@ -713,6 +756,8 @@ export class PrefetchQueue {
     const signal = slot.abort.signal;
     const log = this.#log.child({ jobId: job.id });
     const started = performance.now();
+    // Claimed in order, reserved in order: no later job takes these lanes while this one sizes.
+    const reservation = this.#limiter?.reserve(slot.seq, this.#config.downloadConnections);
     try {
       // First of all: a refused job must not cost a single request or file.
       this.#policy?.checkJob(job);
@@ -743,6 +788,8 @@ export class PrefetchQueue {
         const result = await this.#downloader.download(input.url, dest, {
           signal,
           keepPartial: true,
+          // Claim order: the job handed out next gets scarce transfers first.
+          priority: slot.seq,
           ...(input.size !== undefined ? { expectedSize: input.size } : {}),
           ...(input.checksum !== undefined ? { expectedChecksum: input.checksum } : {}),
         });
@@ -750,7 +797,9 @@ export class PrefetchQueue {
         slot.bytes += result.bytes;
       }
       slot.inputPaths = paths;
-      slot.downloadSeconds = (performance.now() - started) / 1000;
+      // From the first lane the download got: waiting for buffer space, or for lanes that a job
+      // needed sooner holds (a host-wide limit), is not download time.
+      slot.downloadSeconds = (performance.now() - (reservation?.firstGrantAt ?? started)) / 1000;
       this.#stats.downloaded++;
       this.#stats.bytes += slot.bytes;
       log.debug({ bytes: slot.bytes, seconds: slot.downloadSeconds }, 'inputs downloaded');
@@ -763,6 +812,8 @@ export class PrefetchQueue {
       this.#setSlotState(slot, 'failed');
       await this.#reportFailure(slot, e, log);
       await this.#free(slot, false);
+    } finally {
+      reservation?.release();
     }
   }
 
@@ -812,6 +863,7 @@ export class PrefetchQueue {
     // The slot no longer counts as ahead: the next job starts downloading now.
     this.#fill();
     let started: JobRecord;
+    const sentAt = performance.now();
     try {
       started = await this.#queue.start(job.id, this.#owner, this.#leaseMs);
     } catch (err) {
@@ -835,6 +887,12 @@ export class PrefetchQueue {
       this.#log.info({ jobId: job.id, failedStarts: slot.startFailures }, 'job started; the job queue is reachable again');
     }
     slot.job = started;
+    this.#renewed(slot, sentAt);
+    // Fenced while the start was in flight: the worker must not begin a job it no longer holds.
+    if (slot.lost.signal.aborted) {
+      await this.#track(this.#free(slot, false));
+      return null;
+    }
     return {
       job: started,
       inputPaths: slot.inputPaths,
@@ -866,6 +924,7 @@ export class PrefetchQueue {
   async #free(slot: Slot, keepFiles: boolean): Promise<void> {
     if (slot.freeing) return;
     slot.freeing = true;
+    this.#clearFence(slot);
     const job = slot.job;
     if (job && !keepFiles) {
       try {
@@ -906,8 +965,14 @@ export class PrefetchQueue {
 
   #heartbeatTick(): void {
     if (this.#heartbeating) return;
+    // A fenced job is not renewed: it was given up, and renewing it would only keep the job from
+    // the worker that takes it over.
     const held = this.#slots.filter(
-      (s) => s.job !== null && !s.freeing && (s.state === 'claiming' || s.state === 'downloading' || s.state === 'ready' || s.state === 'active'),
+      (s) =>
+        s.job !== null &&
+        !s.freeing &&
+        !s.lost.signal.aborted &&
+        (s.state === 'claiming' || s.state === 'downloading' || s.state === 'ready' || s.state === 'active'),
     );
     if (held.length === 0) return;
     this.#heartbeating = true;
@@ -915,10 +980,8 @@ export class PrefetchQueue {
       Promise.all(held.map((s) => this.#heartbeat(s))).then((results) => {
         const failure = results.find((r) => r !== null);
         if (failure) {
+          // Each failed renewal has been logged with the time its job has left.
           this.#heartbeatErrorStreak++;
-          if (this.#heartbeatErrorStreak === 1) {
-            this.#log.warn({ err: failure }, 'lease heartbeat failed; retrying next tick');
-          }
         } else if (this.#heartbeatErrorStreak > 0) {
           this.#log.info({ failedTicks: this.#heartbeatErrorStreak }, 'lease heartbeats work again');
           this.#heartbeatErrorStreak = 0;
@@ -933,41 +996,105 @@ export class PrefetchQueue {
   async #heartbeat(slot: Slot): Promise<RoboflowError | null> {
     const job = slot.job;
     if (!job) return null;
+    const sentAt = performance.now();
     try {
       await this.#queue.heartbeat(job.id, this.#owner, this.#leaseMs);
+      this.#renewed(slot, sentAt);
       return null;
     } catch (err) {
       const e = toRoboflowError(err, 'ERR_QUEUE');
       // The slot may have been freed meanwhile (the job completed): nothing is lost then.
       if (slot.freeing || slot.state === null || slot.state === 'released' || slot.state === 'failed') return null;
       if (e.code === 'ERR_LEASE_LOST' || e.code === 'ERR_JOB_NOT_FOUND') {
-        await this.#leaseLost(slot, e);
+        await this.#leaseLost(slot, e, false);
         return null;
+      }
+      if (!slot.lost.signal.aborted) {
+        const leftMs = Math.max(0, Math.round(slot.leaseValidUntil - performance.now()));
+        this.#log.warn(
+          { jobId: job.id, err: e, leaseLeftMs: leftMs, state: slot.state },
+          `lease renewal failed; the job is given up in ${leftMs} ms unless a renewal gets through`,
+        );
       }
       return e;
     }
   }
 
-  async #leaseLost(slot: Slot, err: RoboflowError): Promise<void> {
+  /** A renewal sent at `sentAt` was confirmed: the lease surely holds until then + lease − margin. */
+  #renewed(slot: Slot, sentAt: number): void {
+    if (slot.freeing || slot.lost.signal.aborted) return;
+    const until = sentAt + leaseTrustMs(this.#leaseMs);
+    if (until <= slot.leaseValidUntil) return;
+    slot.leaseValidUntil = until;
+    this.#armFence(slot);
+  }
+
+  #armFence(slot: Slot): void {
+    this.#clearFence(slot);
+    slot.fenceTimer = setTimeout(() => {
+      slot.fenceTimer = null;
+      this.#checkFence(slot);
+    }, Math.max(0, slot.leaseValidUntil - performance.now()));
+  }
+
+  #clearFence(slot: Slot): void {
+    if (slot.fenceTimer) clearTimeout(slot.fenceTimer);
+    slot.fenceTimer = null;
+  }
+
+  /** At the deadline: the lease can no longer be trusted, so the job is lost for this worker. */
+  #checkFence(slot: Slot): void {
+    const job = slot.job;
+    if (!job || slot.freeing || slot.lost.signal.aborted || slot.state === null) return;
+    // A timer may fire a little early; a renewal confirmed meanwhile re-armed it already.
+    if (performance.now() < slot.leaseValidUntil) {
+      this.#armFence(slot);
+      return;
+    }
+    const err = new RoboflowError(
+      'ERR_LEASE_LOST',
+      `job ${job.id}: no lease renewal confirmed for ${leaseTrustMs(this.#leaseMs)} ms (lease ${this.#leaseMs} ms less a ` +
+        `${leaseSafetyMarginMs(this.#leaseMs)} ms safety margin), so the lease may have expired and another worker may hold ` +
+        'the job; this worker stops working on it and publishes nothing for it',
+    );
+    void this.#track(this.#leaseLost(slot, err, true));
+  }
+
+  /**
+   * The job is no longer this worker's: refused by the queue, or `fenced` by the local deadline.
+   * A fenced prefetched job keeps its partial files, for a resume if it comes back here.
+   */
+  async #leaseLost(slot: Slot, err: RoboflowError, fenced: boolean): Promise<void> {
     const job = slot.job;
     if (!job || slot.lost.signal.aborted) return;
     this.#stats.leaseLost++;
+    this.#clearFence(slot);
     slot.lost.abort(err);
     const log = this.#log.child({ jobId: job.id });
     const state = slot.state;
     switch (state) {
       case 'active':
-        log.warn({ err }, 'lease lost while the job is being processed; another worker may hold it now');
+        log.warn(
+          { err },
+          fenced
+            ? 'lease can no longer be valid; stopping the job: processor stopped, upload aborted, nothing published or completed'
+            : 'lease lost while the job is being processed; another worker may hold it now',
+        );
         return;
       case 'claiming':
       case 'downloading':
       case 'ready':
-        log.warn({ err, state }, 'lease lost; dropping the prefetched job without processing it');
+        log.warn(
+          { err, state },
+          fenced
+            ? 'lease can no longer be valid; dropping the prefetched job, its partial files kept for a resume'
+            : 'lease lost; dropping the prefetched job without processing it',
+        );
         slot.abort.abort(err);
         await slot.task;
         // close() may have taken the slot meanwhile; then it releases and frees it.
         if (slot.state === 'claiming' || slot.state === 'downloading' || slot.state === 'ready') {
-          await this.#free(slot, false);
+          await this.#free(slot, fenced);
         }
         return;
       case 'failed':
@@ -990,7 +1117,7 @@ export class PrefetchQueue {
     this.#setMode('closing');
     await Promise.all(this.#waitingSlots().map((s) => this.#track(this.#releaseSlot(s))));
     // A claim still in flight releases its job itself; the active jobs are the worker's.
-    while (this.#mode === 'closing' && (this.#claiming || this.#slots.some((s) => s.state === 'active'))) {
+    while (this.#mode === 'closing' && (this.#claims > 0 || this.#slots.some((s) => s.state === 'active'))) {
       await this.#nextChange();
     }
     await this.#settled();
@@ -1002,6 +1129,7 @@ export class PrefetchQueue {
     this.#setMode('destroyed');
     const err = new RoboflowError('ERR_ABORTED', 'the prefetch queue was destroyed');
     for (const s of this.#slots) {
+      this.#clearFence(s);
       s.abort.abort(err);
     }
     await this.#settled();

@@ -54,6 +54,7 @@ export class FileSource implements ObjectSource {
     checkRange(range, this.url);
     const { signal } = opts;
     if (signal?.aborted) throw abortError(signal, `read of ${this.url}`);
+    let size = 0;
     let handle: fs.FileHandle;
     try {
       handle = await fs.open(this.path, 'r');
@@ -80,6 +81,7 @@ export class FileSource implements ObjectSource {
         );
       }
       if (signal?.aborted) throw abortError(signal, `read of ${this.url}`);
+      size = st.size;
     } catch (err) {
       await handle.close().catch(() => undefined);
       throw err instanceof RoboflowError ? err : this.mapError(err);
@@ -95,7 +97,7 @@ export class FileSource implements ObjectSource {
       signal.addEventListener('abort', onAbort, { once: true });
       body.once('close', () => signal.removeEventListener('abort', onAbort));
     }
-    return { range, body };
+    return { range, body, total: size };
   }
 
   async close(): Promise<void> {

@@ -13,7 +13,7 @@ import type { LookupFunction } from 'node:net';
 import type { Readable } from 'node:stream';
 import { DEFAULTS } from '../defaults.js';
 import { abortError, errorForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError, withUrl } from '../errors.js';
-import { redactUrl, redactUrlsInText } from '../redact.js';
+import { escapeControl, quoteServerText, redactUrl, redactUrlsInText } from '../redact.js';
 import type { ByteRange, ObjectSource, ObjectStat, RangeBody, ReadOptions } from '../types.js';
 import { Http1Pool, type Http1Request, type Http1Response } from './http1.js';
 import { checkRange, expectContentRange, isStrongEtag, parseContentRange, parseUnsatisfiedRange, rangeHeader } from './range.js';
@@ -134,10 +134,11 @@ export function xmlErrorFields(text: string): { readonly code?: string; readonly
 async function errorDetail(body: Readable, contentType: string | undefined): Promise<string | undefined> {
   const text = await errorBodyText(body);
   const { code, message } = xmlErrorFields(text);
-  if (code || message) return redactUrlsInText([code, message].filter(Boolean).join(': '));
+  // The server wrote it: control characters are escaped before it joins a message.
+  if (code || message) return escapeControl(redactUrlsInText([code, message].filter(Boolean).join(': ')));
   if (contentType && /html/i.test(contentType)) return 'an HTML page';
   const line = text.split('\n', 1)[0]?.trim().slice(0, 200);
-  return line ? redactUrlsInText(line) : undefined;
+  return line ? escapeControl(redactUrlsInText(line)) : undefined;
 }
 
 export class HttpSource implements ObjectSource {
@@ -177,6 +178,14 @@ export class HttpSource implements ObjectSource {
     }
     if (status < 200 || status >= 300) throw await this.statusError(res, 'HEAD');
     await discard(res.body);
+    // Only a 200 describes the whole object: a 206 (or any other success) says nothing sure
+    // about its size, which every range and the final check depend on.
+    if (status !== 200) {
+      throw new RoboflowError('ERR_BAD_RESPONSE', `HEAD ${this.url}: HTTP ${status}, expected 200; the server's answer does not describe the object`, {
+        url: this.url,
+        status,
+      });
+    }
     const size = contentLength(res.headers);
     const acceptRanges = headerValue(res.headers, 'accept-ranges');
     // Without a size, or without a word on ranges, one ranged GET settles both.
@@ -191,19 +200,20 @@ export class HttpSource implements ObjectSource {
     const res = await this.send('GET', headers, opts.signal);
     const status = res.statusCode;
     if (status === 206 || status === 200) {
+      let total: number | undefined;
       try {
-        this.checkRangeResponse(res, range, opts.ifMatch);
+        total = this.checkRangeResponse(res, range, opts.ifMatch);
       } catch (err) {
         dropBody(res.body);
         throw err;
       }
-      return { range, body: res.body };
+      return { range, body: res.body, ...(total !== undefined ? { total } : {}) };
     }
     if (status === 412) {
       await discard(res.body);
       throw new RoboflowError(
         'ERR_SOURCE_CHANGED',
-        `${this.url} changed since it was first read (If-Match ${opts.ifMatch ?? '(none)'} failed: HTTP 412)`,
+        `${this.url} changed since it was first read (If-Match ${escapeControl(opts.ifMatch ?? '(none)')} failed: HTTP 412)`,
         { url: this.url, status },
       );
     }
@@ -225,19 +235,34 @@ export class HttpSource implements ObjectSource {
     }
   }
 
-  private checkRangeResponse(res: Http1Response, range: ByteRange, ifMatch: string | undefined): void {
+  /**
+   * Throws unless the response carries exactly `range` of the object's stored bytes; returns the
+   * object's size the response states (the Content-Range total, or a 200's length), if any.
+   */
+  private checkRangeResponse(res: Http1Response, range: ByteRange, ifMatch: string | undefined): number | undefined {
     const contentType = headerValue(res.headers, 'content-type');
     if (contentType !== undefined && /^\s*text\/html\b/i.test(contentType)) {
       throw new RoboflowError(
         'ERR_BAD_RESPONSE',
-        `${this.url}: the server returned an HTML page, not the object (HTTP ${res.statusCode}, Content-Type ${contentType}) — a login or error page?`,
+        `${this.url}: the server returned an HTML page, not the object (HTTP ${res.statusCode}, Content-Type ${quoteServerText(contentType)}) — a login or error page?`,
+        { url: this.url, status: res.statusCode },
+      );
+    }
+    // The request asks for identity: encoded bytes have other offsets and another length, so
+    // not one of them is a byte of the range.
+    const encoding = headerValue(res.headers, 'content-encoding');
+    if (encoding !== undefined && !/^\s*(identity)?\s*$/i.test(encoding)) {
+      throw new RoboflowError(
+        'ERR_BAD_RESPONSE',
+        `${this.url}: the server sent the range encoded (Content-Encoding ${quoteServerText(encoding)}) although identity was asked; its bytes are not the object's — check the server's compression settings`,
         { url: this.url, status: res.statusCode },
       );
     }
     const length = contentLength(res.headers);
     const want = range.end - range.start;
+    let total: number | undefined;
     if (res.statusCode === 206) {
-      expectContentRange(headerValue(res.headers, 'content-range'), range, this.url);
+      total = expectContentRange(headerValue(res.headers, 'content-range'), range, this.url).total;
       if (length !== undefined && length !== want) {
         throw new RoboflowError(
           'ERR_BAD_RESPONSE',
@@ -245,7 +270,10 @@ export class HttpSource implements ObjectSource {
           { url: this.url, status: 206 },
         );
       }
-    } else if (!(range.start === 0 && length === range.end)) {
+    } else if (range.start === 0 && length === range.end) {
+      // A 200 is the whole object: its length is the object's size.
+      total = length;
+    } else {
       throw new RoboflowError(
         'ERR_RANGE_NOT_SUPPORTED',
         `${this.url}: the server ignored the Range header (${rangeHeader(range)}) and answered 200 with ` +
@@ -256,11 +284,13 @@ export class HttpSource implements ObjectSource {
     const etag = headerValue(res.headers, 'etag');
     if (ifMatch !== undefined && isStrongEtag(etag) && etag !== ifMatch) {
       // A server that ignores If-Match still tells us the version it sent.
-      throw new RoboflowError('ERR_SOURCE_CHANGED', `${this.url} changed since it was first read (ETag ${ifMatch}, now ${etag})`, {
-        url: this.url,
-        status: res.statusCode,
-      });
+      throw new RoboflowError(
+        'ERR_SOURCE_CHANGED',
+        `${this.url} changed since it was first read (ETag ${escapeControl(ifMatch)}, now ${escapeControl(etag)})`,
+        { url: this.url, status: res.statusCode },
+      );
     }
+    return total;
   }
 
   /** `GET` of the first byte: learns size and range support where `HEAD` could not. */
@@ -273,7 +303,7 @@ export class HttpSource implements ObjectSource {
       if (!cr || cr.start !== 0) {
         throw new RoboflowError(
           'ERR_BAD_RESPONSE',
-          `${this.url}: a request for bytes=0-0 came back with Content-Range "${headerValue(res.headers, 'content-range') ?? '(none)'}"`,
+          `${this.url}: a request for bytes=0-0 came back with Content-Range ${quoteServerText(headerValue(res.headers, 'content-range') ?? '(none)')}`,
           { url: this.url, status },
         );
       }
@@ -374,7 +404,7 @@ export class HttpSource implements ObjectSource {
         });
       }
       if (hop >= MAX_REDIRECTS) {
-        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: more than ${MAX_REDIRECTS} redirects; last to ${redactUrl(location)}`, {
+        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: more than ${MAX_REDIRECTS} redirects; last to ${escapeControl(redactUrl(location))}`, {
           url: this.url,
           status: res.statusCode,
         });
@@ -383,13 +413,13 @@ export class HttpSource implements ObjectSource {
       try {
         next = new URL(location, url);
       } catch {
-        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: redirect to an invalid URL "${redactUrl(location)}"`, {
+        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: redirect to an invalid URL ${quoteServerText(redactUrl(location), 200)}`, {
           url: this.url,
           status: res.statusCode,
         });
       }
       if (next.protocol !== 'http:' && next.protocol !== 'https:') {
-        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: redirect to a non-HTTP URL "${redactUrl(next.href)}"`, {
+        throw new RoboflowError('ERR_BAD_RESPONSE', `${this.url}: redirect to a non-HTTP URL ${quoteServerText(redactUrl(next.href), 200)}`, {
           url: this.url,
           status: res.statusCode,
         });

@@ -20,6 +20,7 @@ import net, { type LookupFunction, type Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import tls from 'node:tls';
 import { abortError, RoboflowError, toRoboflowError } from '../errors.js';
+import { quoteServerText } from '../redact.js';
 
 export interface Http1PoolOptions {
   /** Most connections open at once; requests beyond wait for one. */
@@ -63,7 +64,25 @@ const MAX_HEAD_BYTES = 64 * 1024;
 /** Idle keep-alive connections close after this unless the server asks for less. Servers commonly
  * keep idle connections 5 s; closing first avoids sending on a connection being closed. */
 const DEFAULT_KEEP_ALIVE_MS = 4_000;
-const HEAD_END = Buffer.from('\r\n\r\n', 'latin1');
+const LF = 0x0a;
+const CR = 0x0d;
+/** A header field name (RFC 9110 token). */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** What a header value may not hold once its line is cut out: a bare CR, a NUL. */
+const BAD_VALUE_CHAR = /[\r\0]/;
+
+/**
+ * Where the head in `buf` ends: at the first empty line, searched from `from`. Lines may end in
+ * CRLF or, as many servers and every common client accept, a bare LF. Returns the length of the
+ * head (its last line break excluded) and where the body starts, or undefined.
+ */
+function findHeadEnd(buf: Buffer, from: number): { readonly headLength: number; readonly bodyStart: number } | undefined {
+  for (let i = buf.indexOf(LF, from); i >= 0; i = buf.indexOf(LF, i + 1)) {
+    if (buf[i + 1] === LF) return { headLength: i, bodyStart: i + 2 };
+    if (buf[i + 1] === CR && buf[i + 2] === LF) return { headLength: i, bodyStart: i + 3 };
+  }
+  return undefined;
+}
 
 type Framing =
   | { readonly kind: 'none' }
@@ -328,7 +347,7 @@ class ChunkedDecoder {
             if (line === '') this.#state = 'done';
           } else {
             const m = /^([0-9a-fA-F]{1,12})\s*(?:;.*)?$/.exec(line);
-            if (m === null) throw protocolError(`bad chunk size line ${JSON.stringify(line.slice(0, 40))}`);
+            if (m === null) throw protocolError(`bad chunk size line ${quoteServerText(line, 40)}`);
             this.#left = Number.parseInt(m[1]!, 16);
             this.#state = this.#left === 0 ? 'trailer' : 'data';
           }
@@ -523,18 +542,19 @@ class Connection implements BodyOwner {
       this.#headBytes += rest.length;
       const joined = this.#head.length === 1 ? this.#head[0]! : Buffer.concat(this.#head, this.#headBytes);
       this.#head = [joined];
-      const at = joined.indexOf(HEAD_END, Math.max(0, before - 3));
-      if (at < 0) {
+      // The empty line may begin up to 2 bytes before this read (`\n` + `\r\n`).
+      const end = findHeadEnd(joined, Math.max(0, before - 2));
+      if (end === undefined) {
         if (this.#headBytes > MAX_HEAD_BYTES) throw protocolError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
         return;
       }
       // Checked here too: checked only while the end was missing, a head whose end came in the
       // read that crossed the limit got through, up to twice the limit depending on read sizes.
-      if (at > MAX_HEAD_BYTES) throw protocolError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
+      if (end.headLength > MAX_HEAD_BYTES) throw protocolError(`response head larger than ${MAX_HEAD_BYTES} bytes`);
       this.#head = [];
       this.#headBytes = 0;
-      const after = joined.subarray(at + 4);
-      if (!this.#startResponse(ex, joined.toString('latin1', 0, at))) {
+      const after = joined.subarray(end.bodyStart);
+      if (!this.#startResponse(ex, joined.toString('latin1', 0, end.headLength))) {
         rest = after; // an informational (1xx) head: the real one follows
         if (rest.length === 0) return;
         continue;
@@ -586,9 +606,10 @@ class Connection implements BodyOwner {
 
   /** Parses a response head. Returns false for an informational response (more heads follow). */
   #startResponse(ex: Exchange, head: string): boolean {
-    const lines = head.split('\r\n');
-    const status = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(lines[0] ?? '');
-    if (status === null) throw protocolError(`bad status line ${JSON.stringify((lines[0] ?? '').slice(0, 60))}`);
+    // `head` ends before the empty line's LF: a CR left there belongs to the last line's CRLF.
+    const lines = (head.endsWith('\r') ? head.slice(0, -1) : head).split(/\r?\n/);
+    const status = /^HTTP\/1\.([01]) (\d{3})(?: [^\r\0]*)?$/.exec(lines[0] ?? '');
+    if (status === null) throw protocolError(`bad status line ${quoteServerText(lines[0] ?? '', 60)}`);
     const statusCode = Number(status[2]);
     if (statusCode >= 100 && statusCode < 200) {
       if (statusCode === 101) throw protocolError('the server switched protocols');
@@ -598,8 +619,10 @@ class Connection implements BodyOwner {
     for (let i = 1; i < lines.length; i++) {
       const line = lines[i]!;
       const colon = line.indexOf(':');
-      if (colon <= 0 || /^[ \t]/.test(line)) throw protocolError(`bad header line ${JSON.stringify(line.slice(0, 60))}`);
-      const name = line.slice(0, colon).trim().toLowerCase();
+      // A name is a token (no white space before the colon: a smuggling vector); a value holds
+      // no bare CR or NUL, which would end up in a message or be sent back (an ETag in If-Match).
+      const name = colon > 0 ? line.slice(0, colon).toLowerCase() : '';
+      if (!TOKEN.test(name) || BAD_VALUE_CHAR.test(line)) throw protocolError(`bad header line ${quoteServerText(line, 60)}`);
       const value = line.slice(colon + 1).trim();
       headers[name] = headers[name] === undefined ? value : `${headers[name]}, ${value}`;
     }
@@ -695,14 +718,17 @@ function framingOf(method: 'GET' | 'HEAD', status: number, headers: Record<strin
   if (method === 'HEAD' || status === 204 || status === 304) return { kind: 'none' };
   const te = headers['transfer-encoding'];
   if (te !== undefined) {
-    if (!/\bchunked\s*$/i.test(te)) return { kind: 'close' };
+    // Only chunked is decoded. Anything else, `gzip, chunked` or `chunked, identity` (two
+    // headers joined) included, would hand over bytes that are not the body as sent: the
+    // request asks for none of it, so such a response is refused before its first byte.
+    if (!/^\s*chunked\s*$/i.test(te)) throw protocolError(`Transfer-Encoding ${quoteServerText(te, 60)}: only chunked is read`);
     return { kind: 'chunked', decoder: new ChunkedDecoder() };
   }
   const cl = headers['content-length'];
   if (cl !== undefined) {
     const values = new Set(cl.split(',').map((v) => v.trim()));
     const only = values.size === 1 ? [...values][0]! : '';
-    if (!/^\d{1,15}$/.test(only)) throw protocolError(`bad Content-Length ${JSON.stringify(cl.slice(0, 40))}`);
+    if (!/^\d{1,15}$/.test(only)) throw protocolError(`bad Content-Length ${quoteServerText(cl, 40)}`);
     const n = Number(only);
     return n === 0 ? { kind: 'none' } : { kind: 'length', remaining: n };
   }

@@ -4,6 +4,7 @@
  */
 
 import { RoboflowError } from '../errors.js';
+import { quoteServerText } from '../redact.js';
 import type { ByteRange } from '../types.js';
 
 /** Throws unless `range` is a non-empty interval of safe non-negative integers. */
@@ -59,7 +60,7 @@ export function expectContentRange(value: string | undefined, range: ByteRange, 
     const expected = `bytes ${range.start}-${range.end - 1}/<size>`;
     throw new RoboflowError(
       'ERR_BAD_RESPONSE',
-      `${url}: the server answered a range request with Content-Range "${value ?? '(none)'}", expected "${expected}"`,
+      `${url}: the server answered a range request with Content-Range ${quoteServerText(value ?? '(none)')}, expected "${expected}"`,
       { url },
     );
   }

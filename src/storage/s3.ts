@@ -25,7 +25,7 @@ import tls from 'node:tls';
 import type { HeadObjectCommandOutput, S3Client, S3ClientConfig } from '@aws-sdk/client-s3';
 import { DEFAULTS } from '../defaults.js';
 import { abortError, codeForStatus, retryAfterFromHeaders, RoboflowError, toRoboflowError, withUrl, type ErrorCode } from '../errors.js';
-import { redactUrlsInText } from '../redact.js';
+import { escapeControl, redactUrlsInText } from '../redact.js';
 import type { ByteRange, Checksum, ChecksumAlgorithm, ObjectSource, ObjectStat, RangeBody, ReadOptions, StorageOptions } from '../types.js';
 import { checkRange, expectContentRange, isStrongEtag, rangeHeader } from './range.js';
 import { discard, errorBodyText, xmlErrorFields } from './http.js';
@@ -413,6 +413,9 @@ const S3_ERROR_CODES: Readonly<Record<string, ErrorCode>> = {
   InternalError: 'ERR_SERVER',
 };
 
+/** What the SDK calls an S3 error reply without a body to read the code from (a HEAD's). */
+const UNNAMED_HEAD_ERRORS = new Set(['NotFound', 'Forbidden', 'Unknown', 'UnknownError']);
+
 /** Codes whose server message may echo request signing material; only the code is shown. */
 const SIGNING_ERRORS = new Set(['SignatureDoesNotMatch', 'InvalidAccessKeyId', 'ExpiredToken', 'InvalidToken']);
 
@@ -448,9 +451,11 @@ export function mapS3Error(err: unknown, url: string, what: string, kind: 's3' |
         : '';
   const serverMessage =
     !SIGNING_ERRORS.has(name) && e.message && e.message !== name && e.message !== 'UnknownError'
-      ? `: ${redactUrlsInText(e.message.split('\n', 1)[0] ?? '').slice(0, 300)}`
+      ? `: ${escapeControl(redactUrlsInText(e.message.split('\n', 1)[0] ?? '').slice(0, 300))}`
       : '';
-  return new RoboflowError(code, `${what} ${url}: ${name} (HTTP ${status})${serverMessage}${hint}`, {
+  // A reply without a code to read (a HEAD's) gets no name: "Unknown" would say nothing.
+  const named = name === 'Unknown' || name === 'UnknownError' ? `HTTP ${status}` : `${escapeControl(name.slice(0, 100))} (HTTP ${status})`;
+  return new RoboflowError(code, `${what} ${url}: ${named}${serverMessage}${hint}`, {
     url,
     status,
     cause: err,
@@ -577,12 +582,47 @@ export class S3Source implements ObjectSource {
     const direct = this.signing === 'direct' ? await this.directHead(opts.signal) : undefined;
     if (direct !== undefined) return this.statFrom(direct);
     const { HeadObjectCommand } = await loadSdk();
-    const out = await this.call('HEAD', opts.signal, async (abortSignal) =>
-      (await this.deps.client()).send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key, ChecksumMode: 'ENABLED' }), {
-        abortSignal,
-      }),
-    );
+    let out: HeadObjectCommandOutput;
+    try {
+      out = await this.call('HEAD', opts.signal, async (abortSignal) =>
+        (await this.deps.client()).send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key, ChecksumMode: 'ENABLED' }), {
+          abortSignal,
+        }),
+      );
+    } catch (err) {
+      throw await this.explainRefusedHead(err, opts.signal);
+    }
+    this.checkHeadStatus(out.$metadata.httpStatusCode ?? 200);
     return this.statFrom(out);
+  }
+
+  /**
+   * A HEAD reply has no body, so a refused HEAD tells only its status: the SDK calls a 404
+   * `NotFound` whether the key or the whole bucket is missing, and a 403 `Unknown` whether the
+   * secret is wrong or the permission missing (Ceph RGW, like AWS). A GET of the first byte asks
+   * the store for its XML error code (`NoSuchBucket`, `NoSuchKey`, `SignatureDoesNotMatch`,
+   * `AccessDenied`…), reported as the HEAD's error when the GET got the same status and a named
+   * code. Anything else — the GET succeeding because the object appeared meanwhile, another
+   * status, a transport error — leaves the HEAD's error as it was. Costs one request, on failure only.
+   */
+  private async explainRefusedHead(err: unknown, signal: AbortSignal | undefined): Promise<unknown> {
+    if (!(err instanceof RoboflowError) || (err.status !== 403 && err.status !== 404) || signal?.aborted) return err;
+    if (!UNNAMED_HEAD_ERRORS.has((err.cause as SdkError | undefined)?.name ?? '')) return err;
+    const { GetObjectCommand } = await loadSdk();
+    try {
+      const probe = await this.call('GET', signal, async (abortSignal) =>
+        (await this.deps.client()).send(new GetObjectCommand({ Bucket: this.bucket, Key: this.key, Range: 'bytes=0-0' }), { abortSignal }),
+      );
+      if (probe.Body !== undefined) await discard(probe.Body as Readable);
+      return err;
+    } catch (probeErr) {
+      const named =
+        probeErr instanceof RoboflowError &&
+        probeErr.status === err.status &&
+        !UNNAMED_HEAD_ERRORS.has((probeErr.cause as SdkError | undefined)?.name ?? '');
+      // Reported as the HEAD's failure (what the caller asked for), with the GET's code.
+      return named ? mapS3Error(probeErr.cause, this.url, 'HEAD', this.kind) : err;
+    }
   }
 
   /**
@@ -602,11 +642,24 @@ export class S3Source implements ObjectSource {
       throw mapS3Error(err, this.url, 'HEAD', this.kind);
     }
     await discard(res.body);
-    if (res.statusCode >= 200 && res.statusCode < 300) return headFieldsFromHeaders(res.headers);
+    if (res.statusCode >= 200 && res.statusCode < 300) {
+      this.checkHeadStatus(res.statusCode);
+      return headFieldsFromHeaders(res.headers);
+    }
     // The only change of `signing`; a URL signed directly is not reused after it.
     this.signing = 'sdk';
     this.presignedUrl = undefined;
     return undefined;
+  }
+
+  /** Only a 200 describes the whole object; a 206 or another success says nothing sure of its size. */
+  private checkHeadStatus(status: number): void {
+    if (status !== 200) {
+      throw new RoboflowError('ERR_BAD_RESPONSE', `HEAD ${this.url}: HTTP ${status}, expected 200; the store's answer does not describe the object`, {
+        url: this.url,
+        status,
+      });
+    }
   }
 
   private statFrom(out: HeadFields): ObjectStat {
@@ -643,8 +696,9 @@ export class S3Source implements ObjectSource {
     if (body === undefined) {
       throw new RoboflowError('ERR_BAD_RESPONSE', `GET ${this.url}: the store answered without a body`, { url: this.url });
     }
+    let total: number | undefined;
     try {
-      this.checkRangeReply(range, opts.ifMatch, { contentRange: out.ContentRange, contentLength: out.ContentLength, etag: out.ETag });
+      total = this.checkRangeReply(range, opts.ifMatch, { contentRange: out.ContentRange, contentLength: out.ContentLength, etag: out.ETag });
     } catch (err) {
       // Unread bodies are destroyed; a listener keeps the resulting stream error from escaping.
       body.on('error', () => undefined);
@@ -658,7 +712,7 @@ export class S3Source implements ObjectSource {
       signal.addEventListener('abort', onAbort, { once: true });
       body.once('close', () => signal.removeEventListener('abort', onAbort));
     }
-    return { range, body };
+    return { range, body, ...(total !== undefined ? { total } : {}) };
   }
 
   /** A ranged GET of the presigned URL; a 403 signs again once, for a URL that went stale. */
@@ -685,9 +739,10 @@ export class S3Source implements ObjectSource {
       }
       const status = res.statusCode;
       if (status === 206 || status === 200) {
+        let total: number | undefined;
         try {
           const length = res.headers['content-length'];
-          this.checkRangeReply(range, opts.ifMatch, {
+          total = this.checkRangeReply(range, opts.ifMatch, {
             contentRange: res.headers['content-range'],
             contentLength: length === undefined ? undefined : Number(length),
             etag: res.headers['etag'],
@@ -697,7 +752,7 @@ export class S3Source implements ObjectSource {
           res.body.destroy();
           throw err;
         }
-        return { range, body: res.body };
+        return { range, body: res.body, ...(total !== undefined ? { total } : {}) };
       }
       if (status === 403 && refused === undefined) {
         await discard(res.body);
@@ -739,16 +794,22 @@ export class S3Source implements ObjectSource {
     return mapS3Error(sdkShaped, this.url, 'GET', this.kind);
   }
 
-  /** What a ranged reply must say before its body is trusted (either transport). */
+  /**
+   * What a ranged reply must say before its body is trusted (either transport); returns the
+   * object's size it states (the Content-Range total, or a whole-object reply's length).
+   */
   private checkRangeReply(
     range: ByteRange,
     ifMatch: string | undefined,
     reply: { readonly contentRange: string | undefined; readonly contentLength: number | undefined; readonly etag: string | undefined },
-  ): void {
+  ): number | undefined {
     const want = range.end - range.start;
+    let total: number | undefined;
     if (reply.contentRange !== undefined) {
-      expectContentRange(reply.contentRange, range, this.url);
-    } else if (!(range.start === 0 && reply.contentLength === range.end)) {
+      total = expectContentRange(reply.contentRange, range, this.url).total;
+    } else if (range.start === 0 && reply.contentLength === range.end) {
+      total = reply.contentLength;
+    } else {
       throw new RoboflowError(
         'ERR_RANGE_NOT_SUPPORTED',
         `GET ${this.url}: the store ignored the Range header (${rangeHeader(range)}) and sent ${reply.contentLength ?? 'an unknown number of'} bytes`,
@@ -763,10 +824,13 @@ export class S3Source implements ObjectSource {
       );
     }
     if (ifMatch !== undefined && isStrongEtag(reply.etag) && reply.etag !== ifMatch) {
-      throw new RoboflowError('ERR_SOURCE_CHANGED', `${this.url} changed since it was first read (ETag ${ifMatch}, now ${reply.etag})`, {
-        url: this.url,
-      });
+      throw new RoboflowError(
+        'ERR_SOURCE_CHANGED',
+        `${this.url} changed since it was first read (ETag ${escapeControl(ifMatch)}, now ${escapeControl(reply.etag)})`,
+        { url: this.url },
+      );
     }
+    return total;
   }
 
   close(): Promise<void> {
