@@ -9,11 +9,12 @@ import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { Readable } from 'node:stream';
-import { GetObjectCommand, HeadObjectCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { getSignedUrl } from '@aws-sdk/s3-request-presigner';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { openQueue } from '../../src/jobs/index.js';
 import { CHECKSUM_FILE } from '../../src/processors/index.js';
+import { SUCCESS_MARKER, type CommitMarker } from '../../src/storage/commit.js';
 import { StorageClients } from '../../src/storage/index.js';
 import { uploadFile } from '../../src/storage/upload.js';
 import type { JobQueue, JobSpec } from '../../src/types.js';
@@ -83,6 +84,21 @@ describe('worker against Ceph RGW', () => {
     expect(await queue.get(job.id)).toMatchObject({ status: 'done' });
     // A single PUT's ETag is the MD5 of what was stored: the very bytes sent, no framing.
     await expectStoredAs('out/small/copy.bin', body, new RegExp(`^"${md5(body)}"$`));
+  });
+
+  it('publishes the output through a staging prefix with server-side copies: _SUCCESS last, no staging left', async () => {
+    const body = content(2 * MiB + 11);
+    await putObject(s3, bucket.name, 'in/commit.bin', body);
+    const job = await queue.submit(copyJob(`s3://${bucket.name}/in/commit.bin`, `s3://${bucket.name}/out/commit/`));
+    expect(await runWorker()).toMatchObject({ jobs: 1, done: 1 });
+    const done = await queue.get(job.id);
+    expect(done).toMatchObject({ status: 'done' });
+    // CopyObject on RGW keeps the bytes (a copy of a single-PUT object keeps its MD5 ETag).
+    await expectStoredAs('out/commit/copy.bin', body, new RegExp(`^"${md5(body)}"$`));
+    const marker = JSON.parse((await getBytes(s3, bucket.name, `out/commit/${SUCCESS_MARKER}`)).toString('utf8')) as CommitMarker;
+    expect(marker).toMatchObject({ version: 1, job: job.id, attempt: done!.commitAttempt, files: [{ name: 'copy.bin', bytes: body.length }] });
+    const listed = await s3.send(new ListObjectsV2Command({ Bucket: bucket.name, Prefix: 'out/commit/' }));
+    expect((listed.Contents ?? []).map((o) => o.Key).sort()).toEqual(['out/commit/_SUCCESS', 'out/commit/copy.bin']);
   });
 
   it('uploads a job output of 3 parts as a multipart upload, stored byte-identical', async () => {
@@ -176,7 +192,8 @@ describe('worker against Ceph RGW', () => {
     const dead = await queue.get(job.id);
     expect(dead).toMatchObject({ status: 'dead' });
     expect(dead!.lastError).toMatch(/NoSuchBucket \(HTTP 404\) — the bucket does not exist/);
-    expect(dead!.lastError).toContain(`s3://${missing}/out/copy.bin`);
+    // The attempt stages its output under the job's output prefix before publishing it.
+    expect(dead!.lastError).toMatch(new RegExp(`s3://${missing}/out/_attempts/[^/]+/copy\\.bin`));
     expect(dead!.lastError).not.toMatch(/Unknown/);
   });
 });
