@@ -95,8 +95,9 @@ interface PendingRequest {
 }
 
 /**
- * The lanes of one pass over the missing chunks, the batched state writes and the in-order
- * hasher. Created per attempt, so a restart after a source change starts from nothing.
+ * The lanes of one pass over the missing chunks, with the writer, the in-order hasher and the
+ * durability ledger they feed. Created per attempt, so a restart after a source change starts
+ * from nothing.
  */
 export class Transfer {
   readonly hasher: OrderedHasher;
