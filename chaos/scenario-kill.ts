@@ -13,8 +13,7 @@
 
 import path from 'node:path';
 import { jobDirectory, safeLocalName } from '../src/paths.js';
-import { partialPaths } from '../src/prefetch/downloader.js';
-import { planOf, readResumeState } from '../src/prefetch/resume-state.js';
+import { partialPaths, planOf, readResumeState } from '../src/prefetch/resume-state.js';
 import { CHECKSUM_FILE } from '../src/processors/index.js';
 import type { ObjectServer } from '../test/support/object-server.js';
 import {

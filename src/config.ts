@@ -9,9 +9,9 @@
  *   directory; everywhere else against the working directory.
  * - **Environment**: `ROBOFLOW_<KEY>` where `<KEY>` is the key in UPPER_SNAKE without its unit
  *   suffix (`stallTimeoutMs` → `ROBOFLOW_STALL_TIMEOUT`, `bufferBudgetBytes` →
- *   `ROBOFLOW_BUFFER_BUDGET`), since the value carries its unit (`30s`, `8MiB`). The seed's
- *   names stay: `PREFETCH_SLOTS`, `DOWNLOAD_CONNECTIONS`, `CHUNK_SIZE`, `BUFFER_DIR`. An empty
- *   variable counts as unset. Lists are comma-separated.
+ *   `ROBOFLOW_BUFFER_BUDGET`), since the value carries its unit (`30s`, `8MiB`). The names of
+ *   the PrefetchQueue design (docs/design.md) stay: `PREFETCH_SLOTS`, `DOWNLOAD_CONNECTIONS`,
+ *   `CHUNK_SIZE`, `BUFFER_DIR`. An empty variable counts as unset. Lists are comma-separated.
  * - **Flags**: `addConfigFlags()` adds the same flags to every command that needs a config
  *   (`roboflow config`, `roboflow worker`), `configFromCommand()` reads them back.
  *

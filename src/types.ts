@@ -364,7 +364,7 @@ export interface JobQueue {
 // Prefetch
 // ---------------------------------------------------------------------------------------------
 
-/** The seed's `PrefetchConfig`. */
+/** `PrefetchConfig` of the PrefetchQueue design (docs/design.md). */
 export interface PrefetchConfig {
   /** Jobs downloaded ahead of the one being processed (0 = download, then process). */
   readonly slots: number;
@@ -375,7 +375,7 @@ export interface PrefetchConfig {
   readonly bufferBudgetBytes: number | null;
 }
 
-/** A slot's status as the seed names it. */
+/** A slot's status as the PrefetchQueue design (docs/design.md) names it. */
 export type PrefetchStatus =
   | { readonly kind: 'downloading' }
   | { readonly kind: 'ready' }

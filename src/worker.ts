@@ -1,5 +1,5 @@
 /**
- * The worker: the seed's loop
+ * The worker: the loop of the design (docs/design.md)
  *
  *     for (;;) { job = await prefetch.nextReady(); await process(job); prefetch.notifyComplete(); }
  *

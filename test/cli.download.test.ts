@@ -6,8 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { partialPaths } from '../src/prefetch/downloader.js';
-import { pageCacheBootId, readResumeState } from '../src/prefetch/resume-state.js';
+import { pageCacheBootId, partialPaths, readResumeState } from '../src/prefetch/resume-state.js';
 import { ObjectServer } from './support/object-server.js';
 
 // Built by `npm test` (pretest) or `npm run build`.

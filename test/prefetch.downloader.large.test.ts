@@ -5,9 +5,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RoboflowError } from '../src/errors.js';
-import { ParallelDownloader, partialPaths } from '../src/prefetch/downloader.js';
+import { ParallelDownloader } from '../src/prefetch/downloader.js';
 import { ChunkPlan } from '../src/prefetch/ranges.js';
-import { readResumeState } from '../src/prefetch/resume-state.js';
+import { partialPaths, readResumeState } from '../src/prefetch/resume-state.js';
 import { ObjectServer } from './support/object-server.js';
 
 const MiB = 1024 * 1024;

@@ -11,13 +11,15 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { channels } from '../src/diagnostics.js';
 import { RoboflowError } from '../src/errors.js';
 import { ConcurrencyLimiter } from '../src/prefetch/concurrency.js';
+import { ParallelDownloader, type ParallelDownloaderOptions } from '../src/prefetch/downloader.js';
 import {
-  ParallelDownloader,
-  type ParallelDownloaderOptions,
+  pageCacheBootId,
   partialPaths,
+  readResumeState,
   removePartial,
-} from '../src/prefetch/downloader.js';
-import { pageCacheBootId, readResumeState, STATE_VERSION, writeResumeState } from '../src/prefetch/resume-state.js';
+  STATE_VERSION,
+  writeResumeState,
+} from '../src/prefetch/resume-state.js';
 import { ChunkSet } from '../src/prefetch/ranges.js';
 import { ObjectServer } from './support/object-server.js';
 import type { DownloadOptions, DownloadProgress } from '../src/types.js';

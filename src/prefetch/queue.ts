@@ -308,7 +308,7 @@ export class PrefetchQueue {
     return this.#mode;
   }
 
-  /** The seed's view: one status per slot that holds a job not yet handed to the worker. */
+  /** The design's view (docs/design.md): one status per slot that holds a job not yet handed to the worker. */
   statuses(): { readonly slot: number; readonly jobId: string; readonly status: PrefetchStatus }[] {
     const out: { slot: number; jobId: string; status: PrefetchStatus }[] = [];
     for (const s of this.#ordered()) {

@@ -10,7 +10,8 @@
  * It is written atomically (write a sibling temp file, fsync it, rename over the old one), so a
  * reader sees either the old or the new content, never a torn mix. Anything that does not parse,
  * has another version, or describes another object is discarded: a partial download is never
- * trusted on a guess.
+ * trusted on a guess. `partialPaths` names both files of a partial download (the temp file
+ * `<dest>.roboflow-partial` beside it); `removePartial` deletes them.
  */
 
 import { readFileSync } from 'node:fs';
@@ -207,6 +208,17 @@ export async function writeResumeState(file: string, state: ResumeState): Promis
 /** Removes a state file and any leftover `.tmp` sibling. */
 export async function removeResumeState(file: string): Promise<void> {
   await Promise.all([rm(file, { force: true }), rm(`${file}.tmp`, { force: true })]);
+}
+
+/** The temp file and state file of a download to `dest`. */
+export function partialPaths(dest: string): { temp: string; state: string } {
+  return { temp: `${dest}.roboflow-partial`, state: `${dest}.roboflow-state.json` };
+}
+
+/** Deletes the temp and state files of a download to `dest` (no error if there are none). */
+export async function removePartial(dest: string): Promise<void> {
+  const { temp, state } = partialPaths(dest);
+  await Promise.all([rm(temp, { force: true }), removeResumeState(state)]);
 }
 
 /** fsyncs a directory so a rename or unlink in it is durable. */

@@ -8,8 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { HeadObjectCommand, PutObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { partialPaths } from '../../src/prefetch/downloader.js';
-import { readResumeState } from '../../src/prefetch/resume-state.js';
+import { partialPaths, readResumeState } from '../../src/prefetch/resume-state.js';
 import { StorageClients } from '../../src/storage/index.js';
 import { rejection } from '../helpers.js';
 import {
