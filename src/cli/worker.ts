@@ -80,7 +80,7 @@ async function runWorkerCommand(flags: WorkerFlags, command: Command): Promise<n
     const { config } = await configFromCommand(command);
     log = createLogger({ level: config.logLevel });
     // A renewal stuck in a network partition must fail before the next one is due.
-    queue = await openQueue(config.queue, { queryTimeoutMs: queryTimeoutFor(config.heartbeatMs) });
+    queue = await openQueue(config.queue, { queryTimeoutMs: queryTimeoutFor(config.heartbeatMs), log });
     // The config carries the exec limits, the processor rules and the allowlists; the worker
     // compiles its security policy from them (loadConfig has already refused bad patterns).
     worker = new Worker({

@@ -15,6 +15,7 @@
 
 import path from 'node:path';
 import { RoboflowError } from '../errors.js';
+import type { Logger } from '../log.js';
 import { redactUrl } from '../redact.js';
 import type { JobQueue } from '../types.js';
 import { PostgresJobQueue } from './postgres.js';
@@ -120,6 +121,8 @@ export interface OpenQueueOptions {
    * busy timeout. (Default: 10 s)
    */
   readonly queryTimeoutMs?: number;
+  /** Where a running schema migration is announced (PostgreSQL). (Default: nowhere) */
+  readonly log?: Logger;
 }
 
 export async function openQueue(url: string, opts: OpenQueueOptions = {}): Promise<JobQueue> {
@@ -133,6 +136,7 @@ export async function openQueue(url: string, opts: OpenQueueOptions = {}): Promi
         schema: location.schema,
         displayUrl: location.displayUrl,
         ...(opts.queryTimeoutMs !== undefined ? { queryTimeoutMs: opts.queryTimeoutMs } : {}),
+        ...(opts.log !== undefined ? { log: opts.log } : {}),
       });
     default: {
       const _exhaustive: never = location;

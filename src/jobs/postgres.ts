@@ -28,7 +28,8 @@
  * PostgreSQL specifics:
  * - Every operation is one statement, atomic by itself. The claim picks its row with
  *   `FOR UPDATE SKIP LOCKED`, so concurrent claimers take different jobs without waiting on each
- *   other. Migrations run in one transaction under an advisory lock.
+ *   other. Migrations run in one transaction under an advisory lock, on a connection of their
+ *   own that the per-query time limit does not apply to.
  * - Lease and retry times come from the database clock (`now()`): workers on different machines
  *   have clocks that drift apart, and a lease judged by each worker's own clock could be seen as
  *   expired by one while its owner still believes it holds it. One clock decides for everyone.
@@ -45,6 +46,7 @@
 
 import pg from 'pg';
 import { RoboflowError } from '../errors.js';
+import type { Logger } from '../log.js';
 import type { FailOptions, JobQueue, JobRecord, JobSpec, JobStatus, SubmitOptions, SubmitOutcome } from '../types.js';
 import {
   JOB_STATUSES,
@@ -65,7 +67,7 @@ import {
 } from './checks.js';
 import { POSTGRES_MIGRATIONS, latestVersion } from './migrations.js';
 import { parseJobSpecs } from './spec.js';
-import { PostgresWakeups, wakeChannel, wakePayload } from './wakeups.js';
+import { KEEPALIVE_INITIAL_DELAY_MS, PostgresWakeups, wakeChannel, wakePayload } from './wakeups.js';
 
 /** Connections per queue: a worker holds one at a time; a few more cover heartbeats and listings. */
 const DEFAULT_POOL_MAX = 4;
@@ -80,6 +82,15 @@ export const DEFAULT_QUERY_TIMEOUT_MS = 10_000;
 const SERVER_TIMEOUT_SLACK_MS = 100;
 /** First key of the migration advisory lock (the second is the schema's hash): "RoFl". */
 const MIGRATION_LOCK_CLASS = 0x526f466c;
+/**
+ * Longest a migration's DDL waits for a table lock once it holds the advisory lock. Its ACCESS
+ * EXCLUSIVE request queues every later query on the table behind it, so a migration stuck behind
+ * a long transaction fails (and the worker retries) rather than stalling every other worker.
+ * Waiting for the advisory lock itself, i.e. for another worker's migration, has no limit.
+ */
+const MIGRATION_DDL_LOCK_TIMEOUT_MS = 60_000;
+/** Identifiers (schema and channel names) are at most 63 bytes; PostgreSQL cuts longer ones. */
+const MAX_IDENTIFIER_BYTES = 63;
 
 export interface PostgresJobQueueOptions {
   /** libpq-style connection string, without our `schema` parameter. */
@@ -96,9 +107,12 @@ export interface PostgresJobQueueOptions {
    * Time limit of one query and of opening a connection, in ms. A query that has not answered by
    * then fails with a retryable `ERR_QUEUE` and its connection is destroyed, not reused; the
    * server also cancels the statement (`statement_timeout`) so it does not run on unseen.
+   * A schema migration is not held to it (only its connecting is).
    * (Default: 10 s; a worker uses `queryTimeoutFor(heartbeatMs)`)
    */
   readonly queryTimeoutMs?: number;
+  /** Where a running migration is announced. (Default: nowhere) */
+  readonly log?: Logger;
 }
 
 /**
@@ -152,6 +166,7 @@ export class PostgresJobQueue implements JobQueue {
       channel: this.#channel,
       jobsTable: this.#jobs,
       connectTimeoutMs: opts.queryTimeoutMs ?? DEFAULT_QUERY_TIMEOUT_MS,
+      queryTimeoutMs: opts.queryTimeoutMs ?? DEFAULT_QUERY_TIMEOUT_MS,
     });
   }
 
@@ -161,6 +176,7 @@ export class PostgresJobQueue implements JobQueue {
     if (!Number.isFinite(timeout) || timeout <= 0) {
       throw new RoboflowError('ERR_CONFIG', `queue query timeout must be above 0 ms, got ${timeout}`);
     }
+    checkSchemaName(opts.schema);
     const pool = new pg.Pool({
       connectionString: opts.connectionString,
       max: opts.poolMax ?? DEFAULT_POOL_MAX,
@@ -179,7 +195,7 @@ export class PostgresJobQueue implements JobQueue {
     // without a listener that would crash the process. The pool has already discarded it.
     pool.on('error', () => {});
     try {
-      await migrate(pool, opts.schema, opts.displayUrl);
+      await migrate(pool, opts, timeout);
     } catch (err) {
       await pool.end().catch(() => {});
       throw postgresError(err, opts.displayUrl, 'open');
@@ -546,6 +562,20 @@ function quoteIdent(name: string): string {
 }
 
 /**
+ * Any name PostgreSQL keeps as given: quoting makes every character safe, but a name above 63
+ * bytes would be cut (so the schema created and the one looked up would differ) and NUL ends it.
+ */
+function checkSchemaName(schema: unknown): void {
+  if (typeof schema !== 'string' || schema === '' || schema.includes('\0') || Buffer.byteLength(schema) > MAX_IDENTIFIER_BYTES) {
+    const bytes = typeof schema === 'string' ? ` (${Buffer.byteLength(schema)} bytes)` : '';
+    throw new RoboflowError(
+      'ERR_CONFIG',
+      `job queue schema ${JSON.stringify(schema)}${bytes} is not a usable PostgreSQL schema name; give 1 to ${MAX_IDENTIFIER_BYTES} bytes without NUL`,
+    );
+  }
+}
+
+/**
  * The recorded schema version, read with plain SELECTs, or null when there is no migrations
  * table yet. Needs no privilege beyond USAGE on the schema and SELECT on `migrations`.
  */
@@ -574,20 +604,37 @@ function newerSchemaError(displayUrl: string, current: number, latest: number): 
  * privilege for `CREATE TABLE IF NOT EXISTS` even when the table exists, and a worker's role
  * should not need it (SECURITY.md lists the grants). The check and the locked path agree because
  * the locked path reads the version again under the lock.
+ *
+ * The migration runs on a connection of its own, outside the pool and its per-query time limit:
+ * that limit is sized for a lease renewal (a worker's is a fraction of its heartbeat), while a
+ * migration rewrites every row and builds indexes, and a second worker waits on the advisory lock
+ * for as long as the first one migrates. Under the pool's limit a large queue would fail and roll
+ * back its migration on every start. The server-side limits are lifted for the transaction too,
+ * whatever the role or database sets by default.
  */
-async function migrate(pool: pg.Pool, schema: string, displayUrl: string): Promise<void> {
+async function migrate(pool: pg.Pool, opts: PostgresJobQueueOptions, connectTimeoutMs: number): Promise<void> {
+  const { schema, displayUrl } = opts;
   const latest = latestVersion(POSTGRES_MIGRATIONS);
   const recorded = await recordedVersion(pool, schema);
   if (recorded !== null && recorded > latest) throw newerSchemaError(displayUrl, recorded, latest);
   if (recorded === latest) return;
-  const client = await pool.connect();
-  // A checked-out connection has no pool listener; one that drops here must not crash the process.
-  const onError = () => {};
-  client.on('error', onError);
-  let broken: Error | undefined;
+  const client = new pg.Client({
+    connectionString: opts.connectionString,
+    application_name: opts.applicationName ?? 'roboflow',
+    connectionTimeoutMillis: connectTimeoutMs,
+    keepAlive: true,
+    keepAliveInitialDelayMillis: KEEPALIVE_INITIAL_DELAY_MS,
+  });
+  // A connection that drops mid-migration fails the query in flight; the event must not crash the
+  // process.
+  client.on('error', () => {});
   try {
+    await client.connect();
     await client.query('BEGIN');
+    await client.query('SET LOCAL statement_timeout = 0');
+    await client.query('SET LOCAL lock_timeout = 0');
     await client.query('SELECT pg_advisory_xact_lock($1, hashtext($2))', [MIGRATION_LOCK_CLASS, schema]);
+    await client.query(`SET LOCAL lock_timeout = ${MIGRATION_DDL_LOCK_TIMEOUT_MS}`);
     // CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when the schema exists; look first.
     const found = await client.query('SELECT 1 FROM pg_namespace WHERE nspname = $1', [schema]);
     if (found.rowCount === 0) await client.query(`CREATE SCHEMA ${quoteIdent(schema)}`);
@@ -602,20 +649,28 @@ async function migrate(pool: pg.Pool, schema: string, displayUrl: string): Promi
     const { rows } = await client.query<{ v: number }>('SELECT coalesce(max(version), 0)::int AS v FROM migrations');
     const current = rows[0]?.v ?? 0;
     if (current > latest) throw newerSchemaError(displayUrl, current, latest);
+    if (current === latest) {
+      await client.query('COMMIT');
+      return;
+    }
+    const started = Date.now();
+    // A migration of a large queue takes a while and holds the table; say why the start waits.
+    opts.log?.info({ url: displayUrl, fromVersion: current, toVersion: latest }, 'migrating the job queue schema');
     for (const m of POSTGRES_MIGRATIONS) {
       if (m.version <= current) continue;
       await client.query(m.sql);
       await client.query('INSERT INTO migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
     }
     await client.query('COMMIT');
+    opts.log?.info(
+      { url: displayUrl, fromVersion: current, toVersion: latest, durationMs: Date.now() - started },
+      'migrated the job queue schema',
+    );
   } catch (err) {
-    broken = err as Error;
     await client.query('ROLLBACK').catch(() => {});
     throw err;
   } finally {
-    client.off('error', onError);
-    // A connection that failed mid-transaction is not trusted again.
-    client.release(broken);
+    await client.end().catch(() => {});
   }
 }
 

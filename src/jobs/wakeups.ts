@@ -13,6 +13,12 @@
  * reconnection the subscribers are called once, since notifications sent while the connection was
  * down are lost. A lost connection is opened again with backoff.
  *
+ * The listening connection only ever receives, so nothing on it would notice a silent partition
+ * (packets vanish, no reset): TCP keepalive starts probing after its default two hours. So TCP
+ * keepalive starts early, and a cheap query checks the connection every `livenessIntervalMs`;
+ * one that has not answered within the query time limit tears the connection down, and it is
+ * opened again like a lost one.
+ *
  * A wake-up is a hint, never a promise: a subscriber still claims, and finds nothing when another
  * worker was faster. Workers keep polling at a long interval (`fallbackPollIntervalMs`) for what
  * no notification announces: jobs whose lease expired because their worker was lost.
@@ -28,15 +34,33 @@ const RECONNECT_MAX_MS = 15_000;
 const DUE_SLACK_MS = 5;
 /** Longest a timer is set for; a later due time is read again when it fires. */
 const MAX_TIMER_MS = 2_147_000_000;
+/**
+ * Idle time before TCP keepalive probes a connection that PostgreSQL holds for a long time (the
+ * listener, a migration), instead of the system's default of two hours.
+ */
+export const KEEPALIVE_INITIAL_DELAY_MS = 10_000;
+/**
+ * How often the listening connection is checked with a query. A partition it misses loses at
+ * most the wake-ups of this long (plus the query time limit); the fallback poll covers the rest.
+ */
+export const DEFAULT_LIVENESS_INTERVAL_MS = 30_000;
+/** Channel names are identifiers: at most 63 bytes. */
+const MAX_CHANNEL_BYTES = 63;
 
 /**
- * The channel of a schema's queue. Channel names are identifiers (63 bytes at most); a long
- * schema name is replaced by its hash rather than cut, so two long names cannot share a channel.
+ * The channel of a schema's queue. Channel names are identifiers (63 bytes at most, counted in
+ * bytes: a name of multi-byte characters reaches it sooner than its length says); a long schema
+ * name is replaced by its hash rather than cut, so two long names cannot share a channel.
  */
 export function wakeChannel(schema: string): string {
   const plain = `roboflow_jobs_${schema}`;
-  if (plain.length <= 63) return plain;
+  if (Buffer.byteLength(plain) <= MAX_CHANNEL_BYTES) return plain;
   return `roboflow_jobs_${createHash('sha256').update(schema).digest('hex').slice(0, 40)}`;
+}
+
+/** `name` as a quoted identifier: any character allowed, a double quote doubled. */
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
 }
 
 /** The payload announcing a job due in `delayMs` (0: now). */
@@ -51,6 +75,10 @@ export interface WakeupsOptions {
   /** `"schema".jobs`, to read the next due time from. */
   readonly jobsTable: string;
   readonly connectTimeoutMs: number;
+  /** Time limit of the liveness query; a connection that misses it is torn down. */
+  readonly queryTimeoutMs: number;
+  /** How often the listening connection is checked. (Default: 30 s) */
+  readonly livenessIntervalMs?: number;
 }
 
 export class PostgresWakeups {
@@ -62,6 +90,7 @@ export class PostgresWakeups {
   #failures = 0;
   #reconnectTimer: NodeJS.Timeout | null = null;
   #dueTimer: NodeJS.Timeout | null = null;
+  #livenessTimer: NodeJS.Timeout | null = null;
   /** `Date.now()` the due timer fires at. */
   #dueAt = Infinity;
   #closed = false;
@@ -92,12 +121,19 @@ export class PostgresWakeups {
       connectionString: this.#opts.connectionString,
       application_name: this.#opts.applicationName,
       connectionTimeoutMillis: this.#opts.connectTimeoutMs,
+      // Every query here is limited (LISTEN, the due-time read, the liveness query): one stuck in
+      // a partition fails, and the connection is torn down and opened again.
+      query_timeout: this.#opts.queryTimeoutMs,
       keepAlive: true,
+      keepAliveInitialDelayMillis: KEEPALIVE_INITIAL_DELAY_MS,
     });
     this.#client = client;
     const lost = () => {
       if (this.#client !== client) return;
       this.#client = null;
+      this.#clearLiveness();
+      // With a query still outstanding (a liveness query unanswered), pg destroys the socket
+      // rather than waiting for a goodbye that a partition would never deliver.
       client.end().catch(() => {});
       this.#scheduleReconnect();
     };
@@ -108,15 +144,37 @@ export class PostgresWakeups {
     });
     try {
       await client.connect();
-      await client.query(`LISTEN "${this.#opts.channel}"`);
+      await client.query(`LISTEN ${quoteIdent(this.#opts.channel)}`);
       if (this.#client !== client) return;
       this.#failures = 0;
       this.#connections += 1;
       if (this.#connections > 1) this.#wake();
+      this.#checkLiveness(client, lost);
       await this.#readNextDue(client);
     } catch {
       lost();
     }
+  }
+
+  /** Asks the connection a cheap question every interval; one left unanswered tears it down. */
+  #checkLiveness(client: pg.Client, lost: () => void): void {
+    this.#clearLiveness();
+    this.#livenessTimer = setTimeout(() => {
+      this.#livenessTimer = null;
+      if (this.#client !== client) return;
+      client.query('SELECT 1').then(
+        () => {
+          if (this.#client === client) this.#checkLiveness(client, lost);
+        },
+        () => lost(),
+      );
+    }, this.#opts.livenessIntervalMs ?? DEFAULT_LIVENESS_INTERVAL_MS);
+    this.#livenessTimer.unref();
+  }
+
+  #clearLiveness(): void {
+    if (this.#livenessTimer !== null) clearTimeout(this.#livenessTimer);
+    this.#livenessTimer = null;
   }
 
   #scheduleReconnect(): void {
@@ -134,6 +192,7 @@ export class PostgresWakeups {
     if (this.#reconnectTimer !== null) clearTimeout(this.#reconnectTimer);
     this.#reconnectTimer = null;
     this.#clearDue();
+    this.#clearLiveness();
     const client = this.#client;
     this.#client = null;
     this.#connections = 0;
