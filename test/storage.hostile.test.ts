@@ -145,6 +145,15 @@ const CASES: readonly Case[] = [
       reply.socket.write(chunked(reply.body()));
     }),
   },
+  {
+    name: 'Transfer-Encoding: chunked beside a Content-Length of the range, 10 junk bytes before the range',
+    exit: 1,
+    says: /more bytes than asked/,
+    script: onGet((req, reply) => {
+      reply.socket.write(reply.head({ 'transfer-encoding': 'chunked' }));
+      reply.socket.write(chunked(Buffer.concat([Buffer.alloc(10, 0x41), reply.body()])));
+    }),
+  },
   // 2. The size from HEAD against every response's.
   {
     name: 'HEAD answered 206 for the first MiB',
@@ -414,6 +423,62 @@ describe.concurrent('roboflow download against a hostile server', () => {
       await server.close();
     }
   }, 2 * KILL_AFTER_MS);
+});
+
+describe.concurrent('roboflow download from s3:// and oss:// against a hostile store', () => {
+  /** How each S3 source reaches the store: the same raw server, path-style (an IP endpoint). */
+  const stores = {
+    // GetObject through the AWS SDK, whose Body is whatever the reading client's transport made.
+    oss: (endpoint: string) => ({ OSS_ENDPOINT: endpoint, OSS_ACCESS_KEY_ID: 'AKIDHOSTILE', OSS_ACCESS_KEY_SECRET: 'secret' }),
+    // A HEAD and presigned GETs signed without the SDK.
+    s3: (endpoint: string) => ({
+      AWS_ENDPOINT_URL: endpoint,
+      AWS_ACCESS_KEY_ID: 'AKIDHOSTILE',
+      AWS_SECRET_ACCESS_KEY: 'secret',
+      AWS_REGION: 'us-east-1',
+      AWS_EC2_METADATA_DISABLED: 'true',
+      AWS_CONFIG_FILE: path.join(dir, 'no-such-config'),
+      AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'no-such-credentials'),
+    }),
+  };
+  const bodies: Record<string, Script> = {
+    'a chunked 206 with 10 junk bytes before the range': onGet((req, reply) => {
+      reply.socket.write(chunkedHead(reply));
+      reply.socket.write(chunked(Buffer.concat([Buffer.alloc(10, 0x41), reply.body()])));
+    }),
+    // The SDK reports the Content-Length header; the connection reads the body as chunked.
+    'a chunked 206 beside a Content-Length of the range, 10 junk bytes before the range': onGet((req, reply) => {
+      reply.socket.write(reply.head({ 'transfer-encoding': 'chunked' }));
+      reply.socket.write(chunked(Buffer.concat([Buffer.alloc(10, 0x41), reply.body()])));
+    }),
+  };
+  for (const [kind, env] of Object.entries(stores)) {
+    for (const [name, script] of Object.entries(bodies)) {
+      it(`${kind}://: ${name} leaves nothing of it resumable`, async () => {
+        const server = await startHostileServer({ size: SIZE, path: '/hostile/object.bin', script });
+        const endpoint = new URL(server.url).origin;
+        const dest = path.join(dir, `${kind}-${name.replace(/[^a-z0-9]+/gi, '-')}.bin`);
+        const url = `${kind}://hostile/object.bin`;
+        try {
+          const first = await download(url, dest, FLAGS, env(endpoint));
+          await expectClean(first, dest, server.object);
+          expect(first.code, escapeControl(first.stderr)).toBe(1);
+          expect(first.stderr).toMatch(/more bytes than asked/);
+          // Every GET was answered so: not one byte of any body may be on record.
+          const state = JSON.parse(await readFile(`${dest}.roboflow-state.json`, 'utf8')) as { completed: string; partial?: unknown };
+          expect(state.partial).toBeUndefined();
+          expect(Buffer.from(state.completed, 'base64').every((b) => b === 0)).toBe(true);
+          expect(server.requests.some((r) => r.method === 'GET' && r.range?.start === 0)).toBe(true);
+          server.script = undefined;
+          const second = await download(url, dest, FLAGS, env(endpoint));
+          await expectClean(second, dest, server.object);
+          expect(second.code, escapeControl(second.stderr)).toBe(0);
+        } finally {
+          await server.close();
+        }
+      }, 2 * KILL_AFTER_MS);
+    }
+  }
 });
 
 describe('the fine points', () => {

@@ -207,7 +207,9 @@ export class HttpSource implements ObjectSource {
         dropBody(res.body);
         throw err;
       }
-      return { range, body: res.body, ...(total !== undefined ? { total } : {}) };
+      // `length` is the framing the connection reads by, not a header: a Content-Length beside
+      // `Transfer-Encoding: chunked` bounds nothing.
+      return { range, body: res.body, lengthProven: res.body.length === range.end - range.start, ...(total !== undefined ? { total } : {}) };
     }
     if (status === 412) {
       await discard(res.body);
