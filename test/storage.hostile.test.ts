@@ -24,6 +24,7 @@ import { channels } from '../src/diagnostics.js';
 import { ParallelDownloader } from '../src/prefetch/downloader.js';
 import { escapeControl } from '../src/redact.js';
 import { Http1Pool } from '../src/storage/http1.js';
+import { parseUnsatisfiedRange } from '../src/storage/range.js';
 import { chunked, type Script, startHostileServer } from './fixtures/hostile-server.js';
 import { rejection } from './helpers.js';
 
@@ -318,6 +319,18 @@ const CASES: readonly Case[] = [
     flags: ['--connections', '4', '--chunk-size', '64KiB', '--stall-timeout', '2s'],
     script: (req, reply) => (req.method === 'HEAD' ? reply.socket.write(reply.head({ 'content-length': Number.MAX_SAFE_INTEGER })) : reply.correct()),
   },
+  {
+    name: 'HEAD without a size, then a 416 for byte 0 naming 10^20 bytes',
+    exit: 1,
+    says: /416.*\[ERR_BAD_RESPONSE\]/,
+    script: (req, reply) => {
+      if (req.method === 'HEAD') return reply.socket.write(reply.head({ 'content-length': null }));
+      if (req.range?.start === 0 && req.range.end === 1) {
+        return reply.socket.write(`HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */1${'0'.repeat(20)}\r\ncontent-length: 0\r\n\r\n`);
+      }
+      reply.correct();
+    },
+  },
   // Classes that held before; they must keep holding.
   {
     name: 'bodies cut short mid-way on every first request of a range',
@@ -482,6 +495,16 @@ describe.concurrent('roboflow download from s3:// and oss:// against a hostile s
 });
 
 describe('the fine points', () => {
+  it('reads the size of a 416 only when it is a safe integer', () => {
+    expect(parseUnsatisfiedRange('bytes */0')).toBe(0);
+    expect(parseUnsatisfiedRange(' Bytes */3145728 ')).toBe(3145728);
+    expect(parseUnsatisfiedRange(`bytes */${Number.MAX_SAFE_INTEGER}`)).toBe(Number.MAX_SAFE_INTEGER);
+    expect(parseUnsatisfiedRange(`bytes */${Number.MAX_SAFE_INTEGER + 1}`)).toBeUndefined();
+    expect(parseUnsatisfiedRange(`bytes */1${'0'.repeat(20)}`)).toBeUndefined();
+    expect(parseUnsatisfiedRange('bytes 0-1/2')).toBeUndefined();
+    expect(parseUnsatisfiedRange(undefined)).toBeUndefined();
+  });
+
   it('escapes C0, DEL and C1 control characters and nothing else', () => {
     expect(escapeControl(`a${ESC}b\u0000\u007f\u009b\n\tü€`)).toBe('a\\x1b[31mb\\x00\\x7f\\x9b\\x0a\\x09ü€');
   });
