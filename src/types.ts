@@ -88,6 +88,14 @@ export interface RangeBody {
    * it states one: the downloader holds it against the size it planned for.
    */
   readonly total?: number;
+  /**
+   * Whether the body's length is bounded by its framing to exactly the range (HTTP: a
+   * Content-Length the connection reads by, equal to the range; a local file: the read's end).
+   * Such a body cannot carry more bytes than asked, so the downloader counts each byte as
+   * durable-to-be once written. Any other body (chunked, close-delimited, a transport the source
+   * cannot see into) proves its length only at its end: nothing of it is counted before then.
+   */
+  readonly lengthProven: boolean;
 }
 
 /** What a URL becomes: a narrow interface so the downloader knows nothing of protocols. */

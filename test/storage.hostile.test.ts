@@ -24,6 +24,7 @@ import { channels } from '../src/diagnostics.js';
 import { ParallelDownloader } from '../src/prefetch/downloader.js';
 import { escapeControl } from '../src/redact.js';
 import { Http1Pool } from '../src/storage/http1.js';
+import { parseUnsatisfiedRange } from '../src/storage/range.js';
 import { chunked, type Script, startHostileServer } from './fixtures/hostile-server.js';
 import { rejection } from './helpers.js';
 
@@ -143,6 +144,15 @@ const CASES: readonly Case[] = [
     script: onGet((req, reply) => {
       reply.socket.write(chunkedHead(reply, { 'transfer-encoding': 'gzip, chunked' }));
       reply.socket.write(chunked(reply.body()));
+    }),
+  },
+  {
+    name: 'Transfer-Encoding: chunked beside a Content-Length of the range, 10 junk bytes before the range',
+    exit: 1,
+    says: /more bytes than asked/,
+    script: onGet((req, reply) => {
+      reply.socket.write(reply.head({ 'transfer-encoding': 'chunked' }));
+      reply.socket.write(chunked(Buffer.concat([Buffer.alloc(10, 0x41), reply.body()])));
     }),
   },
   // 2. The size from HEAD against every response's.
@@ -309,6 +319,18 @@ const CASES: readonly Case[] = [
     flags: ['--connections', '4', '--chunk-size', '64KiB', '--stall-timeout', '2s'],
     script: (req, reply) => (req.method === 'HEAD' ? reply.socket.write(reply.head({ 'content-length': Number.MAX_SAFE_INTEGER })) : reply.correct()),
   },
+  {
+    name: 'HEAD without a size, then a 416 for byte 0 naming 10^20 bytes',
+    exit: 1,
+    says: /416.*\[ERR_BAD_RESPONSE\]/,
+    script: (req, reply) => {
+      if (req.method === 'HEAD') return reply.socket.write(reply.head({ 'content-length': null }));
+      if (req.range?.start === 0 && req.range.end === 1) {
+        return reply.socket.write(`HTTP/1.1 416 Range Not Satisfiable\r\ncontent-range: bytes */1${'0'.repeat(20)}\r\ncontent-length: 0\r\n\r\n`);
+      }
+      reply.correct();
+    },
+  },
   // Classes that held before; they must keep holding.
   {
     name: 'bodies cut short mid-way on every first request of a range',
@@ -416,7 +438,73 @@ describe.concurrent('roboflow download against a hostile server', () => {
   }, 2 * KILL_AFTER_MS);
 });
 
+describe.concurrent('roboflow download from s3:// and oss:// against a hostile store', () => {
+  /** How each S3 source reaches the store: the same raw server, path-style (an IP endpoint). */
+  const stores = {
+    // GetObject through the AWS SDK, whose Body is whatever the reading client's transport made.
+    oss: (endpoint: string) => ({ OSS_ENDPOINT: endpoint, OSS_ACCESS_KEY_ID: 'AKIDHOSTILE', OSS_ACCESS_KEY_SECRET: 'secret' }),
+    // A HEAD and presigned GETs signed without the SDK.
+    s3: (endpoint: string) => ({
+      AWS_ENDPOINT_URL: endpoint,
+      AWS_ACCESS_KEY_ID: 'AKIDHOSTILE',
+      AWS_SECRET_ACCESS_KEY: 'secret',
+      AWS_REGION: 'us-east-1',
+      AWS_EC2_METADATA_DISABLED: 'true',
+      AWS_CONFIG_FILE: path.join(dir, 'no-such-config'),
+      AWS_SHARED_CREDENTIALS_FILE: path.join(dir, 'no-such-credentials'),
+    }),
+  };
+  const bodies: Record<string, Script> = {
+    'a chunked 206 with 10 junk bytes before the range': onGet((req, reply) => {
+      reply.socket.write(chunkedHead(reply));
+      reply.socket.write(chunked(Buffer.concat([Buffer.alloc(10, 0x41), reply.body()])));
+    }),
+    // The SDK reports the Content-Length header; the connection reads the body as chunked.
+    'a chunked 206 beside a Content-Length of the range, 10 junk bytes before the range': onGet((req, reply) => {
+      reply.socket.write(reply.head({ 'transfer-encoding': 'chunked' }));
+      reply.socket.write(chunked(Buffer.concat([Buffer.alloc(10, 0x41), reply.body()])));
+    }),
+  };
+  for (const [kind, env] of Object.entries(stores)) {
+    for (const [name, script] of Object.entries(bodies)) {
+      it(`${kind}://: ${name} leaves nothing of it resumable`, async () => {
+        const server = await startHostileServer({ size: SIZE, path: '/hostile/object.bin', script });
+        const endpoint = new URL(server.url).origin;
+        const dest = path.join(dir, `${kind}-${name.replace(/[^a-z0-9]+/gi, '-')}.bin`);
+        const url = `${kind}://hostile/object.bin`;
+        try {
+          const first = await download(url, dest, FLAGS, env(endpoint));
+          await expectClean(first, dest, server.object);
+          expect(first.code, escapeControl(first.stderr)).toBe(1);
+          expect(first.stderr).toMatch(/more bytes than asked/);
+          // Every GET was answered so: not one byte of any body may be on record.
+          const state = JSON.parse(await readFile(`${dest}.roboflow-state.json`, 'utf8')) as { completed: string; partial?: unknown };
+          expect(state.partial).toBeUndefined();
+          expect(Buffer.from(state.completed, 'base64').every((b) => b === 0)).toBe(true);
+          expect(server.requests.some((r) => r.method === 'GET' && r.range?.start === 0)).toBe(true);
+          server.script = undefined;
+          const second = await download(url, dest, FLAGS, env(endpoint));
+          await expectClean(second, dest, server.object);
+          expect(second.code, escapeControl(second.stderr)).toBe(0);
+        } finally {
+          await server.close();
+        }
+      }, 2 * KILL_AFTER_MS);
+    }
+  }
+});
+
 describe('the fine points', () => {
+  it('reads the size of a 416 only when it is a safe integer', () => {
+    expect(parseUnsatisfiedRange('bytes */0')).toBe(0);
+    expect(parseUnsatisfiedRange(' Bytes */3145728 ')).toBe(3145728);
+    expect(parseUnsatisfiedRange(`bytes */${Number.MAX_SAFE_INTEGER}`)).toBe(Number.MAX_SAFE_INTEGER);
+    expect(parseUnsatisfiedRange(`bytes */${Number.MAX_SAFE_INTEGER + 1}`)).toBeUndefined();
+    expect(parseUnsatisfiedRange(`bytes */1${'0'.repeat(20)}`)).toBeUndefined();
+    expect(parseUnsatisfiedRange('bytes 0-1/2')).toBeUndefined();
+    expect(parseUnsatisfiedRange(undefined)).toBeUndefined();
+  });
+
   it('escapes C0, DEL and C1 control characters and nothing else', () => {
     expect(escapeControl(`a${ESC}b\u0000\u007f\u009b\n\tü€`)).toBe('a\\x1b[31mb\\x00\\x7f\\x9b\\x0a\\x09ü€');
   });

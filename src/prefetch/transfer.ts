@@ -491,12 +491,12 @@ export class Transfer {
       const watch = new BodyWatch(stallTimeoutMs, lowSpeedLimitBytes, lowSpeedTimeMs, (why) => {
         body.destroy(new RoboflowError('ERR_STALLED', `${why} from ${url} (bytes ${state.offset}-${range.end - 1}); retrying`, { url }));
       });
-      // A body whose length its response declared (Content-Length = the range) holds the
-      // range's bytes in order: each is counted as it is written, and a retry continues after
-      // it. Any other (chunked, close-delimited) proves its length only at its end; until then
-      // its bytes are written but not counted, so a body found too long or malformed leaves
-      // nothing behind that a resumed run would trust.
-      const countsAsWritten = !(isHttp1Body(body) && body.length === undefined);
+      // A body whose framing bounds it to the range (the source says so: `lengthProven`) holds
+      // the range's bytes in order: each is counted as it is written, and a retry continues
+      // after it. Any other (chunked, close-delimited, a transport the source cannot see into)
+      // proves its length only at its end; until then its bytes are written but not counted, so
+      // a body found too long or malformed leaves nothing behind that a resumed run would trust.
+      const countsAsWritten = o.body.lengthProven;
       const held: [number, number, number][] = [];
       const count = () => {
         if (this.hasher instanceof SegmentCrc32Hasher) for (const [at, n, crc] of held.splice(0)) this.hasher.add(at, n, crc);

@@ -97,7 +97,8 @@ export class FileSource implements ObjectSource {
       signal.addEventListener('abort', onAbort, { once: true });
       body.once('close', () => signal.removeEventListener('abort', onAbort));
     }
-    return { range, body, total: size };
+    // The read stream ends at the range's end: it cannot yield a byte past it.
+    return { range, body, total: size, lengthProven: true };
   }
 
   async close(): Promise<void> {

@@ -207,7 +207,9 @@ export class HttpSource implements ObjectSource {
         dropBody(res.body);
         throw err;
       }
-      return { range, body: res.body, ...(total !== undefined ? { total } : {}) };
+      // `length` is the framing the connection reads by, not a header: a Content-Length beside
+      // `Transfer-Encoding: chunked` bounds nothing.
+      return { range, body: res.body, lengthProven: res.body.length === range.end - range.start, ...(total !== undefined ? { total } : {}) };
     }
     if (status === 412) {
       await discard(res.body);
@@ -329,11 +331,21 @@ export class HttpSource implements ObjectSource {
       return this.makeStat(res.headers, size, false);
     }
     if (status === 416) {
-      // `bytes */0`: an empty object has no first byte to send.
-      const total = parseUnsatisfiedRange(headerValue(res.headers, 'content-range'));
-      if (total !== undefined) {
+      // `bytes */0`: an empty object has no first byte to send. Any other size (or one that is
+      // no number we can use) contradicts the refusal of byte 0: the answer is not to be trusted.
+      const value = headerValue(res.headers, 'content-range');
+      const total = parseUnsatisfiedRange(value);
+      if (total === 0) {
         await discard(res.body);
         return this.makeStat(res.headers, total, true);
+      }
+      if (value !== undefined) {
+        await discard(res.body);
+        throw new RoboflowError(
+          'ERR_BAD_RESPONSE',
+          `${this.url}: the server refused bytes=0-0 (HTTP 416) with Content-Range ${quoteServerText(value)}; only an empty object ("bytes */0") has no byte 0, so the answer contradicts itself`,
+          { url: this.url, status },
+        );
       }
     }
     throw await this.statusError(res, 'GET');

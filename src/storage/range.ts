@@ -43,11 +43,16 @@ export function parseContentRange(value: string | undefined): ContentRange | nul
   return { start, end: last + 1, total };
 }
 
-/** Parses the form a 416 answer carries (`bytes`, space, star, slash, size), giving the size. */
+/**
+ * Parses the form a 416 answer carries (`bytes`, space, star, slash, size), giving the size;
+ * undefined for anything else, a size past the safe integers included (like `parseContentRange`).
+ */
 export function parseUnsatisfiedRange(value: string | undefined): number | undefined {
   if (value === undefined) return undefined;
   const m = /^\s*bytes\s+\*\/(\d+)\s*$/i.exec(value);
-  return m ? Number(m[1]) : undefined;
+  if (!m) return undefined;
+  const size = Number(m[1]);
+  return Number.isSafeInteger(size) ? size : undefined;
 }
 
 /**

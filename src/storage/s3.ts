@@ -29,7 +29,7 @@ import { escapeControl, redactUrlsInText } from '../redact.js';
 import type { ByteRange, Checksum, ChecksumAlgorithm, ObjectSource, ObjectStat, RangeBody, ReadOptions, StorageOptions } from '../types.js';
 import { checkRange, expectContentRange, isStrongEtag, rangeHeader } from './range.js';
 import { discard, errorBodyText, xmlErrorFields } from './http.js';
-import type { Http1Response } from './http1.js';
+import { type Http1Response, isHttp1Body } from './http1.js';
 import { ReadHttpHandler } from './read-handler.js';
 import { directAddress, DirectS3Reader, staticCredentials, type StaticCredentials } from './s3-direct.js';
 import { isPathStyleEndpoint } from './url.js';
@@ -712,7 +712,11 @@ export class S3Source implements ObjectSource {
       signal.addEventListener('abort', onAbort, { once: true });
       body.once('close', () => signal.removeEventListener('abort', onAbort));
     }
-    return { range, body, ...(total !== undefined ? { total } : {}) };
+    // Proven only by the framing the transport reads by (the reading client's `Http1Pool`), not
+    // by the Content-Length the SDK parsed: beside `Transfer-Encoding: chunked` that bounds
+    // nothing. A body of another transport is not seen into, so it proves its length at its end.
+    const lengthProven = isHttp1Body(body) && body.length === range.end - range.start;
+    return { range, body, lengthProven, ...(total !== undefined ? { total } : {}) };
   }
 
   /** A ranged GET of the presigned URL; a 403 signs again once, for a URL that went stale. */
@@ -752,7 +756,7 @@ export class S3Source implements ObjectSource {
           res.body.destroy();
           throw err;
         }
-        return { range, body: res.body, ...(total !== undefined ? { total } : {}) };
+        return { range, body: res.body, lengthProven: res.body.length === range.end - range.start, ...(total !== undefined ? { total } : {}) };
       }
       if (status === 403 && refused === undefined) {
         await discard(res.body);
