@@ -228,7 +228,7 @@ async function runSlotSweeps(ctx: BenchContext, plan: PrefetchPlan['slotSweep'])
     source:
       `Each case runs ${plan.jobs} jobs of ${(plan.objectSize / 2 ** 20).toFixed(0)} MiB through a real Worker (SQLite queue, ${plan.connections} connections at ` +
       `${(plan.ratePerConnection / 1e6).toFixed(0)} MB/s each, ${plan.latencyMs} ms first-byte latency, ${(plan.chunkSize / 2 ** 20).toFixed(0)} MiB chunks, the sleep processor) with ${plan.slots.join(', ')} prefetch slots, ` +
-      `via runSlotSweep (src/demo.ts), the object server in a process of its own. D and P are measured alone in each case's 0-slot run; P is set from D ≈ ${d.toFixed(2)} s calibrated first. ` +
+      `via runSlotSweep (src/cli/demo/comparison.ts), the object server in a process of its own. D and P are measured alone in each case's 0-slot run; P is set from D ≈ ${d.toFixed(2)} s calibrated first. ` +
       `The host-limit case sets maxHostConnections to one download's connections (${plan.connections}) for its prefetching runs.`,
   };
 }
