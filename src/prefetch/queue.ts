@@ -728,10 +728,12 @@ export class PrefetchQueue {
    * ended). Permits are not what is scarce here (the reservations order those); the start of a
    * download is: sizing, a stat request, a job directory and a temp file created and sized, the
    * lanes' first requests. Started side by side, the slots' start-ups share the event loop, the
-   * file system and the store, and the job needed next got its first byte later the more slots
-   * there were (bench, no host limit: first job ready after 1.30 s with 2 slots, 1.55 s with 3,
-   * D ≈ 1.1 s). One after the other, a later job's start-up runs while the earlier one streams,
-   * delayed by one start-up at most. Once started, every slot downloads at full speed.
+   * file system and the store with the job needed next; one after the other, a later job's
+   * start-up runs while the earlier one streams, and is itself delayed by one start-up at most.
+   * (On a loaded machine the bench saw the first job ready later the more slots there were,
+   * 1.30 s with 2 slots and 1.55 s with 3 for D ≈ 1.1 s; on a quiet one both orders stayed
+   * within the noise of D, so this is the order guaranteed, not a measured gain.) Once started,
+   * every slot downloads at full speed.
    */
   async #afterEarlierStarted(slot: Slot, signal: AbortSignal): Promise<void> {
     const earlier = this.#slots.flatMap((s) => (s !== slot && s.seq < slot.seq && s.lanesStarted !== null ? [s.lanesStarted] : []));
