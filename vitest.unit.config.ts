@@ -18,6 +18,7 @@ export default mergeConfig(
         'test/security.postgres.test.ts',
         // The compiled `roboflow` and library (dist/) in child processes.
         'test/cli.download.test.ts',
+        'test/cli.demo.test.ts',
         'test/jobs.cli.test.ts',
         'test/jobs.processes.test.ts',
         'test/worker.processes.test.ts',

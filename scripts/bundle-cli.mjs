@@ -16,7 +16,9 @@ import { build } from 'esbuild';
 // Chunk names are content hashes: without this, every build would leave the previous ones behind.
 await rm('dist/bin', { recursive: true, force: true });
 const result = await build({
-  entryPoints: { roboflow: 'dist/cli/bin.js' },
+  // The demo's store runs on a thread whose program is loaded from a file beside the chunk that
+  // starts it (`new URL('./file-server-thread.js', import.meta.url)`): every chunk is in dist/bin/.
+  entryPoints: { roboflow: 'dist/cli/bin.js', 'file-server-thread': 'dist/cli/demo/file-server-thread.js' },
   outdir: 'dist/bin',
   bundle: true,
   // One file per lazily imported command module, so `download` does not load the database drivers.

@@ -119,7 +119,7 @@ describe('FileServer', () => {
   });
 });
 
-describe('runPrefetchComparison with the in-process store', () => {
+describe("runPrefetchComparison with the demo's own store", () => {
   it('refuses generated content, which only a store the caller starts serves, before writing anything', async () => {
     const { runPrefetchComparison } = await import('../src/cli/demo/comparison.js');
     const err = await rejection(runPrefetchComparison({ jobs: 1, sizeBytes: 1024, content: 'generated', processor: { kind: 'checksum' }, tempDir: dir }));

@@ -218,6 +218,47 @@ describe('worker prefetch slots', () => {
     expect(peak).toBeGreaterThanOrEqual(4);
   });
 
+  it('without a host-wide limit a later job starts its download only once the job needed next has its first lane', async () => {
+    const keys = await submitJobs(3, 1 * MiB);
+    const worker = new Worker({
+      queue: env.queue,
+      drain: true,
+      config: { slots: 3, downloadConnections: 2, chunkSize: 256 * KiB, bufferDir: path.join(env.dir, 'buffer'), pollIntervalMs: 20 },
+    });
+    const summary = await worker.run();
+    expect(summary.done).toBe(3);
+    // All three claimed at once; each job's first request (its stat) reached the store only after
+    // the job before it had asked for its first range.
+    const firstRequest = (key: string) => env.server.requests.findIndex((r) => r.key === key);
+    for (let i = 1; i < keys.length; i++) {
+      const before = rangedGets(keys[i - 1]!);
+      expect(before.length).toBeGreaterThan(0);
+      expect(firstRequest(keys[i]!)).toBeGreaterThan(Math.min(...before));
+    }
+    // And then downloaded beside it: the later job's ranges began before the earlier job's ended.
+    expect(Math.min(...rangedGets(keys[1]!))).toBeLessThan(Math.max(...rangedGets(keys[0]!)));
+  });
+
+  it('a reservation says when its priority started, or when it was dropped unused', async () => {
+    const limiter = new ConcurrencyLimiter({ max: 2 });
+    const used = limiter.reserve(1, 2);
+    const unused = limiter.reserve(2, 2);
+    let usedStarted = false;
+    let unusedStarted = false;
+    void used.started.then(() => (usedStarted = true));
+    void unused.started.then(() => (unusedStarted = true));
+    await ticks();
+    expect([usedStarted, unusedStarted]).toEqual([false, false]);
+    const release = await limiter.withPriority(1).acquire();
+    await ticks();
+    expect([usedStarted, unusedStarted]).toEqual([true, false]);
+    unused.release();
+    await ticks();
+    expect(unusedStarted).toBe(true);
+    release();
+    used.release();
+  });
+
   it('claims a job for every free slot at once', async () => {
     await submitJobs(3, 64 * KiB);
     const real = env.queue;

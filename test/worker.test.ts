@@ -8,7 +8,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { serverProcessStore } from '../bench/src/scenario-prefetch.js';
-import { formatComparison, runPrefetchComparison } from '../src/cli/demo/comparison.js';
+import { formatComparison, runPrefetchComparison, startInProcessStore } from '../src/cli/demo/comparison.js';
 import { channels, type JobFinishedEvent } from '../src/diagnostics.js';
 import { abortError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
@@ -347,6 +347,8 @@ describe('runPrefetchComparison', () => {
       connections: 2,
       chunkSize: 256 * KiB,
       tempDir: dir,
+      // From sources: the default store's thread program is compiled (dist/); the CLI test runs it.
+      startStore: startInProcessStore,
       onProgress: (m) => progress.push(m),
     });
     expect(c.prefetch).toMatchObject({ mode: 'prefetch', slots: 2 });

@@ -52,6 +52,12 @@ export type Release = () => void;
 export interface Reservation {
   /** `performance.now()` when that priority first took a permit: its first lane started. */
   readonly firstGrantAt: number | null;
+  /**
+   * Resolves when that priority first took a permit, or when the reservation is released,
+   * whichever comes first (never rejects): from then on its download has its lanes going, or
+   * has ended.
+   */
+  readonly started: Promise<void>;
   /** Drops what is left of the promise. Idempotent. */
   release(): void;
 }
@@ -78,7 +84,7 @@ class LimiterCore {
   /** Sorted by priority, then arrival. */
   readonly waiters: Waiter[] = [];
   /** Permits promised to downloads about to ask for them, by priority (see `reserve`). */
-  readonly reserved = new Map<number, { left: number; firstGrantAt: number | null }>();
+  readonly reserved = new Map<number, { left: number; firstGrantAt: number | null; onStart: () => void }>();
 
   constructor(opts: ConcurrencyLimiterOptions) {
     const max = Math.floor(opts.max);
@@ -111,7 +117,10 @@ class LimiterCore {
   consumeReservation(priority: number): void {
     const r = this.reserved.get(priority);
     if (r === undefined) return;
-    r.firstGrantAt ??= performance.now();
+    if (r.firstGrantAt === null) {
+      r.firstGrantAt = performance.now();
+      r.onStart();
+    }
     r.left = Math.max(0, r.left - 1);
   }
 
@@ -252,17 +261,21 @@ export class ConcurrencyLimiter {
    */
   reserve(priority: number, permits: number): Reservation {
     const c = this.core;
-    const entry = { left: Math.max(0, Math.floor(permits)), firstGrantAt: null as number | null };
+    let onStart!: () => void;
+    const started = new Promise<void>((resolve) => (onStart = resolve));
+    const entry = { left: Math.max(0, Math.floor(permits)), firstGrantAt: null as number | null, onStart };
     c.reserved.set(priority, entry);
     let done = false;
     return {
       get firstGrantAt() {
         return entry.firstGrantAt;
       },
+      started,
       release: () => {
         if (done) return;
         done = true;
         if (c.reserved.get(priority) === entry) c.reserved.delete(priority);
+        onStart();
         c.drain();
       },
     };

@@ -139,7 +139,8 @@ export interface PrefetchQueueOptions {
    * The downloader's shared limiter on range transfers (`ParallelDownloaderOptions.limiter`).
    * Each slot's download runs at its claim order as priority; given the limiter, a slot also
    * reserves its lanes from the moment it starts, so a later job whose download got going first
-   * does not take them. (Default: priorities only)
+   * does not take them, and starts its download only once every earlier job's has its first
+   * lane. (Default: priorities only)
    */
   readonly limiter?: ConcurrencyLimiter;
   readonly log?: Logger;
@@ -207,6 +208,11 @@ interface Slot {
   leaseValidUntil: number;
   /** Fires at `leaseValidUntil` to fence the job off unless a renewal has moved it. */
   fenceTimer: NodeJS.Timeout | null;
+  /**
+   * Resolves once this slot's download has its first lane (or has ended): later slots start
+   * theirs only then (`#afterEarlierStarted`). Null without a shared limiter.
+   */
+  lanesStarted: Promise<void> | null;
 }
 
 type Target = SlotState | 'freed';
@@ -632,6 +638,7 @@ export class PrefetchQueue {
       startRetryAt: 0,
       leaseValidUntil: 0,
       fenceTimer: null,
+      lanesStarted: null,
     };
   }
 
@@ -750,6 +757,32 @@ export class PrefetchQueue {
     );
   }
 
+  /**
+   * Waits until every job claimed before this one has its first lane running (or its download
+   * ended). Permits are not what is scarce here (the reservations order those); the start of a
+   * download is: sizing, a stat request, a job directory and a temp file created and sized, the
+   * lanes' first requests. Started side by side, the slots' start-ups share the event loop, the
+   * file system and the store with the job needed next; one after the other, a later job's
+   * start-up runs while the earlier one streams, and is itself delayed by one start-up at most.
+   * (On a loaded machine the bench saw the first job ready later the more slots there were,
+   * 1.30 s with 2 slots and 1.55 s with 3 for D ≈ 1.1 s; on a quiet one both orders stayed
+   * within the noise of D, so this is the order guaranteed, not a measured gain.) Once started,
+   * every slot downloads at full speed.
+   */
+  async #afterEarlierStarted(slot: Slot, signal: AbortSignal): Promise<void> {
+    const earlier = this.#slots.flatMap((s) => (s !== slot && s.seq < slot.seq && s.lanesStarted !== null ? [s.lanesStarted] : []));
+    if (earlier.length === 0) return;
+    if (signal.aborted) throw abortError(signal, 'waiting for the jobs needed sooner to start downloading');
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = () => reject(abortError(signal, 'waiting for the jobs needed sooner to start downloading'));
+      signal.addEventListener('abort', onAbort, { once: true });
+      void Promise.all(earlier).then(() => {
+        signal.removeEventListener('abort', onAbort);
+        resolve();
+      });
+    });
+  }
+
   async #download(slot: Slot): Promise<void> {
     const job = slot.job;
     if (!job) return;
@@ -758,6 +791,7 @@ export class PrefetchQueue {
     const started = performance.now();
     // Claimed in order, reserved in order: no later job takes these lanes while this one sizes.
     const reservation = this.#limiter?.reserve(slot.seq, this.#config.downloadConnections);
+    slot.lanesStarted = reservation?.started ?? null;
     try {
       // First of all: a refused job must not cost a single request or file.
       this.#policy?.checkJob(job);
@@ -766,6 +800,7 @@ export class PrefetchQueue {
       while (this.#slots.some((s) => s !== slot && s.job?.id === job.id)) {
         await this.#nextChange(signal);
       }
+      await this.#afterEarlierStarted(slot, signal);
       const sizes = await this.#inputSizes(job, signal);
       const total = sizes.reduce((a, b) => a + b, 0);
       if (this.#budget) {

@@ -1,7 +1,7 @@
 /**
  * `roboflow demo`: shows what prefetch buys, on this machine, in under a minute. A thin layer
- * over `runPrefetchComparison()` (comparison.ts), which starts a rate-limited object server in
- * this process, writes sample MCAP episodes and runs the same jobs with and without prefetch.
+ * over `runPrefetchComparison()` (comparison.ts), which starts a rate-limited object server on
+ * a thread of its own, writes sample MCAP episodes and runs the same jobs with and without prefetch.
  */
 
 import { InvalidArgumentError, type Command } from 'commander';

@@ -5,8 +5,8 @@
  * achieve at best.
  *
  * The setting: an object server with a per-connection rate cap and a first-byte latency (what S3
- * or OSS look like from one worker; `file-server.ts` in this process unless the caller starts
- * its own, see `startStore`), one sample MCAP episode per job, a fresh
+ * or OSS look like from one worker; `file-server.ts` on a thread of its own unless the caller
+ * starts its own, see `startStore`), one sample MCAP episode per job, a fresh
  * SQLite queue per run, and a `Worker` in drain mode. With download time D and processing time P
  * per job, N jobs take about N·(D+P) one after the other, and about D + (N−1)·max(D,P) + P with
  * prefetch; the gain is largest when D ≈ P.
@@ -24,12 +24,14 @@ import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { Worker as WorkerThread } from 'node:worker_threads';
 import pino, { type Logger } from 'pino';
 import { DEFAULTS } from '../../defaults.js';
 import { abortError, RoboflowError } from '../../errors.js';
 import { openQueue } from '../../jobs/index.js';
 import { mcapSummaryProcessor } from '../../processors/index.js';
 import { FileServer } from './file-server.js';
+import type { FileServerThreadData, FileServerThreadReply, FileServerThreadStop } from './file-server-thread.js';
 import { writeSampleEpisode } from './episodes.js';
 import type { JobSpec, Processor, ProcessorContext } from '../../types.js';
 import { Worker, type JobReport, type WorkerSummary } from '../../worker.js';
@@ -66,22 +68,65 @@ export type StartComparisonStore = (o: {
   readonly latencyMs: number;
 }) => Promise<ComparisonStore>;
 
-/** The default store: a `FileServer` on 127.0.0.1 in this process. Its sending shares the
- * worker's event loop, which a remote store does not; the benchmark starts its own process. It
- * serves files only: generated objects need a store the caller starts. */
+/** Files only: the demo's stores serve what is on disk. */
+function filesOf(objects: readonly ComparisonObject[]): { bucket: string; key: string; file: string }[] {
+  return objects.map((o) => {
+    if (!('file' in o.source)) {
+      throw new RoboflowError('ERR_CONFIG', `${o.bucket}/${o.key}: the demo's store serves files only; pass a startStore that serves generated objects`);
+    }
+    return { bucket: o.bucket, key: o.key, file: o.source.file };
+  });
+}
+
+/** A `FileServer` on 127.0.0.1 in this process, on the worker's event loop: its sending competes
+ * with the worker's callbacks, which a remote store's does not (see `startThreadStore`). For
+ * tests and for callers running from sources, where the thread's compiled program is missing. */
 export const startInProcessStore: StartComparisonStore = async ({ objects, ratePerConn, latencyMs }) => {
+  const files = filesOf(objects);
   const server = await FileServer.start({
     ...(ratePerConn !== null ? { rateLimitBytesPerSec: ratePerConn } : {}),
     firstByteLatencyMs: latencyMs,
   });
-  for (const o of objects) {
-    if (!('file' in o.source)) {
-      await server.close();
-      throw new RoboflowError('ERR_CONFIG', `${o.bucket}/${o.key}: the in-process store serves files only; pass a startStore that serves generated objects`);
-    }
-    server.putFile(o.bucket, o.key, o.source.file);
-  }
+  for (const f of files) server.putFile(f.bucket, f.key, f.file);
   return server;
+};
+
+/**
+ * The default store: a `FileServer` on a thread of its own (`file-server-thread.ts`), so its
+ * pacing timers and socket writes never wait behind the worker's callbacks, and prefetched
+ * downloads (which run while a job is processed) pay nothing sequential ones do not. It shares
+ * the machine's cores, as a store on the same host would. Serves files only.
+ */
+export const startThreadStore: StartComparisonStore = async ({ objects, ratePerConn, latencyMs }) => {
+  const data: FileServerThreadData = { rateLimitBytesPerSec: ratePerConn, firstByteLatencyMs: latencyMs, files: filesOf(objects) };
+  // Beside this module: dist/cli/demo/ for the library, dist/bin/ in the bundled command.
+  const thread = new WorkerThread(new URL('./file-server-thread.js', import.meta.url), { workerData: data });
+  const exited = new Promise<void>((resolve) => thread.once('exit', () => resolve()));
+  let endpoint: string;
+  try {
+    endpoint = await new Promise<string>((resolve, reject) => {
+      thread.once('message', (m: FileServerThreadReply) => ('endpoint' in m ? resolve(m.endpoint) : reject(new RoboflowError('ERR_IO', `the demo's store did not start: ${m.error}`))));
+      thread.once('error', (err) => reject(new RoboflowError('ERR_IO', `the demo's store did not start: ${err.message}`, { cause: err })));
+      thread.once('exit', (code) => reject(new RoboflowError('ERR_IO', `the demo's store exited with code ${code} before it listened`)));
+    });
+  } catch (err) {
+    await thread.terminate();
+    throw err;
+  }
+  let closed: Promise<void> | undefined;
+  return {
+    httpUrl: (bucket, key) => `${endpoint}/${encodeURIComponent(bucket)}/${key.split('/').map(encodeURIComponent).join('/')}`,
+    close: () => {
+      closed ??= (async () => {
+        thread.postMessage('stop' satisfies FileServerThreadStop);
+        // A thread that does not end in time (a handler stuck on the disk) is ended.
+        const timer = setTimeout(() => void thread.terminate(), 10_000);
+        await exited;
+        clearTimeout(timer);
+      })();
+      return closed;
+    },
+  };
 };
 
 export interface PrefetchComparisonOptions {
@@ -117,7 +162,7 @@ export interface PrefetchComparisonOptions {
   readonly content?: 'mcap' | 'generated';
   /** Parent of the temporary directory. (Default: the OS temp directory) */
   readonly tempDir?: string;
-  /** Starts the store the jobs download from. (Default: `startInProcessStore`) */
+  /** Starts the store the jobs download from. (Default: `startThreadStore`) */
   readonly startStore?: StartComparisonStore;
   /** Keep the temporary directory (episodes, queues) for inspection. (Default: false) */
   readonly keep?: boolean;
@@ -330,7 +375,7 @@ async function withComparison<T>(opts: PrefetchComparisonOptions, minSlots: numb
     throw new RoboflowError('ERR_CONFIG', "the mcap-summary processor needs MCAP episodes; use content 'mcap' or another processor");
   }
   if (content === 'generated' && opts.startStore === undefined) {
-    throw new RoboflowError('ERR_CONFIG', "generated content needs a startStore that serves it (the in-process store serves files); use content 'mcap'");
+    throw new RoboflowError('ERR_CONFIG', "generated content needs a startStore that serves it (the demo's store serves files); use content 'mcap'");
   }
   const log = opts.log ?? pino({ level: 'silent' });
   const progress = opts.onProgress ?? (() => undefined);
@@ -373,7 +418,7 @@ async function withComparison<T>(opts: PrefetchComparisonOptions, minSlots: numb
         }
       }
     }
-    store = await (opts.startStore ?? startInProcessStore)({ objects, ratePerConn, latencyMs });
+    store = await (opts.startStore ?? startThreadStore)({ objects, ratePerConn, latencyMs });
     const started = store;
     const inputs: JobSpec['inputs'][number][] = objects.map((o, i) => ({ url: started.httpUrl(o.bucket, o.key), size: sizes[i]! }));
     const { name, args, custom } = processorFor(processor);
