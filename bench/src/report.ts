@@ -973,7 +973,7 @@ export function generateMarkdown(input: ReportInput): string {
   if (picked.sweep) parts.push(sweepSection(picked.sweep, plots));
   if (picked.prefetch) parts.push(prefetchSection(picked.prefetch, plots));
   if (picked.resume) parts.push(resumeSection(picked.resume, plots));
-  if (picked.queue) parts.push(queueSection(picked.queue.results.scenarios.queue!, picked.queue.results.quick));
+  if (picked.queue) parts.push(queueSection(picked.queue.results.scenarios.queue!, picked.queue.results.quick, sourceLine(picked.queue)));
   const lost = losses(picked);
   parts.push('## Where roboflow loses, and why', '');
   parts.push(lost.length > 0 ? lost.map((l) => `- ${l}`).join('\n') : 'In these results roboflow matched or beat every peer on throughput, CPU per GB and memory, and met every goal it was measured against.');

@@ -349,8 +349,8 @@ export async function runQueueScenario(ctx: BenchContext, plan: QueuePlan): Prom
 const f = (n: number, d = 1) => n.toFixed(d);
 
 /** The BENCHMARKS.md section. */
-export function queueSection(s: QueueScenario, quick: boolean): string {
-  const lines: string[] = ['## Job queue at fleet scale (`--scenario queue`)', ''];
+export function queueSection(s: QueueScenario, quick: boolean, source: string): string {
+  const lines: string[] = ['## 6. Job queue at fleet scale (`--scenario queue`)', '', source, ''];
   lines.push(
     'Submit throughput: `roboflow jobs submit --prefix file:///…/ --match \'*.mcap\' --output file:///tmp/out/{stem}/`, a child process as a user runs it (start-up included), then the same command again.',
     '',
