@@ -218,7 +218,9 @@ async function round(ctx: ScenarioContext, kind: OutputKind, s: Setup): Promise<
   const stopMs = aStoppedAt === null ? Infinity : (aStoppedAt as number) - partitionedAt;
   const bound = LEASE_MS + leaseSafetyMarginMs(LEASE_MS);
   const requests = s.server.requests.slice(requestsBefore);
-  const aStaged = kind === 'file' ? [...seen].filter((n) => n.startsWith('_attempts/1-')) : requests.filter((r) => r.key.includes('_attempts/1-')).map((r) => `${r.operation} ${r.key}`);
+  // A's is the job's first attempt: staged under `_attempts/<job id>/1-<hex>/`.
+  const aStaging = `_attempts/${job.id}/1-`;
+  const aStaged = kind === 'file' ? [...seen].filter((n) => n.startsWith(aStaging)) : requests.filter((r) => r.key.includes(aStaging)).map((r) => `${r.operation} ${r.key}`);
   const marker = kind === 'file'
     ? await readFile(path.join(outDir, '_SUCCESS'), 'utf8').catch(() => 'null')
     : s.server.hasObject(BUCKET, `${s3Prefix}_SUCCESS`) ? s.server.objectBytes(BUCKET, `${s3Prefix}_SUCCESS`).toString() : 'null';
@@ -237,7 +239,7 @@ async function round(ctx: ScenarioContext, kind: OutputKind, s: Setup): Promise<
   ctx.checks.check(
     `${kind}: A uploads nothing, not even to its staging prefix`,
     aStaged.length === 0,
-    aStaged.length === 0 ? 'nothing under _attempts/1-*' : aStaged.join(', '),
+    aStaged.length === 0 ? `nothing under ${aStaging}*` : aStaged.join(', '),
   );
   ctx.checks.check(
     `${kind}: the published location only ever shows B's output`,

@@ -37,6 +37,7 @@
 import { z } from 'zod';
 import { DEFAULTS, type Defaults } from './defaults.js';
 import { RoboflowError } from './errors.js';
+import { MAX_LEASE_MS } from './jobs/checks.js';
 import { leaseTrustMs } from './lease.js';
 import { parseExecCommand } from './processors/exec.js';
 import { processorNames } from './processors/index.js';
@@ -414,14 +415,15 @@ export const FIELDS = {
     default: DEFAULTS.progressIntervalMs,
   }),
   // A lease below 100 ms is no lease; the minimum also catches `ROBOFLOW_LEASE=60` meant as seconds.
-  leaseMs: field(duration(100), {
+  // The job queues take no longer lease (src/jobs/checks.ts); refused here, named by its key.
+  leaseMs: field(duration(100, MAX_LEASE_MS), {
     doc: 'Lease on a claimed job; renewed by heartbeats.',
     env: 'ROBOFLOW_LEASE',
     default: DEFAULTS.leaseMs,
     flag: { spec: '--lease <duration>' },
   }),
   heartbeatMs: field(duration(10), {
-    doc: 'Heartbeat interval; must be shorter than the lease.',
+    doc: 'Heartbeat interval; must be shorter than the lease less its safety margin (a tenth of the lease).',
     env: 'ROBOFLOW_HEARTBEAT',
     default: DEFAULTS.heartbeatMs,
     flag: { spec: '--heartbeat <duration>' },

@@ -60,7 +60,7 @@ import path from 'node:path';
 import pino, { type Logger } from 'pino';
 import { DEFAULTS } from './defaults.js';
 import { channels, type JobOutcome } from './diagnostics.js';
-import { backoffDelay, isJobRetryable, RoboflowError, toRoboflowError } from './errors.js';
+import { abortError, backoffDelay, isJobRetryable, RoboflowError, toRoboflowError } from './errors.js';
 import { ByteBudget } from './prefetch/budget.js';
 import { ConcurrencyLimiter, hostLanes } from './prefetch/concurrency.js';
 import { ParallelDownloader } from './prefetch/downloader.js';
@@ -586,7 +586,7 @@ export class Worker {
           // Staged under this attempt's own prefix; published only once the queue authorises it.
           attempt = newAttemptName(job.attempts);
           // uploadDirectory refuses an output directory that is a link, and skips links in it.
-          const staged = await uploadDirectory(processed.outDir, stagingPrefix(job.output, attempt), {
+          const staged = await uploadDirectory(processed.outDir, stagingPrefix(job.output, job.id, attempt), {
             signal,
             ...(this.#clients ? { clients: this.#clients } : {}),
           });
@@ -597,6 +597,8 @@ export class Worker {
             log,
             ready.leaseLost,
           );
+          // The lease may have run out while the commit was on its way: publish nothing then.
+          if (signal.aborted) throw abortError(signal, `publishing the output of job ${job.id}`);
           uploaded = await publishAttempt({
             output: job.output,
             jobId: job.id,

@@ -259,6 +259,13 @@ describe('loadConfig errors', () => {
     expect(err.message).toContain('leaseMs: "60" from environment variable ROBOFLOW_LEASE is shorter than 100ms');
   });
 
+  it('refuses a lease longer than the job queues take (a day), naming the key', async () => {
+    const err = await configError(loadConfig({ env: { ROBOFLOW_LEASE: '2d' }, cwd: dir }));
+    expect(err.code).toBe('ERR_CONFIG');
+    expect(err.message).toContain('leaseMs: "2d" from environment variable ROBOFLOW_LEASE is longer than 1d');
+    expect((await loadConfig({ env: { ROBOFLOW_LEASE: '1d' }, cwd: dir })).config.leaseMs).toBe(86_400_000);
+  });
+
   it('reports missing, unparsable and oddly named files', async () => {
     const missing = await configError(loadConfig({ configPath: 'nope.toml', env: {}, cwd: dir }));
     expect(missing.message).toContain(`config file ${path.join(dir, 'nope.toml')} (from --config) does not exist`);

@@ -285,6 +285,19 @@ describe('roboflow jobs submit: keys, priorities and many jobs at once', { timeo
     expect(sameKey.stderr).toContain('same key');
     const typo = await roboflow(['jobs', 'submit', '--prefix', prefix, '--output', 's3://out/{steem}/', '--queue', queue]);
     expect(typo.stderr).toContain('unknown placeholder {steem}');
+    // One output prefix for every job: each would publish over the others, so it is refused.
+    const before = (await records()).length;
+    const sharedOutput = await roboflow(['jobs', 'submit', '--prefix', prefix, '--output', 's3://out/all/', '--queue', queue]);
+    expect(sharedOutput.code).toBe(sameKey.code);
+    expect(sharedOutput.stderr).toContain('ERR_CONFIG: --output "s3://out/all/" would give every job of --prefix the same output prefix');
+    expect(sharedOutput.stderr).toContain('put {name}, {stem} or {key} in it (e.g. "s3://out/all/{stem}/")');
+    await writeFile(path.join(dir, 'two.txt'), 's3://b/one.mcap\ns3://b/two.mcap\n');
+    const sharedFrom = await roboflow(['jobs', 'submit', '--from', path.join(dir, 'two.txt'), '--output', 'file:///data/out', '--queue', queue]);
+    expect(sharedFrom.stderr).toContain('--output "file:///data/out" would give every job of --from the same output prefix');
+    expect((await records()).length).toBe(before);
+    // A single job given by its URLs may name any output.
+    const single = await roboflow(['jobs', 'submit', 's3://b/solo.mcap', '--output', 's3://out/all/', '--queue', queue]);
+    expect(single.code).toBe(0);
   });
 
   it('submits one job per line of --from: URLs and JSON objects; a bad line is named', async () => {

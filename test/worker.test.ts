@@ -1,6 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -10,7 +10,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { serverProcessStore } from '../bench/src/scenario-prefetch.js';
 import { formatComparison, runPrefetchComparison, startInProcessStore } from '../src/cli/demo/comparison.js';
 import { channels, type JobFinishedEvent } from '../src/diagnostics.js';
-import { abortError } from '../src/errors.js';
+import { abortError, RoboflowError } from '../src/errors.js';
 import { openQueue } from '../src/jobs/index.js';
 import { pageCacheBootId, readResumeState } from '../src/prefetch/resume-state.js';
 import { CHECKSUM_FILE } from '../src/processors/index.js';
@@ -327,6 +327,109 @@ describe('Worker', () => {
     }
     expect(await running).toMatchObject({ jobs: 1, done: 1 });
     expect(bootId).toBe(pageCacheBootId());
+  });
+
+  it('publishes an empty output (a processor that writes nothing) to a file:// directory not made yet and to s3://', async () => {
+    const outDir = path.join(dir, 'results', 'not', 'yet');
+    server.createBucket('results');
+    const jobs = await submitJobs(2, 64 * KiB, {
+      processor: 'nothing',
+      output: (i) => (i === 0 ? `${pathToFileURL(outDir).href}/` : 's3://results/empty/'),
+      maxAttempts: 1,
+    });
+    const nothing: Processor = { name: 'nothing', run: async () => ({ wrote: 0 }) };
+    const w = worker({
+      processors: { nothing },
+      storage: {
+        endpoint: server.endpoint,
+        region: 'us-east-1',
+        forcePathStyle: true,
+        env: { AWS_ACCESS_KEY_ID: 'test', AWS_SECRET_ACCESS_KEY: 'testsecret' },
+      },
+    });
+    expect(await w.run()).toMatchObject({ jobs: 2, done: 2, dead: 0 });
+    expect(await readdir(outDir)).toEqual(['_SUCCESS']);
+    const local = JSON.parse(await readFile(path.join(outDir, '_SUCCESS'), 'utf8')) as Record<string, unknown>;
+    expect(local).toMatchObject({ job: jobs[0]!.id, files: [] });
+    expect(server.listKeys('results')).toEqual(['empty/_SUCCESS']);
+    const remote = JSON.parse(server.objectBytes('results', 'empty/_SUCCESS').toString()) as Record<string, unknown>;
+    expect(remote).toMatchObject({ job: jobs[1]!.id, files: [] });
+    for (const j of jobs) expect((await queue.get(j.id))?.status).toBe('done');
+  });
+
+  it('publishes nothing, and keeps the previous marker, when the lease runs out while the commit is on its way', async () => {
+    const out = path.join(dir, 'results', 'job');
+    const [job] = await submitJobs(1, 64 * KiB, { processor: 'mark', output: () => `${pathToFileURL(out).href}/` });
+    // An earlier attempt was authorised and published, then lost its lease before `complete`.
+    const other = await openQueue(`sqlite://${dbPath}`);
+    extraQueues.push(other);
+    await other.claim('worker-old', 60_000);
+    await other.start(job!.id, 'worker-old', 60_000);
+    await other.commit(job!.id, 'worker-old', '1-old', 60_000);
+    await mkdir(out, { recursive: true });
+    await writeFile(path.join(out, 'mark.txt'), 'old');
+    await writeFile(path.join(out, '_SUCCESS'), JSON.stringify({ attempt: '1-old' }));
+    const db = new Database(dbPath);
+    try {
+      db.prepare('UPDATE jobs SET lease_expires_at = 0 WHERE id = ?').run(Number(job!.id));
+    } finally {
+      db.close();
+    }
+    // From the moment it asks to commit, this worker is cut off from the queue: renewals hang and
+    // the commit's answer arrives only after the lease (and so the worker's own deadline) passed.
+    const leaseMs = 2_000;
+    let partitioned = false;
+    const hung: (() => void)[] = [];
+    const heal = () => hung.splice(0).forEach((fail) => fail());
+    const cutOff: JobQueue = {
+      submit: (spec) => queue.submit(spec),
+      submitMany: (specs) => queue.submitMany(specs),
+      claim: async (owner, ms) => (partitioned ? null : queue.claim(owner, ms)),
+      heartbeat: (id, owner, ms) =>
+        partitioned
+          ? new Promise<void>((_, reject) => hung.push(() => reject(new RoboflowError('ERR_QUEUE', 'partitioned'))))
+          : queue.heartbeat(id, owner, ms),
+      start: (id, owner, ms) => queue.start(id, owner, ms),
+      async commit(id, owner, attempt, ms) {
+        partitioned = true;
+        const record = await queue.commit(id, owner, attempt, ms);
+        await sleep(leaseMs * 1.5);
+        return record;
+      },
+      complete: (id, owner, result) => queue.complete(id, owner, result),
+      fail: (id, owner, error, opts) => queue.fail(id, owner, error, opts),
+      release: (id, owner) => queue.release(id, owner),
+      retry: (id) => queue.retry(id),
+      get: (id) => queue.get(id),
+      list: (filter) => queue.list(filter),
+      counts: () => queue.counts(),
+      close: () => queue.close(),
+    };
+    const marks: Mark[] = [];
+    const reports: JobReport[] = [];
+    const w = worker({
+      queue: cutOff,
+      drain: false,
+      config: { leaseMs, heartbeatMs: 100 },
+      processors: { mark: markingProcessor(0, marks) },
+      onJob: (r) => reports.push(r),
+    });
+    const stop = new AbortController();
+    const running = w.run(stop.signal);
+    const deadline = Date.now() + 30_000;
+    while (reports.length === 0 && Date.now() < deadline) await sleep(20);
+    heal();
+    stop.abort();
+    await running;
+    expect(marks).toHaveLength(1); // it ran to its end and staged its output
+    expect(reports[0]).toMatchObject({ outcome: 'lease_lost' });
+    // The earlier attempt's output and marker are untouched; this attempt's stays staged.
+    expect(await readFile(path.join(out, '_SUCCESS'), 'utf8')).toBe(JSON.stringify({ attempt: '1-old' }));
+    expect(await readFile(path.join(out, 'mark.txt'), 'utf8')).toBe('old');
+    const staged = await readdir(path.join(out, '_attempts', job!.id));
+    expect(staged).toHaveLength(1);
+    expect(await readdir(path.join(out, '_attempts', job!.id, staged[0]!))).toEqual(['mark.txt']);
+    expect((await queue.get(job!.id))?.status).toBe('running');
   });
 
   it('runs once', async () => {

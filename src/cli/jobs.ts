@@ -181,6 +181,17 @@ function checkSubmitMode(urls: readonly string[], flags: SubmitFlags): boolean {
   if (flags.output !== undefined) checkTemplate(flags.output, '--output');
   if (flags.key !== undefined) checkTemplate(flags.key, '--key');
   const bulk = urls.length === 0;
+  // Jobs sharing an output prefix publish over each other's files, and the last `_SUCCESS`
+  // lists only its own job's: the output of every other job is lost without an error.
+  if (bulk && flags.output !== undefined && !hasPlaceholder(flags.output)) {
+    const form = flags.prefix !== undefined ? '--prefix' : '--from';
+    throw new RoboflowError(
+      'ERR_CONFIG',
+      `--output ${JSON.stringify(flags.output)} would give every job of ${form} the same output prefix, so each would ` +
+        `publish over the others' files and only the last one's _SUCCESS would remain; put {name}, {stem} or {key} in it ` +
+        `(e.g. ${JSON.stringify(`${flags.output.replace(/\/*$/, '')}/{stem}/`)})`,
+    );
+  }
   if (bulk && flags.key !== undefined && !hasPlaceholder(flags.key)) {
     throw new RoboflowError(
       'ERR_CONFIG',

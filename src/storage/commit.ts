@@ -8,15 +8,17 @@
  * commit publishes; a success marker is written last):
  *
  * 1. **Stage.** Each attempt uploads its output directory under its own prefix
- *    `<output>/_attempts/<attempt>/`, where `<attempt>` is `<attempt number>-<8 random hex>`.
- *    Nothing is written under the published names yet.
+ *    `<output>/_attempts/<job id>/<attempt>/`, where `<attempt>` is
+ *    `<attempt number>-<8 random hex>`. Nothing is written under the published names yet. The job
+ *    id keeps the staging of jobs that were given the same output prefix apart.
  * 2. **Authorise.** The job queue's `commit(job, owner, attempt)` records the attempt as the job's
  *    `commitAttempt`, but only for the lease holder of a running job whose lease has not expired
  *    by the queue's clock, and renews the lease. A fenced worker (its own deadline passed, see
  *    src/lease.ts) never asks; one whose lease expired is refused.
  * 3. **Publish** (this module, `publishAttempt`): each staged file is moved to its published name
- *    (`<output>/<name>`), the `_attempts/` prefix is removed (this attempt's and any stale ones a
- *    fenced attempt left), and the marker `<output>/_SUCCESS` is written last: JSON naming the job,
+ *    (`<output>/<name>`), this job's staging `_attempts/<job id>/` is removed (this attempt's and
+ *    any stale ones a fenced attempt of the same job left; other jobs' staging is not touched),
+ *    and the marker `<output>/_SUCCESS` is written last: JSON naming the job,
  *    the attempt, the owner and every published file with its size. A previous attempt that had
  *    been authorised (it lost its lease while publishing) may have left a marker: it is deleted
  *    first, so no marker ever names a mix of two attempts' files.
@@ -27,12 +29,14 @@
  * the next attempt then publishes over it. A consumer knows an output is complete when
  * `_SUCCESS` exists (and the job is `done`); the files it lists are the output. A file under the
  * prefix that `_SUCCESS` does not list can only be left by an attempt that lost its lease midway
- * through publishing, and is not part of the output. One output prefix per job.
+ * through publishing, and is not part of the output. One output prefix per job: jobs sharing one
+ * publish into the same names, and the last `_SUCCESS` written names only its own job's files.
  *
  * Costs, per job with an output of N files:
- * - `file://`: N renames within one file system (no data copied), one directory removal, one small
- *   marker file (written, fsynced, renamed); the staging directory sits inside the output
- *   directory, so a rename never crosses file systems.
+ * - `file://`: N renames within one file system (no data copied), one or two directory removals
+ *   (the job's staging, then `_attempts/` if no other job stages there), one small marker file
+ *   (written, fsynced, renamed); the staging directory sits inside the output directory, so a
+ *   rename never crosses file systems.
  * - `s3://` and `oss://`: N server-side `CopyObject` requests (no bytes through the worker, but the
  *   store copies every byte once: time proportional to the output size at the store's internal
  *   copy rate), one `ListObjectsV2` per 1000 staged objects, N `DeleteObject`s, one marker `PUT`.
@@ -65,9 +69,22 @@ export function newAttemptName(attempts: number): string {
   return `${attempts}-${randomBytes(4).toString('hex')}`;
 }
 
-/** Where attempt `attempt` stages its output. */
-export function stagingPrefix(output: string, attempt: string): string {
-  return joinOutputUrl(output, `${ATTEMPTS_FOLDER}/${attempt}`);
+/** Where attempt `attempt` of job `jobId` stages its output. */
+export function stagingPrefix(output: string, jobId: string, attempt: string): string {
+  return joinOutputUrl(output, `${jobStagingFolder(jobId)}/${attempt}`);
+}
+
+/** `_attempts/<job id>`: every attempt of one job stages below it, and only there. */
+function jobStagingFolder(jobId: string): string {
+  // The id becomes one path segment that publishing removes recursively: nothing that could
+  // name another folder. Queue backends hand out positive integers.
+  if (typeof jobId !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$/.test(jobId)) {
+    throw new RoboflowError(
+      'ERR_CONFIG',
+      `job id ${JSON.stringify(jobId)} cannot name a staging folder: it must be letters, digits, '.', '_' and '-'`,
+    );
+  }
+  return `${ATTEMPTS_FOLDER}/${jobId}`;
 }
 
 /** What `_SUCCESS` holds. */
@@ -105,7 +122,10 @@ export interface PublishedFile {
 
 /** Steps 3 of the protocol: moves the staged files into place, cleans up, writes `_SUCCESS` last. */
 export async function publishAttempt(opts: PublishOptions): Promise<PublishedFile[]> {
+  // A fenced worker must not even delete the old marker: check before any write.
+  if (opts.signal.aborted) throw abortError(opts.signal, 'publishing the output');
   const dest = parseObjectUrl(opts.output, 'prefix');
+  jobStagingFolder(opts.jobId);
   const marker: CommitMarker = {
     version: 1,
     job: opts.jobId,
@@ -164,8 +184,12 @@ async function publishFiles(dir: string, opts: PublishOptions, marker: string): 
   const { signal } = opts;
   const markerPath = path.join(dir, SUCCESS_MARKER);
   try {
+    // An output of no files stages nothing, so nothing has created the directory yet.
+    await fs.mkdir(dir, { recursive: true });
+    if (signal.aborted) throw abortError(signal, 'publishing the output');
     if (opts.previousAttempt !== null) await fs.rm(markerPath, { force: true });
-    const staging = path.join(dir, ATTEMPTS_FOLDER, opts.attempt);
+    const jobStaging = path.join(dir, jobStagingFolder(opts.jobId));
+    const staging = path.join(jobStaging, opts.attempt);
     const dirs = new Set<string>([dir]);
     await eachLimited(opts.files, signal, async (f) => {
       const target = path.join(dir, f.name);
@@ -176,7 +200,8 @@ async function publishFiles(dir: string, opts: PublishOptions, marker: string): 
     });
     for (const d of dirs) await syncDirectory(d);
     if (signal.aborted) throw abortError(signal, 'publishing the output');
-    await fs.rm(path.join(dir, ATTEMPTS_FOLDER), { recursive: true, force: true });
+    await fs.rm(jobStaging, { recursive: true, force: true });
+    await removeIfEmpty(path.join(dir, ATTEMPTS_FOLDER));
     if (signal.aborted) throw abortError(signal, 'publishing the output');
     const temp = path.join(dir, `.${SUCCESS_MARKER}.roboflow-${randomBytes(6).toString('hex')}`);
     const handle = await fs.open(temp, 'wx');
@@ -191,6 +216,16 @@ async function publishFiles(dir: string, opts: PublishOptions, marker: string): 
   } catch (err) {
     if (signal.aborted) throw abortError(signal, `publishing the output to ${dir}`);
     throw toRoboflowError(err, 'ERR_UPLOAD', dir);
+  }
+}
+
+/** Removes `dir` if nothing is in it: another job sharing the output may be staging there. */
+async function removeIfEmpty(dir: string): Promise<void> {
+  try {
+    await fs.rmdir(dir);
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOENT') throw err;
   }
 }
 
@@ -227,11 +262,13 @@ async function publishObjects(
   try {
     const client: S3Client = await lease.value.client();
     const abortSignal = signal;
+    if (signal.aborted) throw abortError(signal, `publishing the output to ${display}`);
     if (opts.previousAttempt !== null) {
       step = 'delete the old marker of';
       await client.send(new DeleteObjectCommand({ Bucket: bucket, Key: `${folder}${SUCCESS_MARKER}` }), { abortSignal });
     }
-    const staging = `${folder}${ATTEMPTS_FOLDER}/${opts.attempt}/`;
+    const jobStaging = `${folder}${jobStagingFolder(opts.jobId)}/`;
+    const staging = `${jobStaging}${opts.attempt}/`;
     step = 'copy a staged file into';
     await eachLimited(opts.files, signal, async (f) => {
       await client.send(
@@ -244,7 +281,7 @@ async function publishObjects(
     let token: string | undefined;
     do {
       const page = await client.send(
-        new ListObjectsV2Command({ Bucket: bucket, Prefix: `${folder}${ATTEMPTS_FOLDER}/`, ...(token ? { ContinuationToken: token } : {}) }),
+        new ListObjectsV2Command({ Bucket: bucket, Prefix: jobStaging, ...(token ? { ContinuationToken: token } : {}) }),
         { abortSignal },
       );
       for (const o of page.Contents ?? []) if (o.Key !== undefined) stale.push(o.Key);

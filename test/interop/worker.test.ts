@@ -192,8 +192,8 @@ describe('worker against Ceph RGW', () => {
     const dead = await queue.get(job.id);
     expect(dead).toMatchObject({ status: 'dead' });
     expect(dead!.lastError).toMatch(/NoSuchBucket \(HTTP 404\) — the bucket does not exist/);
-    // The attempt stages its output under the job's output prefix before publishing it.
-    expect(dead!.lastError).toMatch(new RegExp(`s3://${missing}/out/_attempts/[^/]+/copy\\.bin`));
+    // The attempt stages its output under `<output>/_attempts/<job id>/<attempt>/` before publishing it.
+    expect(dead!.lastError).toMatch(new RegExp(`s3://${missing}/out/_attempts/${job.id}/[^/]+/copy\\.bin`));
     expect(dead!.lastError).not.toMatch(/Unknown/);
   });
 });
