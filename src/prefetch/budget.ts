@@ -13,8 +13,19 @@
  *
  * A reservation larger than the whole budget can never be granted; it fails at once with
  * `ERR_NO_SPACE`, marked retryable because another worker (with a larger buffer) may take the
- * job — its attempts still bound how often that is tried. Waiters are served first come, first
- * served: a large job is not starved by a stream of small ones behind it.
+ * job — its attempts still bound how often that is tried.
+ *
+ * Order: bytes are granted strictly in line order, and nobody overtakes the head of the line,
+ * so a large job is not starved by a stream of small ones behind it. A prefetch slot takes its
+ * place in the line (`turn(claimOrder)`) when its job is claimed, before it knows how many bytes
+ * it needs (sizing may take a HEAD per input), and asks for them once it knows. Jobs are handed
+ * to the worker in claim order; were bytes handed out in the order the sizes came in, a later
+ * job whose size was declared could take bytes an earlier one needs, be ready, and never be
+ * handed out because the earlier one waits for exactly those bytes: a hang that no timeout
+ * ends. Granted in claim order, every byte held belongs to a job handed out before the one
+ * waiting, so each wait ends. A place that is left (the job failed, was aborted or refused)
+ * lets the line move on. `acquire()` without a turn queues behind every turn, first come,
+ * first served.
  */
 
 import { statfs } from 'node:fs/promises';
@@ -36,11 +47,27 @@ export interface ByteBudgetOptions {
 /** Hands reserved bytes back. Calling it more than once has no further effect. */
 export type ReleaseBytes = () => void;
 
-interface Waiter {
-  readonly bytes: number;
-  readonly resolve: (release: ReleaseBytes) => void;
-  readonly reject: (err: unknown) => void;
-  readonly cleanup: () => void;
+/** A place in the budget's line, taken before the bytes it will ask for are known. */
+export interface BudgetTurn {
+  /**
+   * Asks for `bytes` at this place in the line; resolves once every earlier place has been
+   * granted or left and the bytes fit. Rejects as `ByteBudget.acquire` does, and then the place
+   * is left. Once per turn.
+   */
+  acquire(bytes: number, signal?: AbortSignal): Promise<ReleaseBytes>;
+  /** Gives the place up, unless its bytes were granted (they go back with their release). Idempotent. */
+  leave(): void;
+}
+
+/** One place in the line. */
+interface Entry {
+  /** Line order: lower first; equal orders in arrival order. */
+  readonly order: number;
+  /** null while the holder still sizes what it needs: nobody behind it is served meanwhile. */
+  bytes: number | null;
+  resolve: (release: ReleaseBytes) => void;
+  reject: (err: unknown) => void;
+  cleanup: () => void;
 }
 
 function formatBytes(bytes: number): string {
@@ -76,7 +103,8 @@ export class ByteBudget {
   readonly #dir: string;
   readonly #reserve: number;
   #held = 0;
-  readonly #waiters: Waiter[] = [];
+  /** Places not yet granted, in line order. */
+  readonly #line: Entry[] = [];
   /** A grant pass is running; releases during it ask for one more pass. */
   #pumping = false;
   #pumpAgain = false;
@@ -95,39 +123,101 @@ export class ByteBudget {
     return this.#held;
   }
 
-  /** Reservations waiting for room, and the bytes they ask for. */
+  /** Reservations that asked for bytes and wait for room or for their turn, and the bytes they ask for. */
   get waiting(): { readonly count: number; readonly bytes: number } {
-    return { count: this.#waiters.length, bytes: this.#waiters.reduce((n, w) => n + w.bytes, 0) };
+    const asked = this.#line.filter((e) => e.bytes !== null);
+    return { count: asked.length, bytes: asked.reduce((n, e) => n + (e.bytes ?? 0), 0) };
+  }
+
+  /** Places in the line whose holder has not asked for its bytes yet (still sizing). */
+  get sizing(): number {
+    return this.#line.filter((e) => e.bytes === null).length;
   }
 
   /**
-   * Reserves `bytes`; resolves with the function that hands them back once they fit. Rejects
-   * with `ERR_NO_SPACE` when they can never fit, or with the signal's abort error.
+   * Takes a place in the line at `order` (lower is served first; the prefetch queue passes the
+   * claim order), before the bytes are known: nobody behind it is granted bytes until it has
+   * asked for them and been served, or has left. Leave the place when the job ends without
+   * asking (failed, aborted, refused), or the line stops there.
+   */
+  turn(order: number): BudgetTurn {
+    if (Number.isNaN(order)) throw new RangeError('budget line order must be a number, got NaN');
+    const entry: Entry = {
+      order,
+      bytes: null,
+      resolve: () => {},
+      reject: () => {},
+      cleanup: () => {},
+    };
+    this.#enqueue(entry);
+    let asked = false;
+    return {
+      acquire: (bytes, signal) => {
+        if (asked) return Promise.reject(new Error('a budget turn asks for its bytes once'));
+        asked = true;
+        return this.#ask(entry, bytes, signal);
+      },
+      leave: () => {
+        // Granted entries have left the line already; their bytes go back with their release.
+        if (this.#remove(entry)) {
+          entry.cleanup();
+          entry.reject(new RoboflowError('ERR_ABORTED', 'left the line for buffer space'));
+          this.#pump();
+        }
+      },
+    };
+  }
+
+  /**
+   * Reserves `bytes` behind every place in the line; resolves with the function that hands them
+   * back once they fit. Rejects with `ERR_NO_SPACE` when they can never fit, or with the signal's
+   * abort error.
    */
   acquire(bytes: number, signal?: AbortSignal): Promise<ReleaseBytes> {
+    return this.turn(Infinity).acquire(bytes, signal);
+  }
+
+  #ask(entry: Entry, bytes: number, signal: AbortSignal | undefined): Promise<ReleaseBytes> {
+    const refuse = (err: unknown): Promise<ReleaseBytes> => {
+      if (this.#remove(entry)) this.#pump();
+      return Promise.reject(err);
+    };
     if (!Number.isSafeInteger(bytes) || bytes < 0) {
-      return Promise.reject(new RangeError(`bytes to reserve must be a whole number >= 0, got ${bytes}`));
+      return refuse(new RangeError(`bytes to reserve must be a whole number >= 0, got ${bytes}`));
     }
-    if (signal?.aborted) return Promise.reject(abortError(signal, 'waiting for buffer space'));
-    if (this.#limit !== null && bytes > this.#limit) return Promise.reject(this.#tooBig(bytes, this.#limit));
+    if (signal?.aborted) return refuse(abortError(signal, 'waiting for buffer space'));
+    if (this.#limit !== null && bytes > this.#limit) return refuse(this.#tooBig(bytes, this.#limit));
+    if (!this.#line.includes(entry)) return Promise.reject(new Error('a budget turn that was left cannot ask for bytes'));
     return new Promise<ReleaseBytes>((resolve, reject) => {
       const onAbort = () => {
-        const i = this.#waiters.indexOf(waiter);
-        if (i >= 0) this.#waiters.splice(i, 1);
-        reject(abortError(signal, 'waiting for buffer space'));
-        // The head may have changed: whoever is next might fit.
-        this.#pump();
+        if (this.#remove(entry)) {
+          reject(abortError(signal, 'waiting for buffer space'));
+          // The head may have changed: whoever is next might fit.
+          this.#pump();
+        }
       };
-      const waiter: Waiter = {
-        bytes,
-        resolve,
-        reject,
-        cleanup: () => signal?.removeEventListener('abort', onAbort),
-      };
+      entry.bytes = bytes;
+      entry.resolve = resolve;
+      entry.reject = reject;
+      entry.cleanup = () => signal?.removeEventListener('abort', onAbort);
       signal?.addEventListener('abort', onAbort, { once: true });
-      this.#waiters.push(waiter);
       this.#pump();
     });
+  }
+
+  #enqueue(entry: Entry): void {
+    // After every place of the same or a lower order: first come, first served within one order.
+    let i = this.#line.length;
+    while (i > 0 && this.#line[i - 1]!.order > entry.order) i--;
+    this.#line.splice(i, 0, entry);
+  }
+
+  /** Takes the entry out of the line; false when it was not in it (granted or left). */
+  #remove(entry: Entry): boolean {
+    const i = this.#line.indexOf(entry);
+    if (i < 0) return false;
+    this.#line.splice(i, 1);
+    return true;
   }
 
   #tooBig(bytes: number, capacity: number): RoboflowError {
@@ -171,8 +261,10 @@ export class ByteBudget {
 
   async #grant(): Promise<void> {
     for (;;) {
-      const head = this.#waiters[0];
-      if (!head) return;
+      const head = this.#line[0];
+      // The first in line still sizes its job: nobody behind it goes first.
+      if (!head || head.bytes === null) return;
+      const bytes = head.bytes;
       let available: number;
       let capacity: number;
       if (this.#limit !== null) {
@@ -183,33 +275,32 @@ export class ByteBudget {
         try {
           free = await freeBytes(this.#dir);
         } catch (err) {
-          this.#settle(head, err);
+          if (this.#line[0] === head) this.#settle(head, err);
           continue;
         }
         capacity = free - this.#reserve + this.#held;
         available = free - this.#reserve - this.#held;
-        // The waiter may have been aborted while statfs ran.
-        if (this.#waiters[0] !== head) continue;
+        // The waiter may have been aborted, or an earlier place taken, while statfs ran.
+        if (this.#line[0] !== head) continue;
       }
-      if (head.bytes <= available) {
-        this.#held += head.bytes;
+      if (bytes <= available) {
+        this.#held += bytes;
         this.#settle(head, null);
         continue;
       }
       // Nothing is held that could come back: waiting would be forever.
       if (this.#held === 0) {
-        this.#settle(head, this.#tooBig(head.bytes, capacity));
+        this.#settle(head, this.#tooBig(bytes, capacity));
         continue;
       }
       return;
     }
   }
 
-  #settle(waiter: Waiter, err: unknown): void {
-    const i = this.#waiters.indexOf(waiter);
-    if (i >= 0) this.#waiters.splice(i, 1);
-    waiter.cleanup();
-    if (err === null) waiter.resolve(this.#release(waiter.bytes));
-    else waiter.reject(err);
+  #settle(entry: Entry, err: unknown): void {
+    this.#remove(entry);
+    entry.cleanup();
+    if (err === null) entry.resolve(this.#release(entry.bytes ?? 0));
+    else entry.reject(err);
   }
 }

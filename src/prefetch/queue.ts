@@ -9,7 +9,8 @@
  * worker asks for one, which is the sequential baseline). Each claimed job gets a slot and is
  * judged by the worker's policy first (`policy.checkJob`): a refused job fails at once, before a
  * single request or file is made for it. Otherwise the slot sizes the job's inputs, reserves
- * that many bytes of the buffer budget, and downloads every input to
+ * that many bytes of the buffer budget — granted in claim order, like the jobs are handed out:
+ * its place in the budget's line is taken at the claim, before sizing — and downloads every input to
  * `<bufferDir>/<jobId>/<n>-<name>` (the job directory checked to be a real one, not a link).
  * `nextReady()` hands out the earliest-claimed slot whose
  * download finished and starts the job's attempt in the job queue; `notifyComplete()` frees that
@@ -80,7 +81,7 @@ import type { StorageClients } from '../storage/index.js';
 import type { JobQueue, JobRecord, PrefetchConfig, PrefetchStatus, ReadyJob } from '../types.js';
 import { leaseSafetyMarginMs, leaseTrustMs } from '../lease.js';
 import type { ByteBudget, ReleaseBytes } from './budget.js';
-import type { ConcurrencyLimiter } from './concurrency.js';
+import type { ConcurrencyLimiter, Reservation } from './concurrency.js';
 import type { ParallelDownloader } from './downloader.js';
 
 export { safeLocalName } from '../paths.js';
@@ -138,9 +139,9 @@ export interface PrefetchQueueOptions {
   /**
    * The downloader's shared limiter on range transfers (`ParallelDownloaderOptions.limiter`).
    * Each slot's download runs at its claim order as priority; given the limiter, a slot also
-   * reserves its lanes from the moment it starts, so a later job whose download got going first
-   * does not take them, and starts its download only once every earlier job's has its first
-   * lane. (Default: priorities only)
+   * reserves its lanes from the moment its buffer bytes are granted, so a later job whose
+   * download got going first does not take them, and starts its download only once every
+   * earlier job's has its first lane. (Default: priorities only)
    */
   readonly limiter?: ConcurrencyLimiter;
   readonly log?: Logger;
@@ -789,9 +790,14 @@ export class PrefetchQueue {
     const signal = slot.abort.signal;
     const log = this.#log.child({ jobId: job.id });
     const started = performance.now();
-    // Claimed in order, reserved in order: no later job takes these lanes while this one sizes.
-    const reservation = this.#limiter?.reserve(slot.seq, this.#config.downloadConnections);
-    slot.lanesStarted = reservation?.started ?? null;
+    // Claimed in order, served buffer bytes in order: the place in the budget's line is taken now,
+    // before sizing, so a later job whose size is declared cannot take bytes this one needs (it
+    // would be ready but never handed out, and this one would wait for its bytes for good).
+    const turn = this.#budget?.turn(slot.seq);
+    // Later slots start once this one has its first lane or has ended (`#afterEarlierStarted`).
+    const lanes = this.#limiter ? deferred() : null;
+    slot.lanesStarted = lanes?.promise ?? null;
+    let reservation: Reservation | undefined;
     try {
       // First of all: a refused job must not cost a single request or file.
       this.#policy?.checkJob(job);
@@ -803,16 +809,23 @@ export class PrefetchQueue {
       await this.#afterEarlierStarted(slot, signal);
       const sizes = await this.#inputSizes(job, signal);
       const total = sizes.reduce((a, b) => a + b, 0);
-      if (this.#budget) {
+      if (this.#budget && turn) {
         slot.waitingForBytes = total;
-        if (this.#budget.heldBytes > 0) log.debug({ bytes: total }, 'waiting for buffer budget');
+        // This slot's own place still counts as sizing until it asks.
+        const { heldBytes, sizing, waiting } = this.#budget;
+        if (heldBytes > 0 || sizing > 1 || waiting.count > 0) log.debug({ bytes: total }, 'waiting for buffer budget');
         this.#notify();
         try {
-          slot.releaseBytes = await this.#budget.acquire(total, signal);
+          slot.releaseBytes = await turn.acquire(total, signal);
         } finally {
           slot.waitingForBytes = 0;
         }
       }
+      // Lanes are promised only with the bytes in hand: a job still waiting for buffer space
+      // holds nothing another download could use. Reserved in claim order all the same, since
+      // bytes are: no later job takes these lanes before this one asks for them.
+      reservation = this.#limiter?.reserve(slot.seq, this.#config.downloadConnections);
+      if (reservation && lanes) void reservation.started.then(lanes.resolve);
       this.#setSlotState(slot, 'downloading');
       // Claims pause while a slot waits for bytes; this one got them.
       this.#fill();
@@ -843,12 +856,20 @@ export class PrefetchQueue {
       // Aborted by close(), destroy() or a lost lease: whoever aborted cleans up.
       if (signal.aborted) return;
       const e = toRoboflowError(err, 'ERR_IO');
+      // The jobs behind this one need not wait for the failure to be recorded.
+      turn?.leave();
+      reservation?.release();
+      lanes?.resolve();
       slot.reason = `${e.code}: ${e.message}`;
       this.#setSlotState(slot, 'failed');
       await this.#reportFailure(slot, e, log);
       await this.#free(slot, false);
     } finally {
+      // A job that failed, was aborted or refused before its bytes were granted gives up its
+      // place, so the jobs behind it get theirs.
+      turn?.leave();
       reservation?.release();
+      lanes?.resolve();
     }
   }
 
