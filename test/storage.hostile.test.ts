@@ -36,6 +36,8 @@ const FLAGS = ['--connections', '4', '--chunk-size', '1MiB', '--stall-timeout', 
 const KILL_AFTER_MS = 85_000;
 /** Raw control bytes in output (C0, DEL, C1): anything but printable ASCII, U+00A0 on and the line feed. */
 const RAW_CONTROL = /[^\n -~\u00a0-\uffff]/;
+/** The issue's memory bound for one `roboflow download`, whatever the server does. */
+const MAX_RSS_BYTES = 150 * MiB;
 
 let dir: string;
 beforeAll(async () => {
@@ -50,6 +52,15 @@ interface Run {
   readonly stdout: string;
   readonly stderr: string;
   readonly ms: number;
+  /** The process's peak resident set (the kernel's high-water mark, VmHWM), as last sampled. */
+  readonly peakRssBytes: number;
+}
+
+/** VmHWM of a live process from /proc: its peak RSS so far; 0 once it has gone. */
+async function peakRss(pid: number): Promise<number> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const kib = /^VmHWM:\s+(\d+) kB$/m.exec(status)?.[1];
+  return kib === undefined ? 0 : Number(kib) * 1024;
 }
 
 /** The environment without any ROBOFLOW_ setting of the machine running the tests. */
@@ -67,9 +78,17 @@ async function download(url: string, dest: string, flags: readonly string[] = FL
   child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
   child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const killer = setTimeout(() => child.kill('SIGKILL'), KILL_AFTER_MS);
+  // The high-water mark only grows, so sampling it misses at most what grew after the last sample.
+  let peakRssBytes = 0;
+  const sample = (): void => {
+    if (child.pid !== undefined) void peakRss(child.pid).then((b) => (peakRssBytes = Math.max(peakRssBytes, b)));
+  };
+  sample();
+  const sampler = setInterval(sample, 50);
   const [code] = (await once(child, 'close')) as [number | null];
+  clearInterval(sampler);
   clearTimeout(killer);
-  return { code, stdout, stderr, ms: Date.now() - started };
+  return { code, stdout, stderr, ms: Date.now() - started, peakRssBytes };
 }
 
 /** What every run must satisfy, whatever the server did. */
@@ -79,6 +98,8 @@ async function expectClean(run: Run, dest: string, object: Buffer): Promise<void
   expect(run.code, what).not.toBe(2);
   expect(RAW_CONTROL.test(run.stdout + run.stderr), what).toBe(false);
   expect(run.stderr, what).not.toContain('TimeoutOverflowWarning');
+  expect(run.peakRssBytes, what).toBeGreaterThan(0); // sampled at least once
+  expect(run.peakRssBytes, `${what}; peak RSS ${(run.peakRssBytes / MiB).toFixed(0)} MiB`).toBeLessThanOrEqual(MAX_RSS_BYTES);
   if (run.code === 0) expect((await readFile(dest)).equals(object), 'the promoted file is the object').toBe(true);
   else expect(existsSync(dest), 'nothing promoted').toBe(false);
 }
