@@ -55,6 +55,7 @@ import { CopyObjectCommand, DeleteObjectCommand, ListObjectsV2Command, PutObject
 import { abortError, RoboflowError, toRoboflowError } from '../errors.js';
 import { defaultStorageClients, type StorageClients } from './index.js';
 import { mapS3Error } from './s3.js';
+import { syncDirectory } from './upload.js';
 import { joinOutputUrl, parseObjectUrl } from './url.js';
 
 /** Folder under the output prefix that holds every attempt's staged output. */
@@ -229,18 +230,6 @@ async function removeIfEmpty(dir: string): Promise<void> {
   }
 }
 
-async function syncDirectory(dir: string): Promise<void> {
-  const handle = await fs.open(dir, 'r');
-  try {
-    await handle.sync();
-  } catch (err) {
-    // Some file systems cannot fsync a directory; the rename itself is still atomic there.
-    const code = (err as { code?: string }).code;
-    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EISDIR') throw err;
-  } finally {
-    await handle.close();
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // s3:// and oss://

@@ -209,17 +209,23 @@ async function copyAtomically(src: OpenedFile, dest: string, signal: AbortSignal
     if (signal?.aborted) throw abortError(signal, `copy to ${dest}`);
     throw toRoboflowError(err, 'ERR_IO', dest);
   }
-  await syncDirectory(dir);
+  await syncDirectory(dir).catch((err: unknown) => {
+    throw toRoboflowError(err, 'ERR_IO', dir);
+  });
 }
 
-async function syncDirectory(dir: string): Promise<void> {
+/**
+ * fsyncs a directory so a rename or unlink in it survives a power cut. Some file systems cannot
+ * fsync a directory; a rename is still atomic there, so that is not an error.
+ */
+export async function syncDirectory(dir: string): Promise<void> {
   const handle = await fs.open(dir, 'r');
   try {
     await handle.sync();
   } catch (err) {
     // Some file systems cannot fsync a directory; the rename itself is still atomic there.
     const code = (err as { code?: string }).code;
-    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EISDIR') throw toRoboflowError(err, 'ERR_IO', dir);
+    if (code !== 'EINVAL' && code !== 'ENOTSUP' && code !== 'EISDIR') throw err;
   } finally {
     await handle.close();
   }

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { McapWriter } from '@mcap/core';
 import type { IWritable } from '@mcap/core';
 import { abortError, RoboflowError } from '../../errors.js';
+import { fsyncDir } from '../../prefetch/resume-state.js';
 import { generatedContent, mulberry32 } from './content.js';
 
 /** The topics an episode has unless told otherwise. */
@@ -558,7 +559,7 @@ export async function writeSampleEpisode(filePath: string, opts: SampleEpisodeOp
     await fh.close();
     await rename(partial, filePath);
     ok = true;
-    await syncDir(path.dirname(filePath));
+    await fsyncDir(path.dirname(filePath));
     return {
       path: filePath,
       bytes,
@@ -581,12 +582,3 @@ export async function writeSampleEpisode(filePath: string, opts: SampleEpisodeOp
   }
 }
 
-/** Makes a rename durable. */
-async function syncDir(dir: string): Promise<void> {
-  const d = await open(dir, 'r');
-  try {
-    await d.sync();
-  } finally {
-    await d.close();
-  }
-}
