@@ -16,6 +16,8 @@ export default mergeConfig(
         'test/chaos.*.test.ts',
         // PostgreSQL.
         'test/security.postgres.test.ts',
+        'test/jobs.postgres.test.ts',
+        'test/prefetch.wakeups.test.ts',
         // The compiled `roboflow` and library (dist/) in child processes.
         'test/cli.download.test.ts',
         'test/cli.demo.test.ts',

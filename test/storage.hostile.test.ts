@@ -27,6 +27,7 @@ import { Http1Pool } from '../src/storage/http1.js';
 import { parseUnsatisfiedRange } from '../src/storage/range.js';
 import { chunked, type Script, startHostileServer } from './fixtures/hostile-server.js';
 import { rejection } from './helpers.js';
+import { FULL_TIER } from './tier.js';
 
 const MAIN = fileURLToPath(new URL('../dist/bin/roboflow.js', import.meta.url));
 const MiB = 1024 * 1024;
@@ -38,6 +39,8 @@ const KILL_AFTER_MS = 85_000;
 const RAW_CONTROL = /[^\n -~\u00a0-\uffff]/;
 /** The issue's memory bound for one `roboflow download`, whatever the server does. */
 const MAX_RSS_BYTES = 150 * MiB;
+/** The cases that run the compiled CLI need a build: the full tier only (test/tier.ts). */
+const cliDescribe = FULL_TIER ? describe.concurrent : describe.skip;
 
 let dir: string;
 beforeAll(async () => {
@@ -420,7 +423,7 @@ const CASES: readonly Case[] = [
   },
 ];
 
-describe.concurrent('roboflow download against a hostile server', () => {
+cliDescribe('roboflow download against a hostile server', () => {
   for (const c of CASES) {
     it(c.name, async () => {
       const server = await startHostileServer({ size: SIZE, script: c.script });
@@ -459,7 +462,7 @@ describe.concurrent('roboflow download against a hostile server', () => {
   }, 2 * KILL_AFTER_MS);
 });
 
-describe.concurrent('roboflow download from s3:// and oss:// against a hostile store', () => {
+cliDescribe('roboflow download from s3:// and oss:// against a hostile store', () => {
   /** How each S3 source reaches the store: the same raw server, path-style (an IP endpoint). */
   const stores = {
     // GetObject through the AWS SDK, whose Body is whatever the reading client's transport made.
