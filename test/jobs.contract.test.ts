@@ -729,7 +729,7 @@ describeFull('PostgreSQL connection handling', () => {
   });
 });
 
-describe('PostgreSQL wake-ups (LISTEN/NOTIFY)', () => {
+describeFull('PostgreSQL wake-ups (LISTEN/NOTIFY)', () => {
   const backend = postgresBackend();
   const open: JobQueue[] = [];
 
