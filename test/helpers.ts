@@ -1,6 +1,7 @@
 /** Small helpers shared by the test files. */
 import type { Readable } from 'node:stream';
 import { RoboflowError } from '../src/errors.js';
+import type { JobQueue } from '../src/types.js';
 
 /** Reads a body to the end. */
 export async function readAll(body: Readable): Promise<Buffer> {
@@ -28,4 +29,28 @@ export async function anyRejection(promise: Promise<unknown>): Promise<Error & {
   );
   if (outcome.resolved) throw new Error('expected a rejection');
   return outcome.err as Error & { code?: string };
+}
+
+/**
+ * `queue` with some of its operations replaced: a queue that misbehaves in one way for a test.
+ * Every other operation goes to `queue`; `onWork` is left out, so a worker over it polls.
+ */
+export function queueWith(queue: JobQueue, overrides: Partial<JobQueue>): JobQueue {
+  return {
+    submit: (spec, opts) => queue.submit(spec, opts),
+    submitMany: (specs, opts) => queue.submitMany(specs, opts),
+    claim: (owner, leaseMs) => queue.claim(owner, leaseMs),
+    heartbeat: (id, owner, leaseMs) => queue.heartbeat(id, owner, leaseMs),
+    start: (id, owner, leaseMs) => queue.start(id, owner, leaseMs),
+    commit: (id, owner, attempt, leaseMs) => queue.commit(id, owner, attempt, leaseMs),
+    complete: (id, owner, result) => queue.complete(id, owner, result),
+    fail: (id, owner, error, opts) => queue.fail(id, owner, error, opts),
+    release: (id, owner) => queue.release(id, owner),
+    retry: (id) => queue.retry(id),
+    get: (id) => queue.get(id),
+    list: (filter) => queue.list(filter),
+    counts: () => queue.counts(),
+    close: () => queue.close(),
+    ...overrides,
+  };
 }

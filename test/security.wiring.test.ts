@@ -20,6 +20,7 @@ import type { Resolver } from '../src/security/address.js';
 import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord, JobSpec, Processor } from '../src/types.js';
 import { Worker, type WorkerOptions, type WorkerSettings } from '../src/worker.js';
+import { queueWith } from './helpers.js';
 
 const KiB = 1024;
 
@@ -328,9 +329,7 @@ describe('the job is judged again when it starts, and its output before the uplo
     const out = `${pathToFileURL(dir).href}/results/`;
     const j = await submit({ inputs: [{ url: put('raw/a.mcap') }], output: `${out}job/` });
     // Someone with UPDATE on the jobs table rewrites the output once the job has been claimed.
-    const tampering: JobQueue = {
-      submit: (spec) => queue.submit(spec),
-      submitMany: (specs) => queue.submitMany(specs),
+    const tampering = queueWith(queue, {
       async claim(owner, leaseMs) {
         const claimed = await queue.claim(owner, leaseMs);
         if (claimed !== null) {
@@ -343,18 +342,7 @@ describe('the job is judged again when it starts, and its output before the uplo
         }
         return claimed;
       },
-      heartbeat: (id, owner, leaseMs) => queue.heartbeat(id, owner, leaseMs),
-      start: (id, owner, leaseMs) => queue.start(id, owner, leaseMs),
-      commit: (id, owner, attempt, leaseMs) => queue.commit(id, owner, attempt, leaseMs),
-      complete: (id, owner, result) => queue.complete(id, owner, result),
-      fail: (id, owner, error, opts) => queue.fail(id, owner, error, opts),
-      release: (id, owner) => queue.release(id, owner),
-      retry: (id) => queue.retry(id),
-      get: (id) => queue.get(id),
-      list: (filter) => queue.list(filter),
-      counts: () => queue.counts(),
-      close: () => queue.close(),
-    };
+    });
     const ran: string[] = [];
     const spy: Processor = { name: 'checksum', run: async ({ job: jb }) => void ran.push(jb.id) };
     await new Worker({ queue: tampering, drain: true, owner: 'worker-a', config: settings({ allowOutputs: [`${out}*`] }), processors: { checksum: spy } }).run();

@@ -18,6 +18,7 @@ import { ObjectServer } from './support/object-server.js';
 import type { JobQueue, JobRecord, Processor } from '../src/types.js';
 import { Worker, type JobReport, type WorkerOptions, type WorkerSettings } from '../src/worker.js';
 import { itFull } from './tier.js';
+import { queueWith } from './helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -381,30 +382,19 @@ describe('Worker', () => {
     let partitioned = false;
     const hung: (() => void)[] = [];
     const heal = () => hung.splice(0).forEach((fail) => fail());
-    const cutOff: JobQueue = {
-      submit: (spec) => queue.submit(spec),
-      submitMany: (specs) => queue.submitMany(specs),
+    const cutOff = queueWith(queue, {
       claim: async (owner, ms) => (partitioned ? null : queue.claim(owner, ms)),
       heartbeat: (id, owner, ms) =>
         partitioned
           ? new Promise<void>((_, reject) => hung.push(() => reject(new RoboflowError('ERR_QUEUE', 'partitioned'))))
           : queue.heartbeat(id, owner, ms),
-      start: (id, owner, ms) => queue.start(id, owner, ms),
       async commit(id, owner, attempt, ms) {
         partitioned = true;
         const record = await queue.commit(id, owner, attempt, ms);
         await sleep(leaseMs * 1.5);
         return record;
       },
-      complete: (id, owner, result) => queue.complete(id, owner, result),
-      fail: (id, owner, error, opts) => queue.fail(id, owner, error, opts),
-      release: (id, owner) => queue.release(id, owner),
-      retry: (id) => queue.retry(id),
-      get: (id) => queue.get(id),
-      list: (filter) => queue.list(filter),
-      counts: () => queue.counts(),
-      close: () => queue.close(),
-    };
+    });
     const marks: Mark[] = [];
     const reports: JobReport[] = [];
     const w = worker({
